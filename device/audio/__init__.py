@@ -1,0 +1,70 @@
+"""Audio out: where the generated stream goes.
+
+Sinks take mono float32 blocks in [-1, 1] and turn them into 16-bit samples the
+same way (``to_int16``), so a WAV file and the ALSA device receive identical
+bytes. ``AlsaSink`` is the real sound card (pyalsaaudio, imported only there);
+``WavSink`` is the stand-in where there is none, and logs a WARNING saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from device.errors import AudioError
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    sample_rate: int
+    name: str
+
+    def write(self, block: np.ndarray) -> None:
+        """Play or store one block of mono float32 samples in [-1, 1]."""
+
+    def close(self) -> None:
+        """Finish (drain the device, finalise the file); safe to call twice."""
+
+
+def to_int16(block: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1] to little-endian int16, clipped, rounded to nearest."""
+    return np.clip(np.rint(block * 32767.0), -32768, 32767).astype("<i2")
+
+
+def sound_card_present() -> bool:
+    """True where ALSA lists at least one sound card (and pyalsaaudio is installed)."""
+    try:
+        import alsaaudio
+    except ImportError:
+        return False
+    try:
+        return bool(alsaaudio.cards())
+    except alsaaudio.ALSAAudioError:
+        return False
+
+
+def open_sink(spec: str, *, sample_rate: int, period_size: int = 256, periods: int = 4,
+              default_wav: str | Path = "out/run.wav") -> Sink:
+    """Open the sink ``spec`` names: ``auto``, ``alsa``, ``alsa:DEVICE`` or ``wav:PATH``.
+
+    ``auto`` is ALSA's default device where a sound card is present, else a WAV
+    file at ``default_wav``.
+    """
+    kind, _, arg = spec.partition(":")
+    if kind == "auto":
+        kind, arg = ("alsa", "") if sound_card_present() else ("wav", str(default_wav))
+    if kind == "alsa":
+        from device.audio.alsa import AlsaSink
+
+        return AlsaSink(arg or "default", sample_rate=sample_rate, period_size=period_size,
+                        periods=periods)
+    if kind == "wav" and arg:
+        from device.audio.wav import WavSink
+
+        log.warning("audio: writing to WAV file %s instead of a sound card", arg)
+        return WavSink(arg, sample_rate=sample_rate)
+    raise AudioError(f"audio output {spec!r}: expected 'auto', 'alsa', 'alsa:DEVICE' or 'wav:PATH'")

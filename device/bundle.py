@@ -1,0 +1,255 @@
+"""The model bundle: one file that carries a trained model to the box.
+
+A bundle is a zip archive (suffix ``.dsb``) holding ``manifest.json`` and the
+``.tflite`` graph(s) it names. The manifest records everything the device must
+match to use the model (motiongram and audio parameters, tensor shapes) and a
+SHA-256 of every member. This module is the only definition of the format: the
+exporter writes bundles with ``write_bundle``, the deployer and the device read
+them with ``read_bundle``. The spec for people is docs/bundle.md.
+
+Reading never trusts the file: a bundle that is not a zip, lacks a member, fails
+a checksum or names parameters this device cannot honour raises ``BundleError``
+with one line naming the file and what is wrong, so the caller can keep playing
+the model it has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import zipfile
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from device.errors import BundleError
+from device.motiongram import MotiongramParams
+
+log = logging.getLogger(__name__)
+
+FORMAT = "dancesampler-bundle"
+FORMAT_VERSION = 1
+SUFFIX = ".dsb"
+MANIFEST = "manifest.json"
+PERFORMER = "performer.tflite"
+"""The graph the live loop runs: a motion window in, one audio segment out."""
+
+# Fixed member timestamps keep a rebuilt bundle byte-identical (zip's epoch).
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class AudioParams:
+    """The sound a model makes, as it was trained."""
+
+    sample_rate: int
+    """Samples per second of the generated audio."""
+    segment_samples: int
+    """Length of one generated segment (0.1 s at 22050 Hz is 2205)."""
+    hop_samples: int
+    """Samples between consecutive segments: one camera frame of audio."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and element type of a graph input or output, batch first."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a bundle says about itself (``manifest.json``)."""
+
+    name: str
+    created: str
+    """UTC creation time, ISO 8601 (reproducible builds fix it)."""
+    fps: int
+    """Camera frames per second the model was trained at."""
+    motiongram: MotiongramParams
+    audio: AudioParams
+    window_frames: int
+    """Motiongram frames in one model input window."""
+    latent_size: int
+    input: TensorSpec
+    output: TensorSpec
+    style_centroids: dict[str, list[float]] = field(default_factory=dict)
+    """Mean latent vector of each training label, for steering by style."""
+    training: dict[str, Any] = field(default_factory=dict)
+    """Free-form summary of the training data, config and metrics."""
+    members: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Member name to {"sha256": hex, "bytes": size}; filled in by write_bundle."""
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> Manifest:
+        """Build from parsed JSON, refusing missing or mistyped keys."""
+        if not isinstance(data, dict):
+            raise BundleError(f"{where}: manifest is not a JSON object")
+        if data.get("format") != FORMAT:
+            raise BundleError(f"{where}: not a dancesampler bundle (format {data.get('format')!r})")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise BundleError(f"{where}: bundle format version {data.get('format_version')!r} "
+                              f"is not supported (this device reads version {FORMAT_VERSION})")
+        missing = [f.name for f in fields(cls) if f.name not in data]
+        if missing:
+            raise BundleError(f"{where}: manifest lacks {', '.join(sorted(missing))}")
+        try:
+            values = dict(data)
+            values["motiongram"] = MotiongramParams(**data["motiongram"])
+            values["audio"] = AudioParams(**data["audio"])
+            values["input"] = TensorSpec(tuple(data["input"]["shape"]), data["input"]["dtype"])
+            values["output"] = TensorSpec(tuple(data["output"]["shape"]), data["output"]["dtype"])
+            unknown = set(values) - {f.name for f in fields(cls)}
+            for key in unknown:
+                values.pop(key)
+            return cls(**values)
+        except (TypeError, KeyError) as exc:
+            raise BundleError(f"{where}: malformed manifest ({exc})") from None
+
+    def describe(self) -> str:
+        """A few readable lines for ``check-bundle``."""
+        a, m = self.audio, self.motiongram
+        lines = [
+            f"name        {self.name} (created {self.created})",
+            f"motion      {self.fps} fps, {m.width}x{m.height}, threshold {m.threshold:g}, "
+            f"window {self.window_frames} frames ({self.window_frames / self.fps * 1000:.0f} ms)",
+            f"audio       {a.sample_rate} Hz, segment {a.segment_samples} samples "
+            f"({a.segment_samples / a.sample_rate * 1000:.0f} ms), hop {a.hop_samples}",
+            f"tensors     in {list(self.input.shape)} {self.input.dtype}, "
+            f"out {list(self.output.shape)} {self.output.dtype}, latent {self.latent_size}",
+        ]
+        if self.style_centroids:
+            lines.append(f"styles      {', '.join(sorted(self.style_centroids))}")
+        for key, value in sorted(self.training.get("metrics", {}).items()):
+            lines.append(f"metric      {key} = {value}")
+        for name, member in sorted(self.members.items()):
+            lines.append(f"member      {name} {member['bytes']} bytes sha256 {member['sha256'][:16]}…")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle read and verified: its manifest and its graphs' bytes."""
+
+    path: Path
+    manifest: Manifest
+    graphs: dict[str, bytes]
+
+    @property
+    def performer(self) -> bytes:
+        return self.graphs[PERFORMER]
+
+
+def write_bundle(path: str | Path, manifest: Manifest, graphs: dict[str, bytes]) -> Path:
+    """Write a bundle atomically (temporary file, then rename); return its path.
+
+    The members' checksums are computed here and stored in the manifest; the
+    same inputs always give the same bytes.
+    """
+    path = Path(path)
+    if PERFORMER not in graphs:
+        raise BundleError(f"{path}: a bundle needs a {PERFORMER} graph")
+    members = {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+               for name, data in sorted(graphs.items())}
+    manifest = replace(manifest, members=members)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        _add(archive, MANIFEST, manifest.to_json().encode())
+        for name, data in sorted(graphs.items()):
+            _add(archive, name, data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as out:
+        out.write(buffer.getvalue())
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_bundle(path: str | Path) -> Bundle:
+    """Read and verify a bundle: format, manifest keys, members and their SHA-256."""
+    path = Path(path)
+    try:
+        archive = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no such bundle") from None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise BundleError(f"{path}: not a readable bundle ({exc})") from None
+    with archive:
+        names = set(archive.namelist())
+        if MANIFEST not in names:
+            raise BundleError(f"{path}: no {MANIFEST} inside")
+        try:
+            raw = json.loads(archive.read(MANIFEST))
+        except (ValueError, zipfile.BadZipFile, OSError) as exc:
+            raise BundleError(f"{path}: {MANIFEST} is not valid JSON ({exc})") from None
+        manifest = Manifest.from_dict(raw, str(path))
+        if PERFORMER not in manifest.members:
+            raise BundleError(f"{path}: manifest names no {PERFORMER}")
+        graphs = {}
+        for name, member in manifest.members.items():
+            if name not in names:
+                raise BundleError(f"{path}: member {name} is listed but missing")
+            try:
+                data = archive.read(name)
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise BundleError(f"{path}: member {name} is damaged ({exc})") from None
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != member.get("sha256"):
+                raise BundleError(f"{path}: member {name} fails its SHA-256 check "
+                                  f"(expected {str(member.get('sha256'))[:16]}…, got {digest[:16]}…)")
+            graphs[name] = data
+    _check_shapes(manifest, str(path))
+    return Bundle(path, manifest, graphs)
+
+
+def check_compatible(manifest: Manifest, *, fps: int, motiongram: MotiongramParams,
+                     sample_rate: int, where: str) -> None:
+    """Refuse a bundle trained with other parameters than this device runs with."""
+    problems = []
+    if manifest.fps != fps:
+        problems.append(f"trained at {manifest.fps} fps but the camera runs at {fps} fps")
+    if manifest.motiongram != motiongram:
+        problems.append(f"motiongram {_params(manifest.motiongram)} differs from the "
+                        f"device's {_params(motiongram)}")
+    if manifest.audio.sample_rate != sample_rate:
+        problems.append(f"audio at {manifest.audio.sample_rate} Hz but the device plays "
+                        f"{sample_rate} Hz")
+    if problems:
+        raise BundleError(f"{where}: does not match this device: {'; '.join(problems)}")
+
+
+def _check_shapes(manifest: Manifest, where: str) -> None:
+    m, a = manifest, manifest.audio
+    expected_in = (1, m.window_frames, m.motiongram.features)
+    if tuple(m.input.shape) != expected_in:
+        raise BundleError(f"{where}: input shape {list(m.input.shape)} should be {list(expected_in)}")
+    if tuple(m.output.shape) != (1, a.segment_samples):
+        raise BundleError(f"{where}: output shape {list(m.output.shape)} should be "
+                          f"[1, {a.segment_samples}]")
+    if a.sample_rate != a.hop_samples * m.fps:
+        raise BundleError(f"{where}: hop_samples {a.hop_samples} is not one frame at "
+                          f"{m.fps} fps and {a.sample_rate} Hz")
+    if a.segment_samples < a.hop_samples:
+        raise BundleError(f"{where}: segment_samples {a.segment_samples} is shorter than a hop")
+
+
+def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
+    info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    archive.writestr(info, data)
+
+
+def _params(p: MotiongramParams) -> str:
+    return f"{p.width}x{p.height} threshold {p.threshold:g}"

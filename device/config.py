@@ -1,0 +1,407 @@
+"""Typed, validated settings for the device and for training.
+
+Each config section is a frozen dataclass with a docstring under every field; a
+field's metadata may bound it ("min", "max"), list its "choices", or give a
+"pattern" it must fully match (with "pattern_help" saying it in words). The
+defaults live in ``config/device.yaml`` and ``config/train.yaml`` and are mirrored
+here (tests keep the two equal). Loading reports every mistake in a file at once,
+as one ``ConfigError`` line, rather than stopping at the first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import sys
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from device.errors import ConfigError
+from device.motiongram import MotiongramParams
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+"""The checkout's root: config paths that are not absolute are relative to it."""
+
+T = TypeVar("T")
+_META_KEYS = {"min", "max", "choices", "pattern", "pattern_help"}
+_NOUNS = {int: "an integer", float: "a number", str: "text", bool: "true or false"}
+
+
+# ---- the schema engine ---------------------------------------------------------
+
+def load_config(path: str | os.PathLike, schema_cls: type[T]) -> T:
+    """Read the YAML file at ``path`` into a frozen ``schema_cls``; keys left out
+    take the dataclass defaults. Raises one ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+    return _validate(schema_cls, data, str(path))
+
+
+def with_overrides(cfg: T, overrides: Mapping[str, Any]) -> T:
+    """A copy of ``cfg`` with dotted keys (``"camera.fps"``) set to new values,
+    checked by the same rules as a file. Values must already have their types
+    (60, not "60"): command-line flags convert them as they parse."""
+    data = dataclasses.asdict(cfg)
+    problems = []
+    for dotted, value in overrides.items():
+        node, parts = data, dotted.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict):
+                problems.append(f"{dotted}: {'.'.join(parts[:i])} is a value, not a section")
+                break
+            if part not in node:
+                problems.append(f"{'.'.join(parts[:i + 1])}: {_unknown(part, node)}")
+                break
+            if i == len(parts) - 1:
+                node[part] = value
+            node = node[part]
+    return _validate(type(cfg), data, "override", problems)
+
+
+def resolve_path(value: str) -> Path:
+    """A path from the config as an absolute Path. Relative paths are taken from
+    the project root, not the working directory, so ``make run`` and the systemd
+    service (which start in different directories) find the same files."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def _validate(cls: type[T], data: Any, where: str, problems: list[str] | None = None) -> T:
+    problems = list(problems or [])
+    cfg = _section(cls, data, "", problems)
+    if not problems:  # cross-field checks assume every field is well formed
+        _cross_checks(cfg, "", problems)
+    if problems:
+        message = f"{where}: {len(problems)} problem(s): " + "; ".join(problems)
+        raise ConfigError(message.replace("\n", " "))
+    return cfg
+
+
+def _section(cls: type, data: Any, key: str, problems: list[str]) -> Any:
+    """An instance of the section ``cls`` from ``data``, or None with problems noted.
+    An empty section (``camera:`` with every key commented out) means all defaults."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(f"{key or 'top level'}: expected a mapping of keys, got {_describe(data)}")
+        return None
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    before = len(problems)
+    for name in data:
+        if name not in fields:
+            problems.append(f"{_join(key, name)}: {_unknown(str(name), fields)}")
+    values = {name: _value(data[name], hints[name], fields[name].metadata,
+                           _join(key, name), problems)
+              for name in fields if name in data}
+    return cls(**values) if len(problems) == before else None
+
+
+def _value(value: Any, tp: Any, meta: Mapping, key: str, problems: list[str]) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _section(tp, value, key, problems)
+    if unknown := set(meta) - _META_KEYS:
+        raise TypeError(f"config schema {key}: unknown metadata {sorted(unknown)}")
+    ok, converted = _convert(value, tp, meta)
+    if not ok:  # name the value as written (2, not the 2.0 it became)
+        hint = ""
+        if "choices" in meta and isinstance(value, str):
+            hint = _suggest(value, [str(c) for c in meta["choices"]])
+        problems.append(f"{key}: expected {_expected(tp, meta)}, got {_describe(value)}{hint}")
+    return converted
+
+
+def _convert(value: Any, tp: Any, meta: Mapping) -> tuple[bool, Any]:
+    """(whether value is a valid tp within meta's limits, value converted to tp)."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is bool or tp is str:
+        ok = isinstance(value, tp)
+    elif tp is int:  # bool is an int subclass, and 30.0 is not an int: refuse both
+        ok = is_number and isinstance(value, int)
+    elif tp is float:  # refuses nan, inf and ints too big for a float
+        ok = is_number and abs(value) <= sys.float_info.max
+        value = float(value) if ok else value
+    else:
+        raise TypeError(f"config schema: unsupported field type {tp!r}")
+    if ok and "min" in meta:
+        ok = value >= meta["min"]
+    if ok and "max" in meta:
+        ok = value <= meta["max"]
+    if ok and "choices" in meta:
+        ok = value in meta["choices"]
+    if ok and "pattern" in meta:
+        ok = re.fullmatch(meta["pattern"], value) is not None
+    return ok, value
+
+
+def _cross_checks(cfg: Any, key: str, problems: list[str]) -> None:
+    """Run ``check()`` on every section, innermost first; a section's problems
+    name keys relative to it, so they are prefixed with the section's own key."""
+    for f in dataclasses.fields(cfg):
+        if dataclasses.is_dataclass(sub := getattr(cfg, f.name)):
+            _cross_checks(sub, _join(key, f.name), problems)
+    if hasattr(cfg, "check"):
+        problems.extend(_join(key, p) for p in cfg.check())
+
+
+def _expected(tp: Any, meta: Mapping) -> str:
+    if "pattern_help" in meta:
+        return meta["pattern_help"]
+    if "choices" in meta:
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    noun, lo, hi = _NOUNS[tp], _number(meta.get("min")), _number(meta.get("max"))
+    if lo and hi:
+        return f"{noun} from {lo} to {hi}"
+    return f"{noun} of at least {lo}" if lo else f"{noun} of at most {hi}" if hi else noun
+
+
+def _number(bound: int | float | None) -> str:
+    """A bound as a person writes it: 100000 not 1e+05, 0.001 not 0.0010."""
+    return "" if bound is None else str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
+def _describe(value: Any) -> str:
+    """What was found, short: containers by kind, scalars as written (quoted text)."""
+    kind = {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(value))
+    text = kind or repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _suggest(word: str, candidates: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown(name: str, known: typing.Iterable[str]) -> str:
+    known = list(known)
+    return "unknown key" + (_suggest(name, known) or f" (known keys: {', '.join(known)})")
+
+
+def _join(key: str, name: Any) -> str:
+    return f"{key}.{name}" if key else str(name)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, on one line (PyYAML's own message spans several)."""
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    mark = getattr(exc, "problem_mark", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
+def _whole_multiple(rate_key: str, rate: int, fps_key: str, fps: int) -> list[str]:
+    if rate % fps == 0:
+        return []
+    return [f"{rate_key}: {rate} is not a whole multiple of {fps_key} {fps} "
+            "(each camera frame must carry a whole number of audio samples)"]
+
+
+# ---- the device ----------------------------------------------------------------
+
+_PATH = {"pattern": r"\S.*", "pattern_help": "a path"}
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """Where frames come from, and how often."""
+
+    source: str = field(default="auto", metadata={
+        "pattern": r"auto|pi|synthetic|video:.+",
+        "pattern_help": "'auto', 'pi', 'synthetic' or 'video:PATH'"})
+    """'auto' (the Pi camera if present, else the synthetic dancer), 'pi',
+    'synthetic', or 'video:PATH' for a video file."""
+    fps: int = field(default=30, metadata={"min": 1, "max": 120})
+    """Camera frames per second."""
+    seed: int = field(default=1, metadata={"min": 0})
+    """Seed of the synthetic dancer's motion: the same seed gives the same dance."""
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Where the sound goes, and how it is buffered."""
+
+    output: str = field(default="auto", metadata={
+        "pattern": r"auto|alsa(:.+)?|wav:.+",
+        "pattern_help": "'auto', 'alsa', 'alsa:DEVICE' or 'wav:PATH'"})
+    """'auto' (ALSA if there is a sound card, else a WAV file at wav_path),
+    'alsa' (the default card), 'alsa:DEVICE', or 'wav:PATH'."""
+    sample_rate: int = field(default=22050, metadata={"min": 8000, "max": 96000})
+    """Audio samples per second; a whole multiple of camera.fps."""
+    volume: float = field(default=0.8, metadata={"min": 0, "max": 1})
+    """Master volume, 0 (silent) to 1 (full scale)."""
+    period_size: int = field(default=256, metadata={"min": 16, "max": 16384})
+    """ALSA frames per period: smaller means less delay and more risk of underruns."""
+    periods: int = field(default=4, metadata={"min": 2, "max": 64})
+    """ALSA periods in the buffer; the buffer is period_size * periods frames."""
+    wav_path: str = field(default="out/run.wav", metadata=_PATH)
+    """Where the sound is written when output is 'auto' and there is no sound card."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model plays, and how it runs."""
+
+    bundle: str = field(default="models/default.dsb", metadata=_PATH)
+    """The model bundle that plays at start."""
+    models_dir: str = field(default="models", metadata=_PATH)
+    """Folder of bundles that the model button steps through."""
+    runtime: str = field(default="auto", metadata={
+        "choices": ("auto", "ai_edge_litert", "tflite_runtime")})
+    """TFLite runtime: 'auto' takes whichever is installed, LiteRT first."""
+    threads: int = field(default=1, metadata={"min": 1, "max": 4})
+    """CPU threads for the interpreter."""
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """Everything the box reads from ``config/device.yaml``."""
+
+    camera: CameraConfig = CameraConfig()
+    """The camera."""
+    motiongram: MotiongramParams = MotiongramParams()
+    """How frames become motion features; must match the bundle's."""
+    audio: AudioConfig = AudioConfig()
+    """Sound output."""
+    model: ModelConfig = ModelConfig()
+    """The model and its runtime."""
+
+    def check(self) -> list[str]:
+        return _whole_multiple("audio.sample_rate", self.audio.sample_rate,
+                               "camera.fps", self.camera.fps)
+
+
+def load_device_config(path: str | os.PathLike | None = None) -> DeviceConfig:
+    """The device config from ``path``, else from $DANCESAMPLER_CONFIG, else from
+    ``config/device.yaml`` in the project root."""
+    if path is None:
+        path = os.environ.get("DANCESAMPLER_CONFIG") or PROJECT_ROOT / "config" / "device.yaml"
+    return load_config(path, DeviceConfig)
+
+
+# ---- training ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How takes become training examples."""
+
+    fps: int = field(default=30, metadata={"min": 1, "max": 120})
+    """Camera frames per second of the motion the model learns from."""
+    sample_rate: int = field(default=22050, metadata={"min": 8000, "max": 96000})
+    """Audio samples per second; a whole multiple of fps."""
+    segment_seconds: float = field(default=0.1, metadata={"min": 0.02, "max": 2.0})
+    """Length of each generated audio segment, in seconds."""
+    window_frames: int = field(default=8, metadata={"min": 2, "max": 64})
+    """Motion frames the model sees for each segment."""
+    validation_fraction: float = field(default=0.2, metadata={"min": 0, "max": 0.5})
+    """Share of sessions held out for validation (split by session, not by window)."""
+
+    @property
+    def hop_samples(self) -> int:
+        """Audio samples per camera frame."""
+        return self.sample_rate // self.fps
+
+    @property
+    def segment_samples(self) -> int:
+        """Audio samples in one generated segment."""
+        return round(self.segment_seconds * self.sample_rate)
+
+
+@dataclass(frozen=True)
+class VaeConfig:
+    """The size of the joint motion/audio VAE."""
+
+    latent_size: int = field(default=16, metadata={"min": 2, "max": 128})
+    """Dimensions of the latent space."""
+    hidden_units: int = field(default=128, metadata={"min": 8, "max": 1024})
+    """Units in each hidden layer."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The optimiser and the loss."""
+
+    epochs: int = field(default=30, metadata={"min": 1, "max": 10000})
+    """Passes over the training set."""
+    batch_size: int = field(default=64, metadata={"min": 1, "max": 4096})
+    """Examples per optimiser step."""
+    learning_rate: float = field(default=0.001, metadata={"min": 1e-6, "max": 1.0})
+    """Adam's step size."""
+    kl_weight: float = field(default=0.001, metadata={"min": 0, "max": 10})
+    """Weight of the KL term once annealing is done."""
+    kl_anneal_epochs: int = field(default=10, metadata={"min": 0, "max": 10000})
+    """Epochs over which the KL weight rises from 0; 0 means full weight at once."""
+    spectral_weight: float = field(default=1.0, metadata={"min": 0, "max": 100})
+    """Weight of the multi-resolution spectral loss."""
+    waveform_weight: float = field(default=0.1, metadata={"min": 0, "max": 100})
+    """Weight of the sample-by-sample waveform loss."""
+    motion_weight: float = field(default=0.1, metadata={"min": 0, "max": 100})
+    """Weight of the motion reconstruction loss (keeps the latent about motion)."""
+    threads: int = field(default=2, metadata={"min": 1, "max": 256})
+    """CPU threads for training; a fixed number keeps runs reproducible."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The synthetic demo take that the default model trains on."""
+
+    seconds: float = field(default=600.0, metadata={"min": 10, "max": 36000})
+    """Length of the demo take, in seconds."""
+    seed: int = field(default=7, metadata={"min": 0})
+    """Seed of the demo take's dancer and music."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """The int8 export."""
+
+    representative_windows: int = field(default=400, metadata={"min": 10, "max": 100000})
+    """Motion windows used to calibrate the int8 quantization."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything the trainer reads from ``config/train.yaml``."""
+
+    seed: int = field(default=1, metadata={"min": 0})
+    """Seed for weight initialisation, shuffling and the validation split."""
+    motiongram: MotiongramParams = MotiongramParams()
+    """How frames become motion features; recorded in the bundle."""
+    data: DataConfig = DataConfig()
+    """Training examples."""
+    model: VaeConfig = VaeConfig()
+    """The model's size."""
+    training: TrainingConfig = TrainingConfig()
+    """The optimiser and the loss."""
+    demo: DemoConfig = DemoConfig()
+    """The synthetic demo take."""
+    export: ExportConfig = ExportConfig()
+    """The int8 export."""
+
+    def check(self) -> list[str]:
+        d = self.data
+        problems = _whole_multiple("data.sample_rate", d.sample_rate, "data.fps", d.fps)
+        if d.segment_samples < d.hop_samples:
+            problems.append(
+                f"data.segment_seconds: {d.segment_seconds:g} s ({d.segment_samples} samples) "
+                f"is shorter than one camera frame ({d.hop_samples} samples at {d.fps} fps)")
+        return problems
+
+
+def load_train_config(path: str | os.PathLike | None = None) -> TrainConfig:
+    """The training config from ``path``, else ``config/train.yaml`` in the project root."""
+    return load_config(path or PROJECT_ROOT / "config" / "train.yaml", TrainConfig)

@@ -1,0 +1,86 @@
+"""Shared test fixtures: real data, the ALSA file device, small trained bundles."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REALDATA = ROOT.parent / "shared" / "realdata"
+VIDEOS = REALDATA / "videos"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def real_video(name: str) -> Path:
+    """Path of a real dance clip from ../shared/realdata, or skip saying why."""
+    path = VIDEOS / name
+    if not path.exists():
+        pytest.skip(f"real data {path} is absent (see shared/realdata/SOURCES.md)")
+    return path
+
+
+@pytest.fixture
+def alsa_file_device(tmp_path, monkeypatch):
+    """An ALSA PCM named 'capture' of type file over null: the real libasound path.
+
+    ALSA_CONFIG_PATH points libasound at a config holding only this PCM, so no
+    sound card is needed. Returns (device name, path of the raw bytes it writes).
+    """
+    pytest.importorskip("alsaaudio")
+    raw = tmp_path / "alsa-out.raw"
+    conf = tmp_path / "asound.conf"
+    conf.write_text('pcm.capture {\n  type file\n  slave.pcm { type null }\n'
+                    f'  file "{raw}"\n  format "raw"\n}}\n')
+    monkeypatch.setenv("ALSA_CONFIG_PATH", str(conf))
+    return "capture", raw
+
+
+DEFAULT_BUNDLE = ROOT / "models" / "default.dsb"
+
+# A model small and short enough to train in seconds: for tests of the training,
+# export and runtime path, not of sound quality.
+TINY_TRAIN_YAML = """\
+demo: {seconds: 40.0, seed: 3}
+model: {hidden_units: 32, latent_size: 8}
+training: {epochs: 3, batch_size: 64}
+export: {representative_windows: 100}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_config_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "tiny-train.yaml"
+    path.write_text(TINY_TRAIN_YAML)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_config_file, tmp_path_factory):
+    """A trained run of the tiny config (TensorFlow, in this process)."""
+    pytest.importorskip("tensorflow")
+    from device.config import load_train_config
+    from train_host.demo_data import demo_examples
+    from train_host.train import train
+
+    cfg = load_train_config(tiny_config_file)
+    train_set, validation, summary = demo_examples(cfg)
+    return train(cfg, train_set, validation, tmp_path_factory.mktemp("runs") / "tiny",
+                 data_summary=summary)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run, tmp_path_factory) -> Path:
+    from train_host.export import export
+
+    return export(tiny_run, tmp_path_factory.mktemp("bundles") / "tiny.dsb", name="tiny",
+                  created="2026-01-01T00:00:00Z")
+
+
+@pytest.fixture
+def default_bundle() -> Path:
+    if not DEFAULT_BUNDLE.exists():
+        pytest.fail(f"{DEFAULT_BUNDLE} is missing: rebuild it with `make default-model`")
+    return DEFAULT_BUNDLE

@@ -1,0 +1,107 @@
+"""The exported int8 bundle in the runtimes a box uses, against the Keras model."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from device.bundle import read_bundle
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+# Runs in a fresh process per runtime, as on the box: only the device package and
+# the one runtime are imported, never TensorFlow.
+_RUN_IN_RUNTIME = """
+import json, sys
+import numpy as np
+from device.bundle import read_bundle
+from device.runtime import Performer
+bundle, windows_file, out_file, runtime = sys.argv[1:]
+graph = read_bundle(bundle).performer
+windows = np.load(windows_file)
+one = Performer(graph, runtime=runtime)
+consecutive = np.stack([one(w) for w in windows])          # one interpreter, many invokes
+again = np.stack([one(w) for w in windows])
+fresh = np.stack([Performer(graph, runtime=runtime)(w) for w in windows[:5]])
+np.savez(out_file, consecutive=consecutive, again=again, fresh=fresh)
+module = __import__(runtime)
+print(json.dumps({"runtime": one.runtime, "numpy": np.__version__,
+                  "version": getattr(module, "__version__", "?"),
+                  "tensorflow_loaded": "tensorflow" in sys.modules}))
+"""
+
+
+def _run_in(runtime, bundle, windows, tmp_path):
+    np.save(tmp_path / "windows.npy", windows)
+    out = tmp_path / f"{runtime}.npz"
+    result = subprocess.run([sys.executable, "-c", _RUN_IN_RUNTIME, str(bundle),
+                             str(tmp_path / "windows.npy"), str(out), runtime],
+                            capture_output=True, text=True, cwd=ROOT, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1]), np.load(out)
+
+
+def _snr_db(reference, test):
+    return 10 * np.log10(np.sum(reference ** 2) / np.sum((reference - test) ** 2))
+
+
+@pytest.fixture(scope="module")
+def keras_reference(tiny_run):
+    """Validation windows that the model never trained on, and the float model's output."""
+    from train_host.vae import performer
+
+    windows = np.load(tiny_run.path / "calibration.npz")["validation"][:40]
+    model = performer(tiny_run.vae)
+    return windows, np.stack([model(w[None], training=False).numpy()[0] for w in windows])
+
+
+@pytest.mark.parametrize("runtime", ["tflite_runtime", "ai_edge_litert"])
+def test_bundle_runs_in_each_runtime_and_agrees_with_keras(runtime, tiny_bundle,
+                                                           keras_reference, tmp_path):
+    windows, reference = keras_reference
+    info, out = _run_in(runtime, tiny_bundle, windows, tmp_path)
+    assert info["runtime"] == runtime and not info["tensorflow_loaded"]
+    if runtime == "tflite_runtime":
+        assert info["version"] == "2.14.0" and int(info["numpy"].split(".")[0]) < 2
+    # Repeated invokes of one interpreter give what a fresh interpreter gives.
+    assert np.array_equal(out["consecutive"], out["again"])
+    assert np.array_equal(out["consecutive"][:5], out["fresh"])
+    # int8 against the float model, on windows it never trained on.
+    assert _snr_db(reference, out["consecutive"]) > 15.0
+    assert np.abs(reference).max() > 0.01        # the model makes sound, not silence
+
+
+def test_both_runtimes_give_the_same_samples(tiny_bundle, keras_reference, tmp_path):
+    windows, _ = keras_reference
+    _, a = _run_in("tflite_runtime", tiny_bundle, windows, tmp_path)
+    _, b = _run_in("ai_edge_litert", tiny_bundle, windows, tmp_path)
+    from device.runtime import Performer
+
+    step = Performer(read_bundle(tiny_bundle).performer).output_step
+    assert np.abs(a["consecutive"] - b["consecutive"]).max() <= 1.01 * step  # one int8 step
+
+
+def test_manifest_records_how_the_model_was_made(tiny_bundle):
+    m = read_bundle(tiny_bundle).manifest
+    assert (m.fps, m.audio.sample_rate, m.audio.segment_samples, m.audio.hop_samples) == \
+        (30, 22050, 2205, 735)
+    assert m.input.shape == (1, 8, 112) and m.input.dtype == "int8"
+    assert set(m.style_centroids) == {"still", "sway", "arms", "legs", "travel", "jump"}
+    assert all(len(c) == m.latent_size == 8 for c in m.style_centroids.values())
+    assert np.isfinite(m.training["metrics"]["int8_snr_db"])
+    assert m.training["data"]["source"] == "synthetic demo"
+
+
+def test_rebuilding_gives_the_same_bytes(tiny_config_file, tmp_path):
+    """make default-model is reproducible: two fresh builds, byte-identical bundles."""
+    built = []
+    for i in range(2):
+        out = tmp_path / f"model{i}.dsb"
+        subprocess.run([sys.executable, "-m", "train_host", "default-model",
+                        "--config", str(tiny_config_file), "--out", str(out),
+                        "--run", str(tmp_path / f"run{i}")],
+                       cwd=ROOT, check=True, capture_output=True)
+        built.append(out.read_bytes())
+    assert built[0] == built[1]

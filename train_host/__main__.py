@@ -1,0 +1,100 @@
+"""``python -m train_host``: train, export and rebuild models on the host.
+
+Subcommands import TensorFlow only when they run. Errors meant for people print
+one line to stderr and exit 1; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("train_host")
+
+# The factory model's fixed build date: rebuilding it gives the same bytes.
+FACTORY_CREATED = "2026-01-01T00:00:00Z"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train_host",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model on the synthetic demo takes")
+    train.add_argument("--config", help="training config (default: config/train.yaml)")
+    train.add_argument("--out", required=True, help="run folder to write")
+    train.set_defaults(func=_train)
+
+    export = commands.add_parser("export", help="write the int8 bundle of a trained run")
+    export.add_argument("run", help="run folder written by train")
+    export.add_argument("--out", required=True, help="bundle file to write (.dsb)")
+    export.add_argument("--name", help="model name in the manifest (default: the file's stem)")
+    export.set_defaults(func=_export)
+
+    default = commands.add_parser("default-model",
+                                  help="rebuild the factory model from the demo takes, reproducibly")
+    default.add_argument("--config", help="training config (default: config/train.yaml)")
+    default.add_argument("--out", default="models/default.dsb", help="bundle file to write")
+    default.add_argument("--run", help="run folder (default: runs/default-<config hash>)")
+    default.set_defaults(func=_default_model)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from device.errors import DanceSamplerError
+
+    try:
+        return args.func(args)
+    except DanceSamplerError as exc:
+        if args.debug:
+            raise
+        print(f"dancesampler: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _train_demo(config_path, out: Path):
+    from device.config import load_train_config
+    from train_host.demo_data import demo_examples
+    from train_host.train import train
+
+    cfg = load_train_config(config_path)
+    train_set, validation, summary = demo_examples(cfg)
+    log.info("demo data: %s", summary)
+    return train(cfg, train_set, validation, out, data_summary=summary)
+
+
+def _train(args) -> int:
+    run = _train_demo(args.config, Path(args.out))
+    print(f"trained {run.path} in {run.info['train_seconds']} s")
+    return 0
+
+
+def _export(args) -> int:
+    from train_host.export import export
+
+    path = export(args.run, args.out, name=args.name)
+    print(f"wrote {path}")
+    return 0
+
+
+def _default_model(args) -> int:
+    from device.config import load_train_config
+    from train_host.export import export
+    from train_host.train import config_hash
+
+    cfg = load_train_config(args.config)
+    run_dir = Path(args.run or f"runs/default-{config_hash(cfg)}")
+    run = _train_demo(args.config, run_dir)
+    created = None if "SOURCE_DATE_EPOCH" in os.environ else FACTORY_CREATED
+    path = export(run, args.out, name="default", created=created)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""int8 export: a trained run becomes a bundle the box can play.
+
+Quantization is its own stage. The performer graph (motion window to audio
+segment) is converted with full-integer quantization, int8 in and out, calibrated
+on motion windows from the training set. The int8 graph is then run through the
+device's own ``Performer`` (the runtime the box uses) on held-out windows and
+compared with the float Keras model; that parity figure goes into the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from device.bundle import PERFORMER, AudioParams, Manifest, TensorSpec, write_bundle
+from device.runtime import Performer
+from train_host.train import CALIBRATION_FILE, Run, load_run
+
+log = logging.getLogger(__name__)
+
+
+def to_int8_tflite(model, representative: np.ndarray) -> bytes:
+    """Convert a batch-1 Keras model to a full-integer (int8 in and out) TFLite graph."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+
+    def calibration():
+        for window in representative:
+            yield [window[None].astype(np.float32)]
+
+    converter.representative_dataset = calibration
+    return converter.convert()
+
+
+def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    """Signal-to-noise ratio of ``test`` against ``reference``, in dB."""
+    noise = np.sum((reference - test) ** 2)
+    return float(10 * np.log10(np.sum(reference ** 2) / max(noise, 1e-20)))
+
+
+def parity(model, graph: bytes, windows: np.ndarray) -> dict[str, float]:
+    """Float Keras against the int8 graph in the device runtime, one window at a time."""
+    performer = Performer(graph, where="exported graph")
+    reference = np.stack([model(w[None], training=False).numpy()[0] for w in windows])
+    quantized = np.stack([performer(w) for w in windows])
+    return {"int8_snr_db": round(snr_db(reference, quantized), 2),
+            "int8_runtime": performer.runtime}
+
+
+def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
+           created: str | None = None) -> Path:
+    """Write the int8 bundle for a run. ``created`` fixes the timestamp (reproducible builds)."""
+    from train_host.vae import performer
+
+    run = run if isinstance(run, Run) else load_run(run)
+    cfg, data = run.config, run.config.data
+    calibration = np.load(run.path / CALIBRATION_FILE)
+    model = performer(run.vae)
+    started = time.monotonic()
+    representative = calibration["train"][:cfg.export.representative_windows]
+    graph = to_int8_tflite(model, representative)
+    metrics = parity(model, graph, calibration["validation"])
+    log.info("exported %d bytes in %.1f s; int8 against float: %.1f dB SNR (%s)",
+             len(graph), time.monotonic() - started, metrics["int8_snr_db"],
+             metrics["int8_runtime"])
+    history = run.info["history"][-1] if run.info["history"] else {}
+    manifest = Manifest(
+        name=name or Path(out).stem,
+        created=created or _created(),
+        fps=data.fps,
+        motiongram=cfg.motiongram,
+        audio=AudioParams(data.sample_rate, data.segment_samples, data.hop_samples),
+        window_frames=data.window_frames,
+        latent_size=cfg.model.latent_size,
+        input=TensorSpec((1, data.window_frames, cfg.motiongram.features), "int8"),
+        output=TensorSpec((1, data.segment_samples), "int8"),
+        style_centroids=run.info["style_centroids"],
+        training={
+            "run": run.path.name,
+            "data": run.info["data"],
+            "examples": run.info["examples"],
+            "epochs": cfg.training.epochs,
+            "train_seconds": run.info["train_seconds"],
+            "metrics": {**metrics,
+                        **{k: round(v, 4) for k, v in history.items()
+                           if k in ("val_motion_spectral", "train_motion_spectral")}},
+        },
+    )
+    return write_bundle(out, manifest, {PERFORMER: graph})
+
+
+def _created() -> str:
+    """Now, or SOURCE_DATE_EPOCH where a reproducible build sets it."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = (datetime.fromtimestamp(int(epoch), timezone.utc) if epoch
+              else datetime.now(timezone.utc))
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
