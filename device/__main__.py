@@ -69,6 +69,7 @@ def _load_bundle(cfg):
 
 def _run(args) -> int:
     from device.audio import open_sink
+    from device.audio.wav import WavSink
     from device.camera import open_camera
     from device.config import resolve_path
     from device.engine import Engine
@@ -81,8 +82,10 @@ def _run(args) -> int:
                      period_size=cfg.audio.period_size, periods=cfg.audio.periods,
                      default_wav=resolve_path(cfg.audio.wav_path))
     try:
-        # Stand-in cameras keep real time only when a sound card is listening.
-        paced = not hasattr(sink, "path")
+        # Into a WAV file, a run with a known end (a video file, --seconds) goes as
+        # fast as it can; anything open-ended or heard live keeps real time.
+        finite = args.seconds is not None or cfg.camera.source.startswith("video:")
+        paced = not (isinstance(sink, WavSink) and finite)
         camera = open_camera(cfg.camera.source, fps=cfg.camera.fps, width=cfg.motiongram.width,
                              height=cfg.motiongram.height, paced=paced, seed=cfg.camera.seed)
     except BaseException:
@@ -100,7 +103,7 @@ def _run(args) -> int:
         sink.close()
     if stats is not None:
         print(f"played {stats.summary(cfg.audio.sample_rate)}")
-    if hasattr(sink, "path"):
+    if isinstance(sink, WavSink):
         print(f"wrote {sink.path}")
     return 0
 

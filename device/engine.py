@@ -8,24 +8,34 @@ into a WAV file therefore holds exactly ``frames * hop`` samples and is
 repeatable to the sample.
 
 The window starts full of zeros (no motion), so sound comes from the first frame.
+
+Another model can take over while playing (``prepare`` then ``swap``): for a short
+crossfade both models hear the same window and their segments are mixed, so the
+change has no gap and no click.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from device.audio import Sink
 from device.bundle import Bundle
+from device.errors import BundleError
 from device.camera import Camera
 from device.motiongram import MotiongramStream
 from device.overlap_add import OverlapAdd
 from device.runtime import Performer
 
 log = logging.getLogger(__name__)
+
+
+# Frames whose compute time the run statistics keep: ten minutes at 60 fps.
+_STATS_FRAMES = 36000
 
 
 class MotionWindow:
@@ -55,11 +65,12 @@ class RunStats:
     frames: int = 0
     samples: int = 0
     wall_s: float = 0.0
-    compute_ms: list[float] = field(default_factory=list)
-    """Per frame: motiongram, inference and overlap-add, in milliseconds."""
+    compute_ms: deque = field(default_factory=lambda: deque(maxlen=_STATS_FRAMES))
+    """Per frame of the most recent ones: motiongram, inference and overlap-add, in ms.
+    Bounded, so a box that plays for months does not grow."""
 
     def summary(self, sample_rate: int) -> str:
-        ms = np.asarray(self.compute_ms or [0.0])
+        ms = np.asarray(self.compute_ms) if self.compute_ms else np.zeros(1)
         return (f"{self.frames} frames, {self.samples / sample_rate:.2f} s of audio in "
                 f"{self.wall_s:.2f} s; compute per frame {np.median(ms):.2f} ms median, "
                 f"{np.percentile(ms, 99):.2f} ms 99th percentile")
@@ -69,22 +80,55 @@ class Engine:
     """Camera to sink through one bundle's model."""
 
     def __init__(self, bundle: Bundle, *, volume: float = 1.0, runtime: str = "auto",
-                 threads: int = 1):
+                 threads: int = 1, crossfade_frames: int = 15):
         m = bundle.manifest
         self.bundle = bundle
         self.volume = np.float32(volume)
+        self.runtime, self.threads = runtime, threads
+        self.crossfade_frames = max(1, crossfade_frames)
         self.performer = Performer(bundle.performer, runtime=runtime, threads=threads,
                                    where=str(bundle.path))
+        self._incoming: tuple[Bundle, Performer] | None = None
+        self._faded = 0
         self.motiongram = MotiongramStream(m.motiongram)
         self.window = MotionWindow(m.window_frames, m.motiongram.features)
         self.overlap_add = OverlapAdd(m.audio.segment_samples, m.audio.hop_samples)
         self.hop = m.audio.hop_samples
         self._out = np.zeros(self.hop, np.float32)
 
+    def prepare(self, bundle: Bundle) -> tuple[Bundle, Performer]:
+        """Load another model for ``swap``; any thread, never the audio thread.
+
+        Refuses a bundle whose window or audio differ from the one playing: the
+        stream's motiongram, window and overlap-add carry on across the swap.
+        """
+        now, new = self.bundle.manifest, bundle.manifest
+        if (new.motiongram, new.window_frames, new.audio, new.fps) != \
+                (now.motiongram, now.window_frames, now.audio, now.fps):
+            raise BundleError(f"{bundle.path}: its motion window or audio differ from the "
+                              f"playing model {now.name}'s; it cannot take over live")
+        return bundle, Performer(bundle.performer, runtime=self.runtime, threads=self.threads,
+                                 where=str(bundle.path))
+
+    def swap(self, prepared: tuple[Bundle, Performer]) -> None:
+        """Crossfade to a prepared model over the next ``crossfade_frames`` frames."""
+        self._faded = 0
+        self._incoming = prepared
+
     def step(self, image: np.ndarray) -> np.ndarray:
         """One camera frame in, one hop of audio out (a reused buffer)."""
         window = self.window.push(self.motiongram.push(image))
-        hop = self.overlap_add.push(self.performer(window))
+        segment = self.performer(window)
+        incoming = self._incoming
+        if incoming is not None:
+            self._faded += 1
+            mix = np.float32(self._faded / self.crossfade_frames)
+            segment = segment * (1 - mix) + incoming[1](window) * mix
+            if self._faded >= self.crossfade_frames:
+                self.bundle, self.performer = incoming
+                self._incoming = None
+                log.info("model: now playing %s", self.bundle.manifest.name)
+        hop = self.overlap_add.push(segment)
         np.multiply(hop, self.volume, out=self._out)
         # A hard ceiling so no model can drive the output past full scale.
         return np.clip(self._out, -1.0, 1.0, out=self._out)

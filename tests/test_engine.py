@@ -63,3 +63,31 @@ def test_motion_window_slides_one_frame_at_a_time():
     for i in range(1, 6):
         view = window.push(np.full(2, i, np.float32))
     assert view[:, 0].tolist() == [3, 4, 5]           # oldest first, newest last
+
+
+def test_swapping_models_crossfades_without_a_gap(default_bundle, tiny_bundle):
+    engine = Engine(read_bundle(default_bundle), volume=1.0, crossfade_frames=10)
+    dancer = SyntheticDancer(seed=5, seconds=6)
+    hops = []
+    for i in range(180):
+        if i == 90:
+            engine.swap(engine.prepare(read_bundle(tiny_bundle)))
+        hops.append(engine.step(dancer.read().image).copy())
+    assert all(len(h) == 735 for h in hops)            # one hop per frame, throughout
+    assert engine.bundle.manifest.name == "tiny"
+    audio = np.concatenate(hops)
+    jumps = np.abs(np.diff(audio))
+    around = jumps[89 * 735:101 * 735]
+    assert around.max() <= 2 * np.percentile(jumps, 99.9) + 1e-3   # no click at the swap
+
+
+def test_a_model_with_another_window_cannot_take_over_live(default_bundle):
+    import dataclasses
+
+    from device.errors import BundleError
+
+    bundle = read_bundle(default_bundle)
+    other = dataclasses.replace(bundle, manifest=dataclasses.replace(bundle.manifest,
+                                                                     window_frames=4))
+    with pytest.raises(BundleError, match="cannot take over live"):
+        Engine(bundle).prepare(other)

@@ -19,7 +19,7 @@ import numpy as np
 
 from device.bundle import PERFORMER, AudioParams, Manifest, TensorSpec, write_bundle
 from device.runtime import Performer
-from train_host.train import CALIBRATION_FILE, Run, load_run
+from train_host.train import CALIBRATION_FILE, Run, config_hash, load_run
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,13 @@ def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
         input=TensorSpec((1, data.window_frames, cfg.motiongram.features), "int8"),
         output=TensorSpec((1, data.segment_samples), "int8"),
         style_centroids=run.info["style_centroids"],
+        # Nothing here may vary between two builds of the same config (no wall
+        # times, no folder names): a rebuilt bundle must be byte-identical.
         training={
-            "run": run.path.name,
+            "config_hash": config_hash(cfg),
             "data": run.info["data"],
             "examples": run.info["examples"],
             "epochs": cfg.training.epochs,
-            "train_seconds": run.info["train_seconds"],
             "metrics": {**metrics,
                         **{k: round(v, 4) for k, v in history.items()
                            if k in ("val_motion_spectral", "train_motion_spectral")}},
