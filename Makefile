@@ -11,13 +11,35 @@ VENV_OK  := $(VENV)/.requirements-$(REQ_HASH)
 VENV_FLAGS := $(shell $(PYTHON) -c "import picamera2" >/dev/null 2>&1 && echo --system-site-packages)
 # Debian packages the build needs: pyalsaaudio compiles against libasound2.
 SYSTEM_PACKAGES := libasound2-dev gcc
+# Debian packages the tests of pull and deploy use: a real OpenSSH server on
+# loopback, and rsync. Installed when run as root (CI); elsewhere named, and those
+# tests skip saying why (installing openssh-server starts an sshd on port 22).
+TEST_PACKAGES := rsync openssh-client openssh-server
+
+# $(call ensure_packages,PACKAGES,required|optional): apt-get install the missing
+# ones as root; otherwise name them (and fail, when required).
+define ensure_packages
+command -v dpkg-query >/dev/null || exit 0; \
+missing=""; for p in $(1); do \
+  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+done; \
+[ -z "$$missing" ] && exit 0; \
+if [ "$$(id -u)" = 0 ]; then \
+  echo "installing system packages:$$missing"; \
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+elif [ "$(2)" = required ]; then \
+  echo "make: missing system packages:$$missing; run: sudo apt-get install$$missing" >&2; exit 1; \
+else \
+  echo "make: note: the SSH tests will skip without:$$missing (sudo apt-get install$$missing)" >&2; \
+fi
+endef
 
 SECONDS ?=
 NAME    ?= mymodel
 CONFIG  ?= config/train.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-hw train export default-model check-bundle system-packages clean
+.PHONY: help run test test-hw train export default-model pull-data bench check-bundle system-packages test-packages clean
 
 help:  ## print this help
 	@echo "dancesampler — make TARGET"
@@ -26,14 +48,15 @@ help:  ## print this help
 run: $(VENV_OK).device  ## play live: Pi camera and ALSA where present, else synthetic dancer into a WAV (SECONDS=N to stop)
 	$(PY) -m device run $(if $(SECONDS),--seconds $(SECONDS),)
 
-test: $(VENV_OK).all  ## run the whole test suite (what CI runs)
+test: $(VENV_OK).all test-packages  ## run the whole test suite (what CI runs)
 	$(PY) -m pytest
 
 test-hw: $(VENV_OK).device  ## on a Raspberry Pi: the tests that need its camera, sound card and GPIO
 	$(PY) -m pytest -m hw tests/hw
 
-train: $(VENV_OK).all  ## train a model on the demo data into runs/NAME (CONFIG=…)
-	$(PY) -m train_host train --config $(CONFIG) --out runs/$(NAME)
+DATA ?=
+train: $(VENV_OK).all  ## train runs/NAME on the takes in DATA=DIR… (none: the synthetic demo takes; CONFIG=…)
+	$(PY) -m train_host train --config $(CONFIG) --out runs/$(NAME) $(if $(DATA),--data $(DATA),)
 
 export: $(VENV_OK).all  ## write the int8 bundle models/NAME.dsb from runs/NAME
 	$(PY) -m train_host export runs/$(NAME) --out models/$(NAME).dsb
@@ -41,21 +64,22 @@ export: $(VENV_OK).all  ## write the int8 bundle models/NAME.dsb from runs/NAME
 default-model: $(VENV_OK).all  ## rebuild the shipped factory model models/default.dsb, reproducibly
 	$(PY) -m train_host default-model --config config/train.yaml --out models/default.dsb
 
+PI ?=
+pull-data: $(VENV_OK).device  ## copy new takes from the box PI=user@host into sessions/, verified (DELETE=1: then remove them there)
+	@test -n "$(PI)" || { echo "make: say which box: make pull-data PI=user@host" >&2; exit 2; }
+	$(PY) -m firmware_tools pull-data $(PI) $(if $(DELETE),--delete-after,)
+
+bench: $(VENV_OK).device  ## measure each stage's share of the delay from a move to its sound
+	$(PY) -m device bench
+
 check-bundle: $(VENV_OK).device  ## validate the configured bundle and run a test inference
 	$(PY) -m device check-bundle
 
 system-packages:  ## install (as root) or name the Debian packages the build needs
-	@command -v dpkg-query >/dev/null || exit 0; \
-	missing=""; for p in $(SYSTEM_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	[ -z "$$missing" ] && exit 0; \
-	if [ "$$(id -u)" = 0 ]; then \
-	  echo "installing system packages:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	else \
-	  echo "make: missing system packages:$$missing — run: sudo apt-get install$$missing" >&2; exit 1; \
-	fi
+	@$(call ensure_packages,$(SYSTEM_PACKAGES),required)
+
+test-packages:  ## install (as root) or name the Debian packages the SSH tests use
+	@$(call ensure_packages,$(TEST_PACKAGES),optional)
 
 $(VENV_OK):
 	@$(MAKE) --no-print-directory system-packages

@@ -32,6 +32,27 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("bundle", nargs="?", help="bundle file (default: the configured one)")
     check.set_defaults(func=_check_bundle)
 
+    sessions = commands.add_parser("sessions", help="list the recorded takes")
+    sessions.add_argument("root", nargs="?",
+                          help="folder of takes (default: sessions/ in the project)")
+    sessions.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    sessions.set_defaults(func=_sessions)
+
+    bench = commands.add_parser("bench", help="measure each stage's share of the delay "
+                                              "from a move to its sound")
+    bench.add_argument("--bundle", help="model bundle (default: from config)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--frames", type=int, default=3000, help="frames to time (default 3000)")
+    bench.add_argument("--play", type=float, metavar="SECONDS",
+                       help="also play this long in real time through the configured output")
+    bench.add_argument("--fps", type=int, help="frame rate for --play (default: the camera's)")
+    bench.add_argument("--busy", action="store_true",
+                       help="keep another core busy during --play")
+    bench.add_argument("--pace", action="store_true",
+                       help="keep --play to the system clock (an ALSA device with no clock of "
+                            "its own, such as a file PCM over null)")
+    bench.set_defaults(func=_bench)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -68,44 +89,48 @@ def _load_bundle(cfg):
 
 
 def _run(args) -> int:
-    from device.audio import open_sink
-    from device.audio.wav import WavSink
-    from device.camera import open_camera
-    from device.config import resolve_path
-    from device.engine import Engine
+    import threading
+
+    from device.performance import Performance
+    from device.service import install_stop_signals
 
     cfg = _config(args)
-    bundle = _load_bundle(cfg)
-    engine = Engine(bundle, volume=cfg.audio.volume, runtime=cfg.model.runtime,
-                    threads=cfg.model.threads)
-    sink = open_sink(cfg.audio.output, sample_rate=cfg.audio.sample_rate,
-                     period_size=cfg.audio.period_size, periods=cfg.audio.periods,
-                     default_wav=resolve_path(cfg.audio.wav_path))
-    try:
-        # Into a WAV file, a run with a known end (a video file, --seconds) goes as
-        # fast as it can; anything open-ended or heard live keeps real time.
-        finite = args.seconds is not None or cfg.camera.source.startswith("video:")
-        paced = not (isinstance(sink, WavSink) and finite)
-        camera = open_camera(cfg.camera.source, fps=cfg.camera.fps, width=cfg.motiongram.width,
-                             height=cfg.motiongram.height, paced=paced, seed=cfg.camera.seed)
-    except BaseException:
-        sink.close()
-        raise
-    print(f"camera: {camera.name}\naudio:  {sink.name}\nmodel:  {bundle.manifest.name} "
-          f"({bundle.path}, {engine.performer.runtime})", flush=True)
+    stop = threading.Event()
+    # SIGTERM (systemctl stop) and Ctrl-C end the loop; past the deadline the
+    # process leaves anyway, so a stop never hangs the box.
+    signals = install_stop_signals(stop, deadline_s=3.0)
+    performance = Performance(cfg)
     max_frames = round(args.seconds * cfg.camera.fps) if args.seconds else None
     try:
-        stats = engine.run(camera, sink, max_frames=max_frames)
-    except KeyboardInterrupt:
-        stats = None
+        stats = performance.run(stop, max_frames=max_frames,
+                                announce=lambda p: print(
+                                    f"camera: {p.camera.name}\naudio:  {p.sink.name}\n"
+                                    f"model:  {p.engine.bundle.manifest.name} "
+                                    f"({p.engine.bundle.path}, {p.engine.performer.runtime})",
+                                    flush=True))
     finally:
-        camera.close()
-        sink.close()
+        if signals.received is None:
+            signals.restore()
     if stats is not None:
         print(f"played {stats.summary(cfg.audio.sample_rate)}")
-    if isinstance(sink, WavSink):
-        print(f"wrote {sink.path}")
+    from device.audio.wav import WavSink
+
+    if isinstance(performance.sink, WavSink):
+        print(f"wrote {performance.sink.path}")
     return 0
+
+
+def _sessions(args) -> int:
+    from device.session import main_sessions
+
+    return main_sessions(args)
+
+
+def _bench(args) -> int:
+    from device import bench
+
+    cfg = _config(args)
+    return bench.main(args, cfg, _load_bundle(cfg))
 
 
 def _check_bundle(args) -> int:

@@ -244,10 +244,22 @@ class AudioConfig:
     """Audio samples per second; a whole multiple of camera.fps."""
     volume: float = field(default=0.8, metadata={"min": 0, "max": 1})
     """Master volume, 0 (silent) to 1 (full scale)."""
-    period_size: int = field(default=256, metadata={"min": 16, "max": 16384})
+    period_size: int = field(default=128, metadata={"min": 16, "max": 16384})
     """ALSA frames per period: smaller means less delay and more risk of underruns."""
-    periods: int = field(default=4, metadata={"min": 2, "max": 64})
-    """ALSA periods in the buffer; the buffer is period_size * periods frames."""
+    periods: int = field(default=2, metadata={"min": 2, "max": 64})
+    """ALSA periods in the buffer; the buffer is period_size * periods frames
+    (128 * 2 at 22050 Hz is 12 ms: the sound card's share of the delay)."""
+    margin_ms: float = field(default=3.0, metadata={"min": 0, "max": 500})
+    """Silence put ahead of the sound at start (on top of the ALSA buffer) so that
+    a frame arriving this late still finds sound queued. Each frame is heard
+    ALSA buffer + margin after it is made."""
+    queue_hops: int = field(default=8, metadata={"min": 2, "max": 64})
+    """Most frames of sound that may wait for the sound card; past that, new
+    frames are dropped so the delay cannot grow."""
+    fade_ms: float = field(default=30.0, metadata={"min": 1, "max": 1000})
+    """Fade in at start, fade out at stop and whenever generation falls behind."""
+    limiter_threshold: float = field(default=0.9, metadata={"min": 0.1, "max": 1.0})
+    """Level above which the limiter bends peaks down so nothing reaches full scale."""
     wav_path: str = field(default="out/run.wav", metadata=_PATH)
     """Where the sound is written when output is 'auto' and there is no sound card."""
 
@@ -267,6 +279,67 @@ class ModelConfig:
     """CPU threads for the interpreter."""
 
 
+PIN_FACTORIES = ("auto", "mock", "lgpio", "rpigpio", "pigpio", "native")
+"""'auto' (gpiozero's own choice, honouring $GPIOZERO_PIN_FACTORY) and the names
+of gpiozero's pin factories; 'mock' simulates the pins."""
+
+_PIN = {"pattern": r"(GPIO|BCM|BOARD|WPI)\d{1,2}|J8:\d{1,2}|\d{1,2}",
+        "pattern_help": "a pin name such as 'GPIO17' (Broadcom number) or 'BOARD11' "
+                        "(header pin)"}
+
+
+@dataclass(frozen=True)
+class ControlsConfig:
+    """The dancers' buttons and the status light."""
+
+    enabled: bool = True
+    """False leaves the GPIO pins alone: no buttons and no status light."""
+    record_pin: str = field(default="GPIO17", metadata=_PIN)
+    """Record button, wired from the pin to ground (the internal pull-up is used):
+    a short press starts or stops a take, a long press deletes the last take."""
+    model_pin: str = field(default="GPIO27", metadata=_PIN)
+    """Model button, wired from the pin to ground: each press plays the next model."""
+    led_pin: str = field(default="GPIO22", metadata=_PIN)
+    """Status light, lit when the pin is high."""
+    long_press_s: float = field(default=2.0, metadata={"min": 0.5, "max": 10})
+    """Seconds the record button must be held to delete the last take."""
+    bounce_s: float = field(default=0.05, metadata={"min": 0, "max": 0.5})
+    """Seconds a button's contacts take to settle; a press or release shorter than
+    this is contact bounce and is ignored."""
+    pin_factory: str = field(default="auto", metadata={"choices": PIN_FACTORIES})
+    """gpiozero pin library: 'auto' (gpiozero's choice, honouring
+    $GPIOZERO_PIN_FACTORY; simulated pins where none works), 'lgpio', 'rpigpio',
+    'pigpio', 'native', or 'mock' (always simulated)."""
+
+    def check(self) -> list[str]:
+        """Problems no single field shows: one pin given two jobs."""
+        seen: dict[str, str] = {}
+        problems = []
+        for key in ("record_pin", "model_pin", "led_pin"):
+            name = getattr(self, key)
+            # GPIO17, BCM17 and 17 are one pin; gpiozero itself catches the
+            # header-numbered aliases (BOARD11) when the pins are claimed.
+            number = re.fullmatch(r"(?:GPIO|BCM)?(\d+)", name)
+            pin = f"GPIO{int(number[1])}" if number else name
+            if pin in seen:
+                problems.append(f"{key}: {name} is already the {seen[pin]}")
+            seen.setdefault(pin, key)
+        return problems
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Running unattended under systemd."""
+
+    stall_s: float = field(default=3.0, metadata={"min": 0.5, "max": 60})
+    """Seconds without a camera frame or an audio write before the box counts as
+    stalled: it stops feeding systemd's watchdog and says why in its status."""
+    status_every_s: float = field(default=5.0, metadata={"min": 1, "max": 3600})
+    """Seconds between the status lines that `systemctl status` shows."""
+    camera_retry_max_s: float = field(default=30.0, metadata={"min": 1, "max": 3600})
+    """Longest wait between tries to open a camera that is absent at start."""
+
+
 @dataclass(frozen=True)
 class DeviceConfig:
     """Everything the box reads from ``config/device.yaml``."""
@@ -279,6 +352,10 @@ class DeviceConfig:
     """Sound output."""
     model: ModelConfig = ModelConfig()
     """The model and its runtime."""
+    controls: ControlsConfig = ControlsConfig()
+    """The dancers' buttons and the status light."""
+    service: ServiceConfig = ServiceConfig()
+    """Running unattended under systemd."""
 
     def check(self) -> list[str]:
         return _whole_multiple("audio.sample_rate", self.audio.sample_rate,

@@ -27,16 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from device.errors import DanceSamplerError
+from device.config import PIN_FACTORIES, ControlsConfig
+from device.errors import ControlsError
 
 if TYPE_CHECKING:
     from gpiozero.pins import Factory
 
 log = logging.getLogger(__name__)
-
-PIN_FACTORIES = ("auto", "mock", "lgpio", "rpigpio", "pigpio", "native")
-"""'auto' (gpiozero's own choice, honouring $GPIOZERO_PIN_FACTORY) and the names
-of gpiozero's pin factories; 'mock' simulates the pins."""
 
 STATES = ("starting", "playing", "recording", "error", "off")
 """What the status light can show."""
@@ -45,54 +42,6 @@ BLINKS = {"starting": (0.1, 0.1), "recording": (0.25, 0.25), "error": (0.05, 0.0
 """Seconds on and off for the blinking states: starting blinks fast (5 Hz),
 recording at 2 Hz (clearly "recording" from across the room), an error flickers
 at 10 Hz. Playing is steady on; off is off."""
-
-_PIN = {"pattern": r"(GPIO|BCM|BOARD|WPI)\d{1,2}|J8:\d{1,2}|\d{1,2}",
-        "pattern_help": "a pin name such as 'GPIO17' (Broadcom number) or 'BOARD11' "
-                        "(header pin)"}
-
-
-class ControlsError(DanceSamplerError, OSError):
-    """The buttons or the status light cannot be opened."""
-
-
-@dataclass(frozen=True)
-class ControlsConfig:
-    """The dancers' buttons and the status light."""
-
-    enabled: bool = True
-    """False leaves the GPIO pins alone: no buttons and no status light."""
-    record_pin: str = field(default="GPIO17", metadata=_PIN)
-    """Record button, wired from the pin to ground (the internal pull-up is used):
-    a short press starts or stops a take, a long press deletes the last take."""
-    model_pin: str = field(default="GPIO27", metadata=_PIN)
-    """Model button, wired from the pin to ground: each press plays the next model."""
-    led_pin: str = field(default="GPIO22", metadata=_PIN)
-    """Status light, lit when the pin is high."""
-    long_press_s: float = field(default=2.0, metadata={"min": 0.5, "max": 10})
-    """Seconds the record button must be held to delete the last take."""
-    bounce_s: float = field(default=0.05, metadata={"min": 0, "max": 0.5})
-    """Seconds a button's contacts take to settle; a press or release shorter than
-    this is contact bounce and is ignored."""
-    pin_factory: str = field(default="auto", metadata={"choices": PIN_FACTORIES})
-    """gpiozero pin library: 'auto' (gpiozero's choice, honouring
-    $GPIOZERO_PIN_FACTORY; simulated pins where none works), 'lgpio', 'rpigpio',
-    'pigpio', 'native', or 'mock' (always simulated)."""
-
-    def check(self) -> list[str]:
-        """Problems no single field shows: one pin given two jobs."""
-        seen: dict[str, str] = {}
-        problems = []
-        for key in ("record_pin", "model_pin", "led_pin"):
-            name = getattr(self, key)
-            # GPIO17, BCM17 and 17 are one pin; gpiozero itself catches the
-            # header-numbered aliases (BOARD11) when the pins are claimed.
-            number = re.fullmatch(r"(?:GPIO|BCM)?(\d+)", name)
-            pin = f"GPIO{int(number[1])}" if number else name
-            if pin in seen:
-                problems.append(f"{key}: {name} is already the {seen[pin]}")
-            seen.setdefault(pin, key)
-        return problems
-
 
 class _Presses:
     """One button's raw edges turned into whole presses, bounce filtered out.

@@ -17,16 +17,17 @@ change has no gap and no click.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from device.audio import Sink
 from device.bundle import Bundle
 from device.errors import BundleError
-from device.camera import Camera
+from device.camera import Camera, Frame
 from device.motiongram import MotiongramStream
 from device.overlap_add import OverlapAdd
 from device.runtime import Performer
@@ -88,6 +89,8 @@ class Engine:
         self.crossfade_frames = max(1, crossfade_frames)
         self.performer = Performer(bundle.performer, runtime=runtime, threads=threads,
                                    where=str(bundle.path))
+        self.stats = RunStats()
+        """The current (or last) run's figures, readable while it plays."""
         self._incoming: tuple[Bundle, Performer] | None = None
         self._faded = 0
         self.motiongram = MotiongramStream(m.motiongram)
@@ -129,22 +132,32 @@ class Engine:
                 self._incoming = None
                 log.info("model: now playing %s", self.bundle.manifest.name)
         hop = self.overlap_add.push(segment)
-        np.multiply(hop, self.volume, out=self._out)
-        # A hard ceiling so no model can drive the output past full scale.
-        return np.clip(self._out, -1.0, 1.0, out=self._out)
+        # No clipping here: a file sink clips in to_int16, and live sound goes
+        # through the audio stream's limiter, which bends peaks instead.
+        return np.multiply(hop, self.volume, out=self._out)
 
-    def run(self, camera: Camera, sink: Sink, *, max_frames: int | None = None) -> RunStats:
-        """Play until the camera ends or ``max_frames`` frames have been played."""
-        stats = RunStats()
+    def run(self, camera: Camera, write: Callable[[np.ndarray], object], *,
+            max_frames: int | None = None, stop: threading.Event | None = None,
+            on_frame: Callable[[Frame], None] | None = None) -> RunStats:
+        """Play until the camera ends, ``max_frames`` have played, or ``stop`` is set.
+
+        ``write`` takes each hop (a sink's ``write``, or an audio stream's
+        ``push``); ``on_frame`` is called with each frame before it is played,
+        for the work around the music (buttons, recording, health).
+        """
+        stats = self.stats = RunStats()
         started = time.monotonic()
-        while max_frames is None or stats.frames < max_frames:
+        while (max_frames is None or stats.frames < max_frames) and \
+                not (stop is not None and stop.is_set()):
             frame = camera.read()
             if frame is None:
                 break
+            if on_frame is not None:
+                on_frame(frame)
             t0 = time.perf_counter()
             hop = self.step(frame.image)
             stats.compute_ms.append((time.perf_counter() - t0) * 1000.0)
-            sink.write(hop)
+            write(hop)
             stats.frames += 1
             stats.samples += len(hop)
         stats.wall_s = time.monotonic() - started

@@ -27,5 +27,13 @@ class AudioError(DanceSamplerError, OSError):
     """An audio device or file cannot be opened or written."""
 
 
+class ControlsError(DanceSamplerError, OSError):
+    """The buttons or the status light cannot be opened."""
+
+
+class SessionError(DanceSamplerError, ValueError):
+    """A take folder is missing, malformed, or cannot be written."""
+
+
 class ModelRuntimeError(DanceSamplerError, ImportError):
     """No TFLite runtime is installed, or the one asked for is missing."""

@@ -1,8 +1,10 @@
-"""Getting releases and models onto boxes: release building, deploy, model flashing,
-provisioning, all over SSH.
+"""Getting data off boxes and releases onto them, over SSH.
 
-May import ``device`` (to validate bundles with the device's own code) and never
-TensorFlow. Its commands (``python -m firmware_tools deploy / flash-model /
-provision``) are not built yet; until they are, bundles are checked on any machine
-with ``python -m device check-bundle``.
+``python -m firmware_tools pull-data HOST`` copies new takes from a box, verified
+and resumable (``firmware_tools/pull.py``); ``firmware_tools/ssh.py`` is the one
+SSH/rsync wrapper, with one-line errors. Deploy, model flashing and provisioning
+are not built yet.
+
+May import ``device`` (to read takes and validate bundles with the device's own
+code) and never TensorFlow.
 """

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.sshd import sshd  # noqa: F401  (the loopback SSH server fixture)
+
 ROOT = Path(__file__).resolve().parents[1]
 REALDATA = ROOT.parent / "shared" / "realdata"
 VIDEOS = REALDATA / "videos"

@@ -15,7 +15,7 @@ from tests.conftest import real_video
 def _play(bundle_path, camera, sink, frames=None):
     engine = Engine(read_bundle(bundle_path), volume=1.0)
     try:
-        return engine.run(camera, sink, max_frames=frames)
+        return engine.run(camera, sink.write, max_frames=frames)
     finally:
         camera.close()
         sink.close()

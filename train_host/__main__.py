@@ -24,9 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train a model on the synthetic demo takes")
+    train = commands.add_parser(
+        "train", help="train a model on takes (--data), or on the synthetic demo takes")
     train.add_argument("--config", help="training config (default: config/train.yaml)")
     train.add_argument("--out", required=True, help="run folder to write")
+    train.add_argument("--data", nargs="+", metavar="DIR",
+                       help="folders of takes, or take folders, to train on; validation "
+                            "holds out whole takes (default: the synthetic demo takes)")
+    train.add_argument("--cache", metavar="DIR",
+                       help="where prepared takes are kept between runs (default: "
+                            "out/dataset-cache; 'none': no cache)")
     train.set_defaults(func=_train)
 
     export = commands.add_parser("export", help="write the int8 bundle of a trained run")
@@ -41,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     default.add_argument("--out", default="models/default.dsb", help="bundle file to write")
     default.add_argument("--run", help="run folder (default: runs/default-<config hash>)")
     default.set_defaults(func=_default_model)
+
+    from train_host.importers import add_commands as add_import_commands
+
+    add_import_commands(commands)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
@@ -68,8 +79,27 @@ def _train_demo(config_path, out: Path):
     return train(cfg, train_set, validation, out, data_summary=summary)
 
 
+def _train_sessions(config_path, roots: list[str], cache: str | None, out: Path):
+    from device.config import load_train_config, resolve_path
+    from train_host.dataset import build_dataset
+    from train_host.train import train
+
+    cfg = load_train_config(config_path)
+    # The cache holds only derived arrays; out/ is the project's git-ignored scratch.
+    cache_dir = (resolve_path("out/dataset-cache") if cache is None
+                 else None if cache == "none" else Path(cache))
+    train_set, validation, summary = build_dataset([Path(root) for root in roots], cfg,
+                                                   cache_dir=cache_dir)
+    log.info("data: %d take(s), %.1f min; validation: %s", summary["takes"],
+             summary["seconds"] / 60, ", ".join(summary["validation_sessions"]) or "none")
+    return train(cfg, train_set, validation, out, data_summary=summary)
+
+
 def _train(args) -> int:
-    run = _train_demo(args.config, Path(args.out))
+    if args.data:
+        run = _train_sessions(args.config, args.data, args.cache, Path(args.out))
+    else:
+        run = _train_demo(args.config, Path(args.out))
     print(f"trained {run.path} in {run.info['train_seconds']} s")
     return 0
 

@@ -5,7 +5,8 @@ figure's motion, so that a model has something clearly learnable before anyone
 has danced for it: more motion is louder and brighter, and where the motion is
 shapes the timbre. Arm strokes strike a high bell whose register follows where
 the dancer stands; steps and kicks pluck a low bass with a breath of noise; the
-whole body's energy swells a pad. Everything is seeded, so a take is reproducible.
+whole body's motion swells a pad, and loudness follows the motion of the moment.
+Everything is seeded, so a take is reproducible.
 Pitches move on a grid of the frame rate and start each frame in phase (see
 ``synthesize``), so the sound of a frame depends on the dance alone.
 
@@ -133,7 +134,6 @@ def _strokes(speed: np.ndarray, fps: float) -> np.ndarray:
 def _controls(states: Sequence[DancerState], fps: float, sample_rate: int,
               steps: int) -> np.ndarray:
     """Slow parameters at the control rate: float64 (len(_CONTROL_ROWS), steps)."""
-    energy = np.array([s.energy for s in states])
     x = np.array([s.x for s in states])
     arms = np.array([s.arms for s in states])
     legs = np.array([s.legs for s in states])
@@ -146,7 +146,6 @@ def _controls(states: Sequence[DancerState], fps: float, sample_rate: int,
     hop = sample_rate / fps
     at = np.arange(steps) * _CONTROL_BLOCK
     frame_at = np.arange(len(states)) * hop
-    e_k = np.interp(at, frame_at, energy)
     x_k = np.interp(at, frame_at, x)
     a_k = np.interp(at, frame_at, arms)
     l_k = np.interp(at, frame_at, legs)
@@ -174,10 +173,14 @@ def _controls(states: Sequence[DancerState], fps: float, sample_rate: int,
     # A plain loop over Python floats: the followers are asymmetric and the note
     # choices stateful, so they do not vectorise, but at the control rate they
     # cost little.
-    for e, xx, a, l, b, arm_hit, leg_hit in zip(
-            e_k.tolist(), x_k.tolist(), a_k.tolist(), l_k.tolist(), b_k.tolist(),
+    for xx, a, l, b, arm_hit, leg_hit in zip(
+            x_k.tolist(), a_k.tolist(), l_k.tolist(), b_k.tolist(),
             arm_k.tolist(), leg_k.tolist()):
-        gain += (e - gain) * (up if e > gain else down)
+        # Loudness follows the motion happening now (the fastest of arms, legs and
+        # the whole body), not the dancer's slowly gliding energy: an instrument
+        # answers a move within the frame that holds it.
+        drive = max(a, l, b)
+        gain += (drive - gain) * (up if drive > gain else down)
         arm_level += (a - arm_level) * (up if a > arm_level else down)
         leg_level += (l - leg_level) * (up if l > leg_level else down)
         body_level += (b - body_level) * (up if b > body_level else down)

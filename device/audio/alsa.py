@@ -4,11 +4,17 @@ The device is opened for 16-bit mono at the stream's rate with the period size
 and count from the config; a rate the device cannot run at exactly is refused
 rather than played at the wrong pitch. Writes block until ALSA has taken the
 block, which paces a loop that is faster than real time.
+
+An underrun (the card played everything it had: an xrun) is recovered from,
+counted in ``underruns`` and logged at most every few seconds, never per block:
+on a box that runs for months one late frame must not end the performance.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import time
 
 import numpy as np
 
@@ -17,9 +23,16 @@ from device.errors import AudioError
 
 log = logging.getLogger(__name__)
 
+XRUN_LOG_INTERVAL_S = 10.0
+"""Underruns are logged at most this often; the count says how many there were."""
+
 
 class AlsaSink:
-    """A playback PCM on the ALSA device named (``default``, ``hw:1,0``, …)."""
+    """A playback PCM on the ALSA device named (``default``, ``hw:1,0``, …).
+
+    ``period_size`` and ``periods`` are what the device granted, not what was
+    asked for; ``underruns`` counts the interruptions recovered from.
+    """
 
     def __init__(self, device: str = "default", *, sample_rate: int, period_size: int = 256,
                  periods: int = 4):
@@ -28,6 +41,9 @@ class AlsaSink:
         self._alsa = alsaaudio
         self.sample_rate = sample_rate
         self.name = f"ALSA device {device}"
+        self.underruns = 0
+        self._logged_underruns = 0
+        self._last_xrun_log = -XRUN_LOG_INTERVAL_S
         try:
             self._pcm = alsaaudio.PCM(
                 type=alsaaudio.PCM_PLAYBACK, mode=alsaaudio.PCM_NORMAL, device=device,
@@ -46,20 +62,55 @@ class AlsaSink:
                  1000.0 * self.period_size * self.periods / sample_rate)
 
     def write(self, block: np.ndarray) -> None:
-        data = to_int16(block).tobytes()
+        """Play one block; recover from one underrun or suspend on the way, not two."""
+        if self._pcm is None:
+            raise AudioError(f"{self.name}: written to after close")
+        data = memoryview(to_int16(block)).cast("B")
+        recovered = False
         while data:
             try:
                 frames = self._pcm.write(data)
             except self._alsa.ALSAAudioError as exc:
-                raise AudioError(f"{self.name}: playback failed ({exc})") from None
+                # Anything but an underrun arrives as an exception: a suspended
+                # card (ESTRPIPE), a PCM in a bad state, or a device that has gone.
+                # drop() returns the PCM to SETUP, and pyalsaaudio prepares it again
+                # on the next write; a device that has gone fails that retry too.
+                if recovered:
+                    raise AudioError(f"{self.name}: playback failed ({exc})") from None
+                recovered = True
+                try:
+                    self._pcm.drop()
+                except self._alsa.ALSAAudioError:
+                    raise AudioError(f"{self.name}: playback failed ({exc})") from None
+                self._count_underrun(str(exc))
+                continue
+            if frames == -errno.EPIPE:
+                # pyalsaaudio 0.11 has already called snd_pcm_prepare(); the data
+                # was not written, so write it again, once.
+                if recovered:
+                    raise AudioError(f"{self.name}: underran twice in one write; the card "
+                                     "is not being fed fast enough to recover")
+                recovered = True
+                self._count_underrun("underrun")
+                continue
             if frames < 0:
                 raise AudioError(f"{self.name}: playback failed (error {frames})")
             data = data[2 * frames:]
 
+    def _count_underrun(self, what: str) -> None:
+        self.underruns += 1
+        now = time.monotonic()
+        if now - self._last_xrun_log >= XRUN_LOG_INTERVAL_S:
+            log.warning("audio: %s on %s, recovered (%d since the last report, %d in all)",
+                        what, self.name, self.underruns - self._logged_underruns, self.underruns)
+            self._last_xrun_log, self._logged_underruns = now, self.underruns
+
     def close(self) -> None:
         if self._pcm is not None:
+            pcm, self._pcm = self._pcm, None
             try:
-                self._pcm.drain()
+                pcm.drain()
+            except self._alsa.ALSAAudioError as exc:
+                raise AudioError(f"{self.name}: could not finish playback ({exc})") from None
             finally:
-                self._pcm.close()
-                self._pcm = None
+                pcm.close()

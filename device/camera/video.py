@@ -24,9 +24,10 @@ from device.errors import CameraError
 
 log = logging.getLogger(__name__)
 
-# Source frames whose time is within this of an output tick count as on it, so a
-# 30 fps file read at 30 fps maps frame to frame despite rounding in the pts.
-_TICK_TOLERANCE_S = 1e-4
+# A source frame whose time is within this share of an output frame period after a
+# tick counts as on it: containers round timestamps (Matroska to the millisecond),
+# and a 30 fps file read at 30 fps must still map frame to frame.
+_TICK_TOLERANCE = 0.25
 
 
 class VideoFileCamera:
@@ -92,11 +93,12 @@ class VideoFileCamera:
 
     def _retimed(self):
         step = 1.0 / self.fps
+        tolerance = _TICK_TOLERANCE * step
         held: np.ndarray | None = None
         k = 0
         for t, image in self._decoded():
             # Emit every output tick that falls before this source frame's time.
-            while held is not None and k * step < t - _TICK_TOLERANCE_S:
+            while held is not None and k * step < t - tolerance:
                 yield Frame(held, k * step)
                 k += 1
             held = image
@@ -104,7 +106,7 @@ class VideoFileCamera:
             raise CameraError(f"{self.path}: no decodable video frames")
         # The last source frame lasts one source frame period.
         end = t + 1.0 / self.source_fps
-        while k * step < end - _TICK_TOLERANCE_S:
+        while k * step < end - tolerance:
             yield Frame(held, k * step)
             k += 1
 

@@ -1,0 +1,328 @@
+"""The performance: what the box runs, unattended, from power-on to power cut.
+
+Brings the parts up in order (model, sound output, camera, buttons), plays, and
+takes them down again within the stop deadline. Around the music it keeps the
+promises a gallery relies on:
+
+- a Pi camera that is absent at start is tried again with a growing wait, and
+  systemd is told why the box is not ready yet (and given more time);
+- a sound card that vanishes is reopened while the camera and model go on;
+- the model button steps through the bundles in the models folder; a new model is
+  loaded off the audio thread and crossfaded in; a bad one is refused and the
+  playing one kept;
+- the record button starts and stops a take through the recorder hook, with the
+  status light blinking while it records; a long press deletes the last take;
+- systemd hears READY once sound flows, WATCHDOG only while frames arrive and
+  audio is written, and a STATUS line a technician can read.
+
+Everything here runs in the model thread except the button callbacks (gpiozero's
+threads), which only post to a queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from device.audio import open_sink
+from device.audio.stream import AudioStream
+from device.audio.wav import WavSink
+from device.bundle import Bundle, check_compatible, read_bundle
+from device.camera import Camera, Frame, open_camera
+from device.config import DeviceConfig, resolve_path
+from device.engine import Engine, RunStats
+from device.errors import AudioError, CameraError, ControlsError, DanceSamplerError
+from device.service import HealthWatchdog, Notifier, status_line
+
+log = logging.getLogger(__name__)
+
+_SOUND_RETRY_S = 1.0
+_FIRST_CAMERA_RETRY_S = 1.0
+_STATUS_WINDOW = 300  # frames whose compute time the status line summarises
+
+
+class Recorder(Protocol):
+    """Where the record button's takes go (the take itself: frames and sound)."""
+
+    recording: bool
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def delete_last(self) -> None: ...
+
+    def frame(self, frame: Frame) -> None:
+        """Called with every camera frame while recording; must not block."""
+
+
+def load_bundle(path: str | Path, cfg: DeviceConfig) -> Bundle:
+    """Read a bundle and refuse it unless it was made for this device's settings."""
+    bundle = read_bundle(resolve_path(str(path)))
+    check_compatible(bundle.manifest, fps=cfg.camera.fps, motiongram=cfg.motiongram,
+                     sample_rate=cfg.audio.sample_rate, where=str(bundle.path))
+    return bundle
+
+
+class Performance:
+    """One show: model, sound output, camera, buttons and systemd health together."""
+
+    def __init__(self, cfg: DeviceConfig, *, notifier: Notifier | None = None,
+                 recorder: Recorder | None = None, pin_factory=None):
+        self.cfg = cfg
+        self.notifier = notifier or Notifier.from_environment()
+        self.recorder = recorder
+        self._pin_factory = pin_factory
+        self._events: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._prepared: queue.SimpleQueue = queue.SimpleQueue()
+        self._loading = threading.Lock()
+        self.engine: Engine | None = None
+        self.camera: Camera | None = None
+        self.sink = None
+        self.stream: AudioStream | None = None
+        self.controls = None
+        self.health: HealthWatchdog | None = None
+        self.max_frames: int | None = None
+        self._sound_retry_at = 0.0
+        self._status_at = 0.0
+
+    # ---- bringing the parts up --------------------------------------------------
+
+    def open(self, stop: threading.Event) -> bool:
+        """Bring up model, sound and camera; False if ``stop`` came first."""
+        cfg = self.cfg
+        self.notifier.status("starting: loading the model")
+        self.engine = Engine(load_bundle(cfg.model.bundle, cfg), volume=1.0,
+                             runtime=cfg.model.runtime, threads=cfg.model.threads)
+        self.notifier.status("starting: opening the sound output")
+        self.sink = open_sink(cfg.audio.output, sample_rate=cfg.audio.sample_rate,
+                              period_size=cfg.audio.period_size, periods=cfg.audio.periods,
+                              default_wav=resolve_path(cfg.audio.wav_path))
+        self.notifier.status("starting: opening the camera")
+        self.camera = self._open_camera(stop)
+        return self.camera is not None
+
+    def _open_camera(self, stop: threading.Event) -> Camera | None:
+        """The camera; a Pi camera that is not there yet is tried again, waiting longer each time.
+
+        Only the real camera is waited for: a video file or the synthetic dancer
+        either opens or is a mistake to report at once.
+        """
+        cfg, wait, attempt = self.cfg, _FIRST_CAMERA_RETRY_S, 0
+        # Into a WAV file, a run with a known end goes as fast as it can; anything
+        # heard live, or open-ended, keeps real time.
+        paced = not (isinstance(self.sink, WavSink) and self.finite)
+        while not stop.is_set():
+            try:
+                return open_camera(cfg.camera.source, fps=cfg.camera.fps,
+                                   width=cfg.motiongram.width, height=cfg.motiongram.height,
+                                   paced=paced, seed=cfg.camera.seed)
+            except CameraError as exc:
+                if cfg.camera.source != "pi":
+                    raise
+                attempt += 1
+                log.warning("camera: %s; trying again in %.0f s (attempt %d)", exc, wait, attempt)
+                self.notifier.status(f"waiting for the camera: {exc} "
+                                     f"(attempt {attempt}, next in {wait:.0f} s)")
+                # Not ready yet, but alive: ask systemd for more start time.
+                self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int((wait + 30) * 1e6)}")
+                stop.wait(wait)
+                wait = min(wait * 2, cfg.service.camera_retry_max_s)
+        return None
+
+    def _start_controls(self) -> None:
+        from device.controls import Controls
+
+        try:
+            self.controls = Controls(
+                self.cfg.controls, pin_factory=self._pin_factory,
+                on_record_toggle=lambda: self._events.put("record"),
+                on_record_delete_last=lambda: self._events.put("delete-last"),
+                on_next_model=lambda: self._events.put("next-model"))
+        except ControlsError as exc:
+            # Buttons are a convenience; the music is the point. Play without them.
+            log.error("controls: %s; playing without buttons", exc)
+            self.controls = None
+
+    def _light(self, state: str) -> None:
+        if self.controls is not None:
+            self.controls.set_state(state)
+
+    # ---- the show ------------------------------------------------------------
+
+    @property
+    def finite(self) -> bool:
+        """Whether the run ends by itself (a video file, or a frame limit)."""
+        return self.max_frames is not None or self.cfg.camera.source.startswith("video:")
+
+    def run(self, stop: threading.Event, *, max_frames: int | None = None,
+            announce=None) -> RunStats | None:
+        """Play until ``stop`` is set, the camera ends or ``max_frames`` have played.
+
+        Into a WAV file with a known end the output is written directly, one hop per
+        frame, sample-exact; everything else goes through the audio stream (its own
+        thread, fades, limiter, volume). Returns None when stopped before playing.
+        """
+        self.max_frames = max_frames
+        try:
+            if not self.open(stop):
+                return None
+            self._start_controls()
+            self._light("starting")
+            exact = isinstance(self.sink, WavSink) and self.finite
+            self.health = HealthWatchdog(self.notifier,
+                                         interval_s=self.notifier.watchdog_interval_s,
+                                         stall_s=self.cfg.service.stall_s).start()
+            if exact:
+                write = self._write_exact
+            else:
+                self._open_stream(self.sink)
+                write = self._push
+            self._light("playing")
+            if announce is not None:
+                announce(self)
+            log.info("playing %s from %s to %s", self.engine.bundle.manifest.name,
+                     self.camera.name, self.sink.name)
+            return self.engine.run(self.camera, write, max_frames=max_frames, stop=stop,
+                                   on_frame=self._on_frame)
+        finally:
+            self.close("stopping: asked to" if stop.is_set() else "stopping: the input ended")
+
+    def _write_exact(self, hop: np.ndarray) -> None:
+        self.sink.write(hop)
+        self.health.audio_fed()
+
+    def _open_stream(self, sink) -> None:
+        a = self.cfg.audio
+        self.stream = AudioStream(sink, hop_samples=self.engine.hop, capacity_hops=a.queue_hops,
+                                  prefill_hops=1, margin_ms=a.margin_ms, volume=a.volume,
+                                  fade_ms=a.fade_ms, limiter_threshold=a.limiter_threshold,
+                                  on_block=self.health.audio_fed)
+        self.stream.start()
+
+    def _push(self, hop: np.ndarray) -> None:
+        if self.stream is None:
+            self._reopen_sound()
+            return
+        try:
+            self.stream.push(hop)
+        except AudioError as exc:
+            log.error("audio: %s; reopening the sound output", exc)
+            self.notifier.status(f"sound output lost: {exc}; reopening")
+            self._light("error")
+            self.stream = None
+            self._sound_retry_at = time.monotonic() + _SOUND_RETRY_S
+
+    def _reopen_sound(self) -> None:
+        """Try once (at most every second) to get the sound output back."""
+        if time.monotonic() < self._sound_retry_at:
+            return
+        self._sound_retry_at = time.monotonic() + _SOUND_RETRY_S
+        a = self.cfg.audio
+        try:
+            self.sink = open_sink(a.output, sample_rate=a.sample_rate, period_size=a.period_size,
+                                  periods=a.periods, default_wav=resolve_path(a.wav_path))
+        except AudioError as exc:
+            log.warning("audio: still no sound output: %s", exc)
+            return
+        self._open_stream(self.sink)
+        self._light("recording" if self._recording else "playing")
+        log.info("audio: sound output is back (%s)", self.sink.name)
+
+    @property
+    def _recording(self) -> bool:
+        return bool(self.recorder is not None and self.recorder.recording)
+
+    def _on_frame(self, frame: Frame) -> None:
+        self.health.frame_arrived()
+        while True:
+            try:
+                self._handle(self._events.get_nowait())
+            except queue.Empty:
+                break
+        try:
+            self.engine.swap(self._prepared.get_nowait())
+        except queue.Empty:
+            pass
+        if self._recording:
+            self.recorder.frame(frame)
+        now = time.monotonic()
+        if now >= self._status_at:
+            self._status_at = now + self.cfg.service.status_every_s
+            self.health.status(self.status_text())
+
+    def status_text(self) -> str:
+        ms = list(self.engine.stats.compute_ms)[-_STATUS_WINDOW:]
+        underruns = self.stream.stats.underruns if self.stream is not None else None
+        return status_line(self.engine.bundle.manifest.name, fps=self.cfg.camera.fps,
+                           compute_ms=float(np.median(ms)) if ms else 0.0,
+                           underruns=underruns,
+                           state="recording" if self._recording else "playing")
+
+    def _handle(self, event: str) -> None:
+        if event == "next-model":
+            threading.Thread(target=self._load_next_model, name="model-loader",
+                             daemon=True).start()
+        elif self.recorder is None:
+            log.warning("controls: %s pressed, but this box has no recorder set up", event)
+        elif event == "record":
+            if self.recorder.recording:
+                self.recorder.stop()
+            else:
+                self.recorder.start()
+            self._light("recording" if self.recorder.recording else "playing")
+        elif event == "delete-last":
+            self.recorder.delete_last()
+
+    def _load_next_model(self) -> None:
+        """Off the audio thread: find the next bundle, check it, prepare it."""
+        if not self._loading.acquire(blocking=False):
+            return  # a load is under way; this press is absorbed
+        try:
+            path = next_bundle(resolve_path(self.cfg.model.models_dir), self.engine.bundle.path)
+            if path is None:
+                log.warning("model: no other bundles in %s", self.cfg.model.models_dir)
+                return
+            prepared = self.engine.prepare(load_bundle(path, self.cfg))
+            self._prepared.put(prepared)
+            log.info("model: switching to %s", prepared[0].manifest.name)
+        except DanceSamplerError as exc:
+            log.error("model: %s; keeping %s", exc, self.engine.bundle.manifest.name)
+            self.notifier.status(f"model refused: {exc}")
+        finally:
+            self._loading.release()
+
+    # ---- taking it down --------------------------------------------------------
+
+    def close(self, reason: str = "stopping") -> None:
+        """Fade out and release everything; each part is closed even if another fails."""
+        self.notifier.stopping(reason)
+        for name, part, method in (("recorder", self.recorder if self._recording else None, "stop"),
+                                   ("audio", self.stream, "stop"),
+                                   ("sound output", None if self.stream else self.sink, "close"),
+                                   ("camera", self.camera, "close"),
+                                   ("controls", self.controls, "close"),
+                                   ("watchdog", self.health, "stop")):
+            if part is None:
+                continue
+            try:
+                getattr(part, method)()
+            except Exception as exc:  # noqa: BLE001 - report it, close the rest
+                log.error("stopping the %s failed: %s", name, exc)
+        self.stream = self.camera = self.controls = self.health = None
+
+
+def next_bundle(folder: Path, current: Path) -> Path | None:
+    """The bundle after ``current`` in ``folder`` (by name, wrapping), if another exists."""
+    bundles = sorted(p for p in folder.glob("*.dsb") if p.is_file())
+    others = [p for p in bundles if p.resolve() != current.resolve()]
+    if not others:
+        return None
+    later = [p for p in others if p.name > current.name]
+    return (later or others)[0]
