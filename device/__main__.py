@@ -32,6 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("bundle", nargs="?", help="bundle file (default: the configured one)")
     check.set_defaults(func=_check_bundle)
 
+    record = commands.add_parser("record",
+                                 help="record one take: camera frames and the sound danced to")
+    record.add_argument("--camera", help="auto, pi, synthetic or video:PATH (default: from config)")
+    record.add_argument("--audio-in", dest="audio_in",
+                        help="alsa, alsa:DEVICE, wav:PATH or track:PATH "
+                             "(default: recorder.audio_in)")
+    record.add_argument("--label", help="name of the take (default: take)")
+    record.add_argument("--out", help="folder for the take (default: recorder.sessions_dir)")
+    record.add_argument("--seconds", type=float, help="stop after this many seconds of frames")
+    record.set_defaults(func=_record)
+
     sessions = commands.add_parser("sessions", help="list the recorded takes")
     sessions.add_argument("root", nargs="?",
                           help="folder of takes (default: sessions/ in the project)")
@@ -99,7 +110,17 @@ def _run(args) -> int:
     # SIGTERM (systemctl stop) and Ctrl-C end the loop; past the deadline the
     # process leaves anyway, so a stop never hangs the box.
     signals = install_stop_signals(stop, deadline_s=3.0)
-    performance = Performance(cfg)
+    from device.errors import DanceSamplerError
+    from device.recorder import TakeRecorder
+
+    performance = None
+    try:
+        recorder = TakeRecorder.from_config(
+            cfg, stream=lambda: performance.stream if performance is not None else None)
+    except DanceSamplerError as exc:   # e.g. a missing track: play on, without the record button
+        log.error("record button disabled: %s", exc)
+        recorder = None
+    performance = Performance(cfg, recorder=recorder)
     max_frames = round(args.seconds * cfg.camera.fps) if args.seconds else None
     try:
         stats = performance.run(stop, max_frames=max_frames,
@@ -118,6 +139,12 @@ def _run(args) -> int:
     if isinstance(performance.sink, WavSink):
         print(f"wrote {performance.sink.path}")
     return 0
+
+
+def _record(args) -> int:
+    from device.recorder import main_record
+
+    return main_record(args, _config(args))
 
 
 def _sessions(args) -> int:

@@ -25,6 +25,7 @@ import yaml
 
 from device.errors import ConfigError
 from device.motiongram import MotiongramParams
+from device.recorder import RecorderConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 """The checkout's root: config paths that are not absolute are relative to it."""
@@ -356,6 +357,8 @@ class DeviceConfig:
     """The dancers' buttons and the status light."""
     service: ServiceConfig = ServiceConfig()
     """Running unattended under systemd."""
+    recorder: RecorderConfig = RecorderConfig()
+    """Recording takes: where they go and where their sound comes from."""
 
     def check(self) -> list[str]:
         return _whole_multiple("audio.sample_rate", self.audio.sample_rate,
@@ -413,7 +416,10 @@ class TrainingConfig:
     """The optimiser and the loss."""
 
     epochs: int = field(default=30, metadata={"min": 1, "max": 10000})
-    """Passes over the training set."""
+    """Most passes over the training set."""
+    max_steps: int = field(default=6000, metadata={"min": 0, "max": 10_000_000})
+    """Most optimiser steps (0: no limit). Neighbouring windows overlap heavily, so a
+    large dataset needs fewer passes: this keeps an hour of takes to minutes."""
     batch_size: int = field(default=64, metadata={"min": 1, "max": 4096})
     """Examples per optimiser step."""
     learning_rate: float = field(default=0.001, metadata={"min": 1e-6, "max": 1.0})
@@ -421,7 +427,8 @@ class TrainingConfig:
     kl_weight: float = field(default=0.001, metadata={"min": 0, "max": 10})
     """Weight of the KL term once annealing is done."""
     kl_anneal_epochs: int = field(default=10, metadata={"min": 0, "max": 10000})
-    """Epochs over which the KL weight rises from 0; 0 means full weight at once."""
+    """Epochs' worth of steps over which the KL weight rises from 0 (at most a
+    third of training); 0 means full weight at once."""
     spectral_weight: float = field(default=1.0, metadata={"min": 0, "max": 100})
     """Weight of the multi-resolution spectral loss."""
     waveform_weight: float = field(default=0.1, metadata={"min": 0, "max": 100})

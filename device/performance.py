@@ -59,7 +59,13 @@ class Recorder(Protocol):
     def delete_last(self) -> None: ...
 
     def frame(self, frame: Frame) -> None:
-        """Called with every camera frame while recording; must not block."""
+        """Called with every camera frame; must not block (cheap when not recording)."""
+
+    def playback(self, generated_hop: np.ndarray) -> np.ndarray:
+        """Called once per frame before the hop is played; returns what to play
+        (in track mode, the track instead of the generated sound)."""
+
+    def close(self, timeout: float = 2.0) -> None: ...
 
 
 def load_bundle(path: str | Path, cfg: DeviceConfig) -> Bundle:
@@ -89,6 +95,7 @@ class Performance:
         self.controls = None
         self.health: HealthWatchdog | None = None
         self.max_frames: int | None = None
+        self._light_recording = False
         self._sound_retry_at = 0.0
         self._status_at = 0.0
 
@@ -195,6 +202,8 @@ class Performance:
             self.close("stopping: asked to" if stop.is_set() else "stopping: the input ended")
 
     def _write_exact(self, hop: np.ndarray) -> None:
+        if self.recorder is not None:
+            hop = self.recorder.playback(hop)
         self.sink.write(hop)
         self.health.audio_fed()
 
@@ -207,6 +216,8 @@ class Performance:
         self.stream.start()
 
     def _push(self, hop: np.ndarray) -> None:
+        if self.recorder is not None:
+            hop = self.recorder.playback(hop)
         if self.stream is None:
             self._reopen_sound()
             return
@@ -250,8 +261,11 @@ class Performance:
             self.engine.swap(self._prepared.get_nowait())
         except queue.Empty:
             pass
-        if self._recording:
-            self.recorder.frame(frame)
+        if self.recorder is not None:
+            self.recorder.frame(frame)   # every frame keeps the camera clock warm; cheap when idle
+        if self._recording != self._light_recording:   # includes a take that ended by itself
+            self._light_recording = self._recording
+            self._light("recording" if self._light_recording else "playing")
         now = time.monotonic()
         if now >= self._status_at:
             self._status_at = now + self.cfg.service.status_every_s
@@ -303,7 +317,7 @@ class Performance:
     def close(self, reason: str = "stopping") -> None:
         """Fade out and release everything; each part is closed even if another fails."""
         self.notifier.stopping(reason)
-        for name, part, method in (("recorder", self.recorder if self._recording else None, "stop"),
+        for name, part, method in (("recorder", self.recorder, "close"),
                                    ("audio", self.stream, "stop"),
                                    ("sound output", None if self.stream else self.sink, "close"),
                                    ("camera", self.camera, "close"),

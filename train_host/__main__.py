@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     train = commands.add_parser(
         "train", help="train a model on takes (--data), or on the synthetic demo takes")
     train.add_argument("--config", help="training config (default: config/train.yaml)")
-    train.add_argument("--out", required=True, help="run folder to write")
+    train.add_argument("--out", help="run folder to write (default: runs/<config hash>)")
+    train.add_argument("--init-from", metavar="RUN_OR_BUNDLE",
+                       help="fine-tune this run (or the run a bundle came from) on the takes")
     train.add_argument("--data", nargs="+", metavar="DIR",
                        help="folders of takes, or take folders, to train on; validation "
                             "holds out whole takes (default: the synthetic demo takes)")
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _train_demo(config_path, out: Path):
+def _train_demo(config_path, out: Path | None, init_from=None):
     from device.config import load_train_config
     from train_host.demo_data import demo_examples
     from train_host.train import train
@@ -76,10 +78,18 @@ def _train_demo(config_path, out: Path):
     cfg = load_train_config(config_path)
     train_set, validation, summary = demo_examples(cfg)
     log.info("demo data: %s", summary)
-    return train(cfg, train_set, validation, out, data_summary=summary)
+    return train(cfg, train_set, validation, _run_folder(out, cfg), data_summary=summary,
+                 init_from=init_from)
 
 
-def _train_sessions(config_path, roots: list[str], cache: str | None, out: Path):
+def _run_folder(out: Path | None, cfg) -> Path:
+    from train_host.train import config_hash
+
+    return out if out is not None else Path("runs") / config_hash(cfg)
+
+
+def _train_sessions(config_path, roots: list[str], cache: str | None, out: Path | None,
+                    init_from=None):
     from device.config import load_train_config, resolve_path
     from train_host.dataset import build_dataset
     from train_host.train import train
@@ -92,14 +102,19 @@ def _train_sessions(config_path, roots: list[str], cache: str | None, out: Path)
                                                    cache_dir=cache_dir)
     log.info("data: %d take(s), %.1f min; validation: %s", summary["takes"],
              summary["seconds"] / 60, ", ".join(summary["validation_sessions"]) or "none")
-    return train(cfg, train_set, validation, out, data_summary=summary)
+    return train(cfg, train_set, validation, _run_folder(out, cfg), data_summary=summary,
+                 init_from=init_from)
 
 
 def _train(args) -> int:
+    from train_host.train import find_run
+
+    out = Path(args.out) if args.out else None
+    init_from = find_run(args.init_from) if args.init_from else None
     if args.data:
-        run = _train_sessions(args.config, args.data, args.cache, Path(args.out))
+        run = _train_sessions(args.config, args.data, args.cache, out, init_from)
     else:
-        run = _train_demo(args.config, Path(args.out))
+        run = _train_demo(args.config, out, init_from)
     print(f"trained {run.path} in {run.info['train_seconds']} s")
     return 0
 

@@ -1,10 +1,12 @@
 """Training the joint VAE: the loop, the run folder, and loading a run back.
 
 A run folder holds everything needed to export or continue it: ``config.yaml``
-(the training config as used), the weights of each part, ``run.json`` (input
-scale, shapes, loss history, data summary, style centroids) and the motion
-windows the exporter calibrates and checks the int8 model with. Runs are named
-after a hash of their config, so the same config lands in the same folder.
+(the training config as used), ``weights/`` (the best epoch's weights of each
+part), ``best/`` and ``checkpoint/`` (the best and the latest epoch, kept as
+training goes), ``run.json`` (input scale, loss history, data summary, style
+centroids, config hash) and the motion windows the exporter calibrates and checks
+the int8 model with. Runs are named after a hash of their config unless a folder
+is given.
 
 Training is reproducible: seeded initialisation, seeded shuffling, stateless
 noise and TensorFlow's deterministic ops; the same config and data on the same
@@ -17,6 +19,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,19 +71,34 @@ def set_determinism(seed: int, threads: int) -> None:
 
 
 def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path,
-          *, data_summary: dict | None = None) -> Run:
-    """Train a fresh model on ``train_set``; write the run folder ``out``."""
+          *, data_summary: dict | None = None, init_from: Run | None = None) -> Run:
+    """Train on ``train_set`` and write the run folder ``out``.
+
+    A fresh model, or with ``init_from`` a copy of that run's model fine-tuned on
+    the new takes (same architecture and parameters required; its input scale is
+    kept, so the motion it learned still means the same). Training ends after
+    ``training.epochs`` or ``training.max_steps``, whichever comes first; the
+    run's weights are those of the epoch with the best validation loss.
+    """
     import tensorflow as tf
 
     from train_host import vae as vae_mod
 
     set_determinism(cfg.seed, cfg.training.threads)
     data, t = cfg.data, cfg.training
-    scale = float(1.0 / max(train_set.motion.std(), 1e-4))
+    if init_from is not None:
+        _check_same_model(cfg, init_from)
+        scale = float(init_from.info["input_scale"])
+    else:
+        scale = float(1.0 / max(train_set.motion.std(), 1e-4))
     model = vae_mod.build(window_frames=data.window_frames, features=cfg.motiongram.features,
                           segment_samples=data.segment_samples,
                           latent_size=cfg.model.latent_size,
                           hidden_units=cfg.model.hidden_units, input_scale=scale)
+    if init_from is not None:
+        for name, part in model.parts.items():
+            part.set_weights(init_from.vae.parts[name].get_weights())
+        log.info("fine-tuning %s", init_from.path)
     variables = model.trainable_variables
     optimizer = tf.keras.optimizers.Adam(t.learning_rate)
 
@@ -118,16 +137,34 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
         return losses(x, y, 0.0, tf.constant(0, tf.int64), False)
 
     rng = np.random.default_rng(cfg.seed)
+    batches_per_epoch = -(-len(train_set) // t.batch_size)
+    total_steps = t.epochs * batches_per_epoch
+    if t.max_steps:
+        total_steps = min(total_steps, t.max_steps)
+    # The KL weight rises linearly over kl_anneal_epochs' worth of steps, and
+    # always within the first third of training, so a step budget that ends
+    # training early still trains with the full weight for a while.
+    anneal = min(t.kl_anneal_epochs * batches_per_epoch, total_steps // 3)
+    log.info("training: %d examples, %d steps of %d (%.1f epochs), %d validation examples",
+             len(train_set), total_steps, t.batch_size, total_steps / batches_per_epoch,
+             len(validation))
+    progress = _progress_bar(batches_per_epoch)
     history = []
     steps = 0
+    best = float("inf")
     started = time.monotonic()
+    checkpoint = out / "checkpoint"
     for epoch in range(t.epochs):
-        beta = t.kl_weight * min(1.0, (epoch + 1) / t.kl_anneal_epochs) if t.kl_anneal_epochs \
-            else t.kl_weight
+        if steps >= total_steps:
+            break
         order = rng.permutation(len(train_set))
         sums: dict[str, float] = {}
         batches = 0
+        bar = progress(epoch)
         for first in range(0, len(order), t.batch_size):
+            if steps >= total_steps:
+                break
+            beta = t.kl_weight * min(1.0, (steps + 1) / anneal) if anneal else t.kl_weight
             index = np.sort(order[first:first + t.batch_size])
             terms = step(tf.constant(train_set.motion[index]), tf.constant(train_set.audio[index]),
                          tf.constant(beta, tf.float32), tf.constant(steps, tf.int64))
@@ -135,7 +172,9 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
             batches += 1
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
-        record = {"epoch": epoch + 1, "beta": beta,
+            if bar is not None:
+                bar.update(batches, [("loss", float(terms["total"]))])
+        record = {"epoch": epoch + 1, "steps": steps, "beta": beta,
                   **{f"train_{k}": v / batches for k, v in sums.items()}}
         if len(validation):
             record.update({f"val_{k}": v for k, v in
@@ -144,17 +183,68 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
         log.info("epoch %d/%d  train %.4f  motion-only spectral %.4f  val %.4f  (%.0f s)",
                  epoch + 1, t.epochs, record["train_total"], record["train_motion_spectral"],
                  record.get("val_motion_spectral", float("nan")), time.monotonic() - started)
+        # Keep the latest epoch (to look at, or to continue from) and the best one.
+        _save_weights(model, checkpoint)
+        score = record.get("val_motion_spectral", record["train_motion_spectral"])
+        if score < best:
+            best, best_epoch = score, epoch + 1
+            _save_weights(model, out / "best")
+    _load_weights(model, out / "best")
+    log.info("best epoch %d of %d: motion-only spectral %.4f", best_epoch, len(history), best)
 
     latents = vae_mod.motion_latent(model, train_set.motion)
     centroids = {str(label): latents[train_set.labels == label].mean(axis=0).round(6).tolist()
                  for label in sorted(set(train_set.labels.tolist())) if label}
     info = {"input_scale": scale, "history": history, "style_centroids": centroids,
+            "best_epoch": best_epoch, "steps": steps, "config_hash": config_hash(cfg),
+            "init_from": str(init_from.path) if init_from is not None else None,
             "train_seconds": round(time.monotonic() - started, 1),
             "data": data_summary or {}, "examples": {"train": len(train_set),
                                                     "validation": len(validation)}}
     run = Run(out, cfg, model, info)
     _save(run, train_set, validation)
     return run
+
+
+def _progress_bar(batches: int):
+    """A per-epoch progress bar on a terminal; nothing in a log file (epoch lines suffice)."""
+    import sys
+
+    if not sys.stderr.isatty():
+        return lambda epoch: None
+    import keras
+
+    return lambda epoch: keras.utils.Progbar(batches, stateful_metrics=["loss"])
+
+
+def _save_weights(model, folder: Path) -> None:
+    """All parts' weights into ``folder``, replaced as a whole (never half old, half new)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, part in model.parts.items():
+        part.save_weights(tmp / f"{name}.weights.h5")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def _load_weights(model, folder: Path) -> None:
+    for name, part in model.parts.items():
+        part.load_weights(folder / f"{name}.weights.h5")
+
+
+def _check_same_model(cfg: TrainConfig, base: Run) -> None:
+    """Fine-tuning needs the same architecture and the same motion and audio."""
+    keys = ("motiongram", "model")
+    differ = [k for k in keys if getattr(cfg, k) != getattr(base.config, k)]
+    for k in ("fps", "sample_rate", "segment_seconds", "window_frames"):
+        if getattr(cfg.data, k) != getattr(base.config.data, k):
+            differ.append(f"data.{k}")
+    if differ:
+        from device.errors import ConfigError
+
+        raise ConfigError(f"{base.path}: cannot fine-tune it with this config: "
+                          f"{', '.join(differ)} differ")
 
 
 def _mean_terms(evaluate, examples: Examples, batch_size: int) -> dict[str, float]:
@@ -172,8 +262,7 @@ def _save(run: Run, train_set: Examples, validation: Examples) -> None:
     run.path.mkdir(parents=True, exist_ok=True)
     (run.path / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(run.config),
                                                          sort_keys=False))
-    for name, part in run.vae.parts.items():
-        part.save_weights(run.path / f"{name}.weights.h5")
+    _save_weights(run.vae, run.path / "weights")
     (run.path / RUN_FILE).write_text(json.dumps(run.info, indent=1) + "\n")
     rng = np.random.default_rng(run.config.seed)
     pick = lambda ex: ex.motion[np.sort(rng.permutation(len(ex))[:_CALIBRATION_WINDOWS])]
@@ -194,6 +283,23 @@ def load_run(path: str | Path) -> Run:
                           segment_samples=cfg.data.segment_samples,
                           latent_size=cfg.model.latent_size,
                           hidden_units=cfg.model.hidden_units, input_scale=info["input_scale"])
-    for name, part in model.parts.items():
-        part.load_weights(path / f"{name}.weights.h5")
+    _load_weights(model, path / "weights")
     return Run(path, cfg, model, info)
+
+
+def find_run(path: str | Path, runs: Path = Path("runs")) -> Run:
+    """A run folder, or the run a bundle was exported from (found by its config hash)."""
+    from device.bundle import SUFFIX, read_bundle
+    from device.errors import BundleError
+
+    path = Path(path)
+    if path.is_dir():
+        return load_run(path)
+    if path.suffix != SUFFIX:
+        raise BundleError(f"{path}: expected a run folder or a {SUFFIX} bundle")
+    digest = read_bundle(path).manifest.training.get("config_hash")
+    found = sorted(p for p in runs.glob(f"*{digest}*") if (p / RUN_FILE).exists()) if digest else []
+    if not found:
+        raise BundleError(f"{path}: the run it was exported from (config {digest}) is not in "
+                          f"{runs}/; pass that run folder instead")
+    return load_run(found[-1])

@@ -1,0 +1,71 @@
+"""Training runs: step budget, best-epoch weights, fine-tuning, finding a bundle's run."""
+
+import pytest
+
+from device.config import load_train_config, with_overrides
+from device.errors import BundleError, ConfigError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_config_file):
+    from train_host.demo_data import demo_examples
+
+    cfg = load_train_config(tiny_config_file)
+    return cfg, demo_examples(cfg)
+
+
+def test_step_budget_ends_training_and_the_best_epoch_is_kept(tiny, tmp_path):
+    from train_host.train import load_run, train
+
+    cfg, (train_set, validation, _) = tiny
+    cfg = with_overrides(cfg, {"training.max_steps": 15, "training.epochs": 50})
+    run = train(cfg, train_set, validation, tmp_path / "run")
+    assert run.info["steps"] == 15
+    assert len(run.info["history"]) < 50
+    history = run.info["history"]
+    best = min(history, key=lambda r: r["val_motion_spectral"])
+    assert run.info["best_epoch"] == best["epoch"]
+    for folder in ("weights", "best", "checkpoint"):
+        assert (tmp_path / "run" / folder / "audio_decoder.weights.h5").exists()
+    assert load_run(tmp_path / "run").info["config_hash"] == run.info["config_hash"]
+
+
+def test_fine_tuning_starts_from_the_trained_model(tiny, tiny_run, tmp_path):
+    import numpy as np
+
+    from train_host.train import train
+
+    cfg, (train_set, validation, _) = tiny
+    # With a vanishing step size, one epoch leaves the weights where they started.
+    still = with_overrides(cfg, {"training.epochs": 1, "training.learning_rate": 1e-6})
+    tuned = train(still, train_set, validation, tmp_path / "tuned", init_from=tiny_run)
+    fresh = train(still, train_set, validation, tmp_path / "fresh")
+    assert tuned.info["init_from"] == str(tiny_run.path)
+    assert tuned.info["input_scale"] == tiny_run.info["input_scale"]
+    base = tiny_run.vae.audio_decoder.get_weights()
+    drift = lambda run: max(np.abs(a - b).max()
+                            for a, b in zip(run.vae.audio_decoder.get_weights(), base))
+    assert drift(tuned) < 1e-3 < drift(fresh)
+
+
+def test_fine_tuning_refuses_another_architecture(tiny, tiny_run, tmp_path):
+    from train_host.train import train
+
+    cfg, (train_set, validation, _) = tiny
+    other = with_overrides(cfg, {"model.hidden_units": 48})
+    with pytest.raises(ConfigError, match="cannot fine-tune it with this config: model differ"):
+        train(other, train_set, validation, tmp_path / "x", init_from=tiny_run)
+
+
+def test_a_bundle_leads_back_to_its_run(tiny_run, tiny_bundle, tmp_path):
+    import shutil
+
+    from train_host.train import find_run
+
+    with pytest.raises(BundleError, match="is not in"):
+        find_run(tiny_bundle, runs=tmp_path)
+    shutil.copytree(tiny_run.path, tmp_path / f"tiny-{tiny_run.info['config_hash']}")
+    assert find_run(tiny_bundle, runs=tmp_path).info["config_hash"] == \
+        tiny_run.info["config_hash"]
