@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     default.add_argument("--run", help="run folder (default: runs/default-<config hash>)")
     default.set_defaults(func=_default_model)
 
+    bench = commands.add_parser("bench-train",
+                                help="time training on HOURS of demo takes with the config")
+    bench.add_argument("--hours", type=float, default=1.0, help="hours of takes (default 1)")
+    bench.add_argument("--config", help="training config (default: config/train.yaml)")
+    bench.set_defaults(func=_bench_train)
+
     from train_host.importers import add_commands as add_import_commands
 
     add_import_commands(commands)
@@ -116,6 +122,30 @@ def _train(args) -> int:
     else:
         run = _train_demo(args.config, out, init_from)
     print(f"trained {run.path} in {run.info['train_seconds']} s")
+    return 0
+
+
+def _bench_train(args) -> int:
+    import json
+    import tempfile
+    import time
+
+    from device.config import load_train_config, with_overrides
+    from train_host.demo_data import demo_examples
+    from train_host.train import train
+
+    cfg = with_overrides(load_train_config(args.config),
+                         {"demo.seconds": float(args.hours * 3600)})
+    started = time.monotonic()
+    train_set, validation, _ = demo_examples(cfg)
+    prepared = time.monotonic() - started
+    with tempfile.TemporaryDirectory() as folder:
+        run = train(cfg, train_set, validation, Path(folder) / "run")
+    print(json.dumps({"hours_of_takes": args.hours, "examples": len(train_set),
+                      "validation_examples": len(validation), "steps": run.info["steps"],
+                      "epochs": len(run.info["history"]), "prepare_seconds": round(prepared, 1),
+                      "train_seconds": run.info["train_seconds"],
+                      "threads": cfg.training.threads}, indent=2))
     return 0
 
 

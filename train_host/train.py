@@ -203,6 +203,13 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
                                                     "validation": len(validation)}}
     run = Run(out, cfg, model, info)
     _save(run, train_set, validation)
+    from train_host.plots import write_plots
+
+    # Held-out takes where there are any: the spectrograms then show sound the
+    # model never heard.
+    write_plots(out, history, model, validation if len(validation) else train_set,
+                motiongram_params=cfg.motiongram, sample_rate=cfg.data.sample_rate,
+                seed=cfg.seed)
     return run
 
 
