@@ -39,7 +39,7 @@ NAME    ?= mymodel
 CONFIG  ?= config/train.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-hw train export default-model pull-data bench check-bundle system-packages test-packages clean
+.PHONY: help run test test-hw train export default-model pull-data wheels deploy flash-model provision bench check-bundle system-packages test-packages clean
 
 help:  ## print this help
 	@echo "dancesampler — make TARGET"
@@ -68,6 +68,22 @@ PI ?=
 pull-data: $(VENV_OK).device  ## copy new takes from the box PI=user@host into sessions/, verified (DELETE=1: then remove them there)
 	@test -n "$(PI)" || { echo "make: say which box: make pull-data PI=user@host" >&2; exit 2; }
 	$(PY) -m firmware_tools pull-data $(PI) $(if $(DELETE),--delete-after,)
+
+BUNDLE ?= models/$(NAME).dsb
+wheels: $(VENV_OK).device  ## fetch the box's aarch64/CPython 3.11 wheels into out/ (needs PyPI; again when the pins change)
+	$(PY) -m firmware_tools release --wheels
+
+deploy: $(VENV_OK).device  ## put this tree on the box PI=user@host (several: PI="a b"); rolls back if it does not come up
+	@test -n "$(PI)" || { echo "make: say which box: make deploy PI=user@host" >&2; exit 2; }
+	$(PY) -m firmware_tools deploy $(PI)
+
+flash-model: $(VENV_OK).device  ## copy BUNDLE=models/NAME.dsb to the box PI=user@host, checked there first
+	@test -n "$(PI)" || { echo "make: say which box: make flash-model BUNDLE=… PI=user@host" >&2; exit 2; }
+	$(PY) -m firmware_tools flash-model $(BUNDLE) $(PI)
+
+provision: $(VENV_OK).device  ## make a fresh Pi PI=user@host ready for deploys (READ_ONLY=1: overlay root)
+	@test -n "$(PI)" || { echo "make: say which box: make provision PI=user@host" >&2; exit 2; }
+	$(PY) -m firmware_tools provision $(PI) $(if $(READ_ONLY),--read-only-root,)
 
 bench: $(VENV_OK).device  ## measure each stage's share of the delay from a move to its sound
 	$(PY) -m device bench

@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     from train_host.importers import add_commands as add_import_commands
 
     add_import_commands(commands)
+    from train_host.evaluate import add_commands as add_evaluate_commands
+
+    add_evaluate_commands(commands)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,

@@ -1,9 +1,9 @@
 """Training the joint VAE: the loop, the run folder, and loading a run back.
 
 A run folder holds everything needed to export or continue it: ``config.yaml``
-(the training config as used), ``weights/`` (the best epoch's weights of each
-part), ``best/`` and ``checkpoint/`` (the best and the latest epoch, kept as
-training goes), ``run.json`` (input scale, loss history, data summary, style
+(the training config as used), ``weights/`` (the last epoch's weights of each
+part), ``best/`` and ``checkpoint/`` (the epoch with the lowest validation loss
+and the latest one, kept as training goes), ``run.json`` (input scale, loss history, data summary, style
 centroids, config hash) and the motion windows the exporter calibrates and checks
 the int8 model with. Runs are named after a hash of their config unless a folder
 is given.
@@ -77,8 +77,10 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
     A fresh model, or with ``init_from`` a copy of that run's model fine-tuned on
     the new takes (same architecture and parameters required; its input scale is
     kept, so the motion it learned still means the same). Training ends after
-    ``training.epochs`` or ``training.max_steps``, whichever comes first; the
-    run's weights are those of the epoch with the best validation loss.
+    ``training.epochs`` or ``training.max_steps``, whichever comes first. The run
+    keeps the last epoch's weights: the spectral loss's log floor makes the
+    validation loss a poor judge of which epoch sounds best, so the epoch with
+    the lowest validation loss is kept beside it, in ``best/``, to compare.
     """
     import tensorflow as tf
 
@@ -189,8 +191,8 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
         if score < best:
             best, best_epoch = score, epoch + 1
             _save_weights(model, out / "best")
-    _load_weights(model, out / "best")
-    log.info("best epoch %d of %d: motion-only spectral %.4f", best_epoch, len(history), best)
+    log.info("lowest validation loss at epoch %d of %d (%.4f, kept in best/); the run "
+             "keeps the last epoch", best_epoch, len(history), best)
 
     latents = vae_mod.motion_latent(model, train_set.motion)
     centroids = {str(label): latents[train_set.labels == label].mean(axis=0).round(6).tolist()

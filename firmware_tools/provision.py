@@ -1,0 +1,130 @@
+"""Making a fresh Raspberry Pi OS box ready for deploys (``provision``).
+
+One shell script, sent over SSH and run as root, whose every step first checks
+whether it is already done: running it again changes nothing and installs
+nothing. The steps (docs/deploy.md says why each is there):
+
+1. apt packages the box needs (picamera2, venv, rsync, what pyalsaaudio builds with)
+2. the groups and the service user ``dancesampler`` (video, audio, gpio)
+3. folders: releases, the box's own wheels, state and config
+4. a pyalsaaudio wheel, built once on the box (it publishes none)
+5. the systemd unit, installed and enabled
+6. with ``--read-only-root``: the overlay root file system, only when
+   ``/var/lib/dancesampler`` is its own writable mount (or takes would be lost)
+
+It never removes anything, and never touches a release or ``device.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+
+from firmware_tools.deploy import Box, _run
+from firmware_tools.ssh import Remote
+
+log = logging.getLogger(__name__)
+
+APT_PACKAGES = ("python3-picamera2", "python3-venv", "python3-pip", "python3-dev",
+                "libasound2-dev", "gcc", "rsync")
+GROUPS = ("video", "audio", "gpio")
+USER = "dancesampler"
+PYALSAAUDIO = "pyalsaaudio==0.11.0"
+UNIT = Path(__file__).resolve().parents[1] / "systemd" / "dancesampler.service"
+
+_SCRIPT = r"""set -eu
+R={root}
+say() {{ echo "provision: $*"; }}
+
+# 1. apt packages (only the missing ones; no apt-get update when none is)
+missing=""
+for p in {packages}; do
+  dpkg-query -W -f='${{Status}}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  say "installing$missing"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+else
+  say "apt packages: all present"
+fi
+
+# 2. groups and the service user
+for g in {groups}; do
+  getent group "$g" >/dev/null || {{ say "adding group $g"; groupadd --system "$g"; }}
+done
+if id -u {user} >/dev/null 2>&1; then
+  say "user {user}: present"
+else
+  say "adding user {user}"
+  useradd --system --user-group --home-dir /var/lib/dancesampler --shell /usr/sbin/nologin {user}
+fi
+usermod -a -G {group_list} {user}
+
+# 3. folders
+mkdir -p "$R/opt/dancesampler/releases" "$R/opt/dancesampler/wheels" "$R/etc/dancesampler" \
+         "$R/var/lib/dancesampler/models" "$R/var/lib/dancesampler/sessions"
+chown -R {user}:{user} "$R/var/lib/dancesampler"
+chmod 0750 "$R/var/lib/dancesampler"
+
+# 4. pyalsaaudio: no wheels on PyPI, so build one here, once
+if ls "$R/opt/dancesampler/wheels"/pyalsaaudio-{alsa_version}-*.whl >/dev/null 2>&1; then
+  say "pyalsaaudio wheel: present"
+else
+  say "building the pyalsaaudio wheel"
+  python3 -m pip wheel --quiet --no-deps --no-binary :all: {alsa_pin} -w "$R/opt/dancesampler/wheels"
+fi
+
+# 5. the unit
+unit="$R/etc/systemd/system/dancesampler.service"
+mkdir -p "$R/etc/systemd/system"
+cat > "$unit.new" <<'DANCESAMPLER_UNIT_END'
+{unit}DANCESAMPLER_UNIT_END
+if cmp -s "$unit.new" "$unit"; then
+  rm -f "$unit.new"; say "unit: unchanged"
+else
+  mv -f "$unit.new" "$unit"; say "unit: installed"; systemctl daemon-reload
+fi
+systemctl is-enabled --quiet dancesampler 2>/dev/null || {{ say "enabling the unit"; systemctl enable dancesampler; }}
+"""
+
+_READ_ONLY = r"""
+# 6. read-only root (overlay file system): takes must live on their own mount
+if ! mountpoint -q "$R/var/lib/dancesampler"; then
+  echo "provision: --read-only-root needs /var/lib/dancesampler on its own writable partition (it is not a mount point): takes would be lost at every reboot" >&2
+  exit 3
+fi
+if [ "$(raspi-config nonint get_overlay_now 2>/dev/null || echo 1)" = 0 ]; then
+  say "read-only root: already on"
+else
+  say "turning the read-only root on (takes effect at the next reboot)"
+  raspi-config nonint do_overlayfs 0
+fi
+"""
+
+
+def provision_script(*, root: str = "/", read_only_root: bool = False) -> str:
+    """The shell script that provisions a box whose ``/`` is ``root``."""
+    unit = UNIT.read_text()
+    if "DANCESAMPLER_UNIT_END" in unit:
+        raise ValueError("the unit file holds the heredoc's end marker")
+    script = _SCRIPT.format(
+        root=shlex.quote(root.rstrip("/")), packages=" ".join(APT_PACKAGES),
+        groups=" ".join(GROUPS), group_list=",".join(GROUPS), user=USER,
+        alsa_pin=shlex.quote(PYALSAAUDIO), alsa_version=PYALSAAUDIO.split("==")[1],
+        unit=unit if unit.endswith("\n") else unit + "\n")
+    return script + (_READ_ONLY if read_only_root else "")
+
+
+def provision(remote: Remote, box: Box = Box(), *, read_only_root: bool = False,
+              report: Callable[[str], None] = print) -> list[str]:
+    """Run the provisioning script on the box; return what it said it did."""
+    with remote.connection():
+        result = _run(remote, box, provision_script(root=box.root, read_only_root=read_only_root),
+                      "provisioning", timeout=1800)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("provision:")]
+    for line in lines:
+        report(f"{remote}: {line.removeprefix('provision: ')}")
+    return lines

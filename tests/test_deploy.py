@@ -1,0 +1,437 @@
+"""``deploy`` and ``flash-model`` against a real sshd on loopback.
+
+The "box" is a folder in tmp standing for ``/`` (``Box.root``), reached through
+the ``sshd`` fixture (tests/sshd.py) with real ssh and rsync. Its ``systemctl``
+and ``journalctl`` are stand-in scripts put first on the PATH of every command
+(``Box.path_prefix``): they log each call and report the health the test chose,
+per release (a release id listed in ``bad`` fails to start). The venv is made
+with a quick stand-in command; nothing reaches the network, except
+``test_aarch64_wheel_set_resolves``, which skips when the package index cannot
+be reached.
+"""
+
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from firmware_tools.deploy import Box, DeployFailed, deploy, rsync_to, rsync_to_command
+from firmware_tools.flash import FlashRefused, flash_model
+from firmware_tools.release import build_release, pip_download_command
+from firmware_tools.ssh import Remote, RemoteError
+from tests.conftest import ROOT
+from tests.sshd import require
+
+MODEL = ROOT / "models" / "default.dsb"
+
+SYSTEMCTL = r"""#!/bin/sh
+echo "systemctl $*" >> {log}
+rid=$(basename "$(readlink {root}/opt/dancesampler/current)")
+if grep -qxF "$rid" {bad} 2>/dev/null; then health=failed; else health=active; fi
+case "$1" in
+  restart)
+    [ "$health" = active ] && exit 0
+    echo "Job for dancesampler.service failed because the control process exited with error code." >&2
+    exit 1 ;;
+  is-active) echo "$health"; [ "$health" = active ] ;;
+  show)
+    if [ "$health" = active ]; then
+      printf 'ActiveState=active\nSubState=running\nStatusText=playing default (30 fps, compute 0.4 ms, 0 underruns)\n'
+    else
+      printf 'ActiveState=failed\nSubState=failed\nStatusText=starting: opening the camera\n'
+    fi ;;
+esac
+exit 0
+"""
+
+JOURNALCTL = r"""#!/bin/sh
+echo "journalctl $*" >> {log}
+echo "Nov 21 15:00:01 box dancesampler[812]: INFO device: starting"
+echo "Nov 21 15:00:02 box dancesampler[812]: dancesampler: error: camera: no Pi camera found"
+echo "Nov 21 15:00:02 box systemd[1]: dancesampler.service: Failed with result 'exit-code'."
+"""
+
+
+@pytest.fixture
+def stubs(tmp_path):
+    """The box's stand-in systemctl and journalctl; returns their folder."""
+    folder = tmp_path / "stub-bin"
+    folder.mkdir()
+    root = tmp_path / "box"
+    values = {"log": shlex.quote(str(folder / "calls.log")), "root": shlex.quote(str(root)),
+              "bad": shlex.quote(str(folder / "bad"))}
+    for name, text in (("systemctl", SYSTEMCTL), ("journalctl", JOURNALCTL)):
+        (folder / name).write_text(text.format(**values))
+        (folder / name).chmod(0o755)
+    (folder / "calls.log").write_text("")
+    return folder
+
+
+@pytest.fixture
+def box(sshd, stubs, tmp_path):
+    require("rsync")
+    root = tmp_path / "box"
+    root.mkdir()
+    # The venv stand-in: quick, offline, and leaves a mark to check for.
+    return Box(root=str(root), path_prefix=str(stubs), settle_s=0.2,
+               make_venv="mkdir -p .venv && echo made > .venv/made",
+               python=f"cd {shlex.quote(str(ROOT))} && {shlex.quote(sys.executable)}")
+
+
+@pytest.fixture
+def remote(sshd):
+    return Remote(sshd.target, port=sshd.port, identity=sshd.identity,
+                  options=sshd.client_options)
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A copy of what a release is made of, to change between releases."""
+    tree = tmp_path / "project"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("device", "config"):
+        shutil.copytree(ROOT / name, tree / name, ignore=ignore)
+    (tree / "systemd").mkdir(parents=True)
+    shutil.copy2(ROOT / "systemd" / "dancesampler.service", tree / "systemd")
+    (tree / "models").mkdir()
+    shutil.copy2(MODEL, tree / "models")
+    return tree
+
+
+def new_release(project, tmp_path, n):
+    """Release number ``n``: the project with one line of config changed."""
+    config = project / "config" / "device.yaml"
+    config.write_text(re.sub(r"\n# release \d+\n", "\n", config.read_text()) + f"\n# release {n}\n")
+    return build_release(project, tmp_path / "built")
+
+
+def calls(stubs, what="systemctl restart"):
+    return [line for line in (stubs / "calls.log").read_text().splitlines()
+            if line.startswith(what)]
+
+
+def current(box):
+    return os.readlink(Path(box.root) / "opt/dancesampler/current")
+
+
+def releases(box):
+    return sorted(p.name for p in (Path(box.root) / "opt/dancesampler/releases").iterdir()
+                  if not p.name.startswith("."))
+
+
+def run_deploy(remote, release, box, **kwargs):
+    lines = []
+    result = deploy(remote, release, box, report=lines.append, **kwargs)
+    return result, lines
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "firmware_tools", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def cli_box_args(sshd, box, port=None):
+    args = [sshd.target, "--port", str(port or sshd.port), "--identity", str(sshd.identity),
+            "--root", box.root, "--box-path", box.path_prefix, "--box-venv", box.make_venv,
+            "--box-python", box.python, "--settle", str(box.settle_s)]
+    for option in sshd.client_options:
+        args += ["-o", option]
+    return args
+
+
+def one_line_error(result, *fragments):
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    errors = [line for line in result.stderr.splitlines()
+              if line.startswith("dancesampler: error:")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+# ---- the release ------------------------------------------------------------------
+
+def test_a_release_holds_what_the_box_runs_and_its_id_is_its_content(project, tmp_path):
+    first = build_release(project, tmp_path / "a")
+    again = build_release(project, tmp_path / "b")
+    assert first.id == again.id and len(first.id) == 16
+    names = set(first.files)
+    assert {"device/__main__.py", "config/device.yaml", "systemd/dancesampler.service",
+            "models/default.dsb", "requirements.txt"} <= names
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    pins = (first.path / "requirements.txt").read_text()
+    for pin in ("numpy==1.26.4", "tflite-runtime==2.14.0", "gpiozero==2.0.1", "av==16.0.1",
+                "pyalsaaudio==0.11.0"):
+        assert pin in pins
+    assert (first.path / "wheels").is_dir()
+    changed = new_release(project, tmp_path, 1)
+    assert changed.id != first.id
+
+
+def test_aarch64_wheel_set_resolves(tmp_path):
+    """Every pinned box requirement has an aarch64 / CPython 3.11 wheel on the index."""
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=5).close()
+    except OSError as exc:
+        pytest.skip(f"the package index (pypi.org:443) cannot be reached here ({exc})")
+    result = subprocess.run(pip_download_command(tmp_path / "wheels"), capture_output=True,
+                            text=True, timeout=600)
+    network = ("Failed to establish a new connection", "Temporary failure in name resolution",
+               "Network is unreachable", "Read timed out", "ProxyError", "SSLError")
+    if result.returncode != 0 and any(sign in result.stderr for sign in network):
+        pytest.skip(f"the package index stopped answering: {result.stderr.strip()[-200:]}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    wheels = [p.name.lower() for p in (tmp_path / "wheels").glob("*.whl")]
+    for name in ("numpy-1.26.4", "pyyaml-6.0.2", "tflite_runtime-2.14.0", "gpiozero-2.0.1",
+                 "av-16.0.1"):
+        found = [w for w in wheels if w.startswith(name)]
+        assert found, f"no wheel for {name} in {wheels}"
+        assert all("aarch64" in w or w.endswith("-none-any.whl") for w in found), found
+
+
+# ---- deploy -----------------------------------------------------------------------
+
+def test_first_deploy_switches_to_the_release_and_a_second_changes_nothing(
+        remote, box, stubs, project, tmp_path):
+    release = new_release(project, tmp_path, 1)
+    result, lines = run_deploy(remote, release, box)
+
+    assert result.changed and result.release == release.id and result.previous is None
+    assert current(box) == f"releases/{release.id}"
+    here = Path(box.root) / "opt/dancesampler/releases" / release.id
+    for name, digest in release.files.items():
+        assert hashlib.sha256((here / name).read_bytes()).hexdigest() == digest, name
+    assert (here / ".venv" / "made").exists()
+    assert calls(stubs) == ["systemctl restart dancesampler"]
+    assert calls(stubs, "systemctl daemon-reload")
+    assert (Path(box.root) / "etc/systemd/system/dancesampler.service").read_bytes() == \
+        (ROOT / "systemd/dancesampler.service").read_bytes()
+    assert (Path(box.root) / "etc/dancesampler/device.yaml").exists()
+    assert f"running {release.id} (active (running): playing default" in lines[-1]
+    assert not [p for p in here.parent.iterdir() if p.name.startswith(".incoming")]
+
+    again, lines = run_deploy(remote, build_release(project, tmp_path / "again"), box)
+    assert not again.changed and again.release == release.id
+    assert lines == [f"{remote}: already running {release.id}"]
+    assert calls(stubs) == ["systemctl restart dancesampler"], "a same-release deploy restarted"
+    assert current(box) == f"releases/{release.id}"
+
+
+def test_a_release_that_fails_to_start_is_rolled_back(
+        sshd, remote, box, stubs, project, tmp_path):
+    good = new_release(project, tmp_path, 1)
+    run_deploy(remote, good, box)
+    bad = new_release(project, tmp_path, 2)
+    (stubs / "bad").write_text(bad.id + "\n")
+
+    with pytest.raises(DeployFailed) as failed:
+        run_deploy(remote, bad, box)
+    message = str(failed.value)
+    first, *journal = message.splitlines()
+    assert "dancesampler failed to start (failed (failed)" in first
+    assert f"rolled back to {good.id}, which is running again" in first
+    assert "last 3 journal lines of dancesampler:" in journal[0]
+    assert any("no Pi camera found" in line for line in journal)
+    assert current(box) == f"releases/{good.id}"
+    assert len(calls(stubs)) == 3          # the good one, the bad one, the good one again
+    assert calls(stubs, "journalctl") == ["journalctl -u dancesampler -n 20 --no-pager"]
+
+    result = cli("deploy", *cli_box_args(sshd, box), "--no-wheels")
+    # The CLI builds a release of the real tree: a third id, which starts.
+    assert result.returncode == 0, result.stderr
+    assert "running" in result.stdout.splitlines()[-1]
+
+
+def test_a_copy_cut_off_half_way_leaves_the_old_release_running(
+        remote, box, stubs, project, tmp_path):
+    old = new_release(project, tmp_path, 1)
+    run_deploy(remote, old, box)
+    (project / "models" / "big.dsb").write_bytes(os.urandom(3_000_000))
+    new = new_release(project, tmp_path, 2)
+    incoming = Path(box.root) / "opt/dancesampler/releases" / f".incoming-{new.id}"
+    seen = []
+
+    def cut_off_half_way(remote, box, source, dest, args=()):
+        proc = subprocess.Popen(rsync_to_command(remote, box, source, dest,
+                                                 (*args, "--bwlimit=1000")),
+                                start_new_session=True, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not seen:
+            models = incoming / "models"
+            if models.is_dir():
+                seen.extend(p.name for p in models.iterdir()
+                            if p.name.startswith(".big") and p.stat().st_size > 300_000)
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)      # as a power cut here would
+        proc.wait(timeout=20)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_deploy(remote, new, box, rsync=cut_off_half_way)
+    assert seen, "rsync never got under way"
+    assert current(box) == f"releases/{old.id}"
+    assert releases(box) == [old.id], "a half-copied release was put in place"
+    assert incoming.is_dir() and not (incoming / "models" / "big.dsb").exists()
+    assert len(calls(stubs)) == 1
+
+    result, _ = run_deploy(remote, new, box)   # carries on, then switches
+    assert result.changed and current(box) == f"releases/{new.id}"
+    assert sorted(releases(box)) == sorted([old.id, new.id]) and not incoming.exists()
+    assert len(calls(stubs)) == 2
+
+
+def test_only_the_last_three_releases_are_kept(remote, box, stubs, project, tmp_path):
+    ids = []
+    for n in range(4):
+        release = new_release(project, tmp_path, n)
+        result, lines = run_deploy(remote, release, box)
+        ids.append(release.id)
+    assert result.removed == [ids[0]]
+    assert f"{remote}: removed old release {ids[0]}" in lines
+    assert releases(box) == sorted(ids[1:])
+    assert current(box) == f"releases/{ids[-1]}"
+
+
+def test_a_box_without_room_is_refused_before_copying(remote, box, stubs, project, tmp_path):
+    (stubs / "df").write_text("#!/bin/sh\necho 'Filesystem 1024-blocks Used Available "
+                              "Capacity Mounted on'\necho '/dev/root 3000000 2990000 10240 "
+                              "100% /'\n")
+    (stubs / "df").chmod(0o755)
+    release = new_release(project, tmp_path, 1)
+    with pytest.raises(RemoteError) as refused:
+        run_deploy(remote, release, box)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert re.search(r"no room for release \w+ in .*: needs \d+ MB, has 10 MB", message)
+    assert releases(box) == [] and not calls(stubs)
+
+
+def test_unreachable_and_refused_boxes_are_one_line(sshd, box, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    one_line_error(cli("deploy", *cli_box_args(sshd, box, port=port), "--no-wheels"),
+                   "Connection refused", "is the box on")
+    wrong = tmp_path / "wrong_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
+    args = cli_box_args(sshd, box)
+    args[args.index("--identity") + 1] = str(wrong)
+    one_line_error(cli("flash-model", str(MODEL), *args), "login refused")
+
+
+# ---- flash-model ------------------------------------------------------------------
+
+def test_a_good_bundle_lands_after_the_box_checked_it(remote, box):
+    lines = []
+    final = flash_model(remote, MODEL, box, report=lines.append)
+    models = Path(box.root) / "var/lib/dancesampler/models"
+    assert final == str(models / "default.dsb")
+    assert (models / "default.dsb").read_bytes() == MODEL.read_bytes()
+    assert list((models / ".incoming").iterdir()) == []
+    assert lines[0].startswith(f"{remote}: flashed default.dsb (")
+
+
+def test_a_damaged_bundle_is_refused_and_the_box_keeps_what_it_had(
+        sshd, remote, box, tmp_path):
+    models = Path(box.root) / "var/lib/dancesampler/models"
+    flash_model(remote, MODEL, box, report=lambda line: None)
+    before = {p.name: p.read_bytes() for p in models.iterdir() if p.is_file()}
+
+    damaged = tmp_path / "default.dsb"
+    damaged.write_bytes(MODEL.read_bytes()[: MODEL.stat().st_size // 2])   # truncated
+    error = one_line_error(cli("flash-model", str(damaged), *cli_box_args(sshd, box)),
+                           "refused", "default.dsb")
+    assert "not a readable bundle" in error
+
+    def damaged_in_transit(remote, box, source, dest, args=()):
+        rsync_to(remote, box, source, dest, args)
+        data = bytearray(Path(dest).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        Path(dest).write_bytes(bytes(data))
+
+    with pytest.raises(FlashRefused, match=r"refused default\.dsb: the copy on the box does "
+                                           r"not match \(SHA-256"):
+        flash_model(remote, MODEL, box, report=lambda line: None, rsync=damaged_in_transit)
+    assert {p.name: p.read_bytes() for p in models.iterdir() if p.is_file()} == before
+    assert list((models / ".incoming").iterdir()) == []
+
+
+def test_a_bundle_the_box_cannot_play_is_refused_by_its_check(remote, box, tmp_path):
+    models = Path(box.root) / "var/lib/dancesampler/models"
+    failing = Box(root=box.root, path_prefix=box.path_prefix,
+                  python=f"cd {shlex.quote(str(ROOT))} && DANCESAMPLER_CONFIG=/nonexistent.yaml "
+                         f"{shlex.quote(sys.executable)}")
+    with pytest.raises(FlashRefused, match="check-bundle on the box said") as refused:
+        flash_model(remote, MODEL, failing, report=lambda line: None)
+    assert "/nonexistent.yaml" in str(refused.value) and "\n" not in str(refused.value)
+    assert not (models / "default.dsb").exists()
+
+
+# ---- provision --------------------------------------------------------------------
+
+PROVISION_STUBS = {
+    # Each stand-in logs its call; state lives in marker files beside them.
+    "dpkg-query": 'p=$(eval echo \\${$#}); [ -e "$S/pkg-$p" ] && printf "install ok installed"',
+    "apt-get": 'shift 0; for a; do case "$a" in -*|install|update) ;; *) touch "$S/pkg-$a";; '
+               'esac; done',
+    "getent": '[ "$2" != gpio ] || [ -e "$S/group-gpio" ]',
+    "groupadd": 'touch "$S/group-$(eval echo \\${$#})"',
+    "id": '[ -e "$S/user" ]',
+    "useradd": 'touch "$S/user"',
+    "usermod": 'true',
+    "chown": 'true',
+    "python3": 'for a; do w=$a; done; touch "$w/pyalsaaudio-0.11.0-cp311-cp311-linux_aarch64.whl"',
+    "systemctl": 'case "$1" in is-enabled) [ -e "$S/enabled" ];; enable) touch "$S/enabled";; '
+                 'esac',
+}
+
+
+def test_provisioning_twice_does_each_step_once(remote, sshd, tmp_path):
+    from firmware_tools.provision import provision, provision_script
+
+    stubs = tmp_path / "provision-bin"
+    stubs.mkdir()
+    for name, body in PROVISION_STUBS.items():
+        (stubs / name).write_text(f'#!/bin/sh\nS={shlex.quote(str(stubs))}\n'
+                                  f'echo "{name} $*" >> "$S/calls.log"\n{body}\n')
+        (stubs / name).chmod(0o755)
+    root = tmp_path / "fresh-box"
+    root.mkdir()
+    box = Box(root=str(root), path_prefix=str(stubs))
+
+    first = provision(remote, box, report=lambda line: None)
+    log = (stubs / "calls.log").read_text().splitlines()
+    assert any(line.startswith("apt-get install") and "python3-picamera2" in line for line in log)
+    assert "groupadd --system gpio" in log
+    assert any(line.startswith("useradd --system --user-group") for line in log)
+    assert "systemctl enable dancesampler" in log and "systemctl daemon-reload" in log
+    assert (root / "etc/systemd/system/dancesampler.service").read_bytes() == \
+        (ROOT / "systemd/dancesampler.service").read_bytes()
+    for folder in ("opt/dancesampler/releases", "opt/dancesampler/wheels",
+                   "var/lib/dancesampler/models", "etc/dancesampler"):
+        assert (root / folder).is_dir()
+    assert "provision: building the pyalsaaudio wheel" in first
+
+    (stubs / "calls.log").write_text("")
+    second = provision(remote, box, report=lambda line: None)
+    log = (stubs / "calls.log").read_text().splitlines()
+    for changing in ("apt-get", "groupadd", "useradd", "systemctl enable",
+                     "systemctl daemon-reload", "python3"):
+        assert not [line for line in log if line.startswith(changing)], (changing, log)
+    assert "provision: apt packages: all present" in second
+    assert "provision: unit: unchanged" in second
+
+    script = provision_script(read_only_root=True)
+    assert script.startswith("set -eu") and "mountpoint -q" in script
+    assert "do_overlayfs" not in provision_script()

@@ -1,0 +1,861 @@
+"""Evaluation: how well a bundle's int8 model makes the sound of motion it never saw.
+
+Every window of held-out takes (``--data``) goes through the bundle's own
+performer graph, run by the box's runtime (``device.runtime.Performer``), and the
+segment it makes is compared with the segment that really sounded there. Three
+baselines that need no model, made from the training takes, get the same
+measures, so a number means something: the mean spectrum of the training sound
+(``baseline_mean``), a random training segment (``baseline_random``), and the
+sound of the training window whose motion is nearest (``baseline_nearest``).
+
+The metrics are defined in docs/evaluation.md; in short, per system: the log-mel
+distance to the true segment (dB, lower is better), the correlation of its
+loudness with the true loudness, of the amount of motion with its loudness, and
+of the motion's self-similarity with its sound's self-similarity (the
+Dance2Music measure). A correlation over a constant series is undefined: it is
+None (null in JSON, "n/a" in tables) and never wins.
+
+Everything here is host-side and offline. It never trains, never imports
+TensorFlow, and never modifies a take; it keeps memory bounded by working a
+take, and a chunk of segments, at a time.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import os
+import sys
+import time
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device.bundle import Bundle, read_bundle
+from device.config import TrainConfig, with_overrides
+from device.errors import ConfigError, DanceSamplerError
+from device.motiongram import motion_amount
+from device.overlap_add import OverlapAdd
+from device.runtime import Performer
+from device.session import session_info
+from train_host.dataset import DatasetError, Examples, build_dataset, find_takes, \
+    session_examples
+
+log = logging.getLogger(__name__)
+
+SYSTEMS = ("model", "baseline_mean", "baseline_random", "baseline_nearest")
+"""The systems compared, in the order tables list them."""
+METRICS = ("log_mel_distance_db", "loudness_corr", "motion_loudness_corr", "similarity_corr")
+"""The metrics, in the order tables list them."""
+LOWER_IS_BETTER = frozenset({"log_mel_distance_db"})
+
+N_MELS = 64
+"""Mel bands of the log-mel spectrum."""
+FLOOR_DB = -80.0
+"""Levels below this (dB re full scale) count as this, so silence against silence is 0."""
+STFT_SECONDS = 512 / 22050
+"""Analysis window: n_fft 512 at 22050 Hz (23 ms), the same length in time at other rates."""
+MAX_SSM_SEGMENTS = 500
+"""Segments per take in a self-similarity matrix (evenly subsampled beyond this)."""
+EXCERPT_SECONDS = 6.0
+"""Length of the stretch of one take that the report plots and lets you hear."""
+
+_CHUNK = 256            # segments per batch of feature computation
+_SEARCH_CHUNK = 4096    # training windows per block of the nearest-neighbour search
+_MEAN_CHUNK = 1024      # training segments per block of the mean spectrum
+_CONSTANT = 1e-6        # relative spread under which a series counts as constant
+_REPORT_TAKES = 12      # per-take loudness plots in a report
+
+
+class EvaluationError(DanceSamplerError, ValueError):
+    """An evaluation cannot run as asked; the message says what is missing or wrong."""
+
+
+# ---- spectra -------------------------------------------------------------------------
+
+
+def stft_size(sample_rate: int, segment_samples: int) -> tuple[int, int]:
+    """(n_fft, hop) of the log-mel analysis: about 23 ms (512 at 22050 Hz) and a
+    quarter of it (128), a power of two no longer than one segment."""
+    n_fft = 2 ** round(math.log2(sample_rate * STFT_SECONDS))
+    n_fft = min(n_fft, 2 ** int(math.floor(math.log2(segment_samples))))
+    return n_fft, max(1, n_fft // 4)
+
+
+def hz_to_mel(hz):
+    """The HTK mel scale."""
+    return 2595.0 * np.log10(1.0 + np.asarray(hz, np.float64) / 700.0)
+
+
+def mel_to_hz(mel):
+    return 700.0 * (10.0 ** (np.asarray(mel, np.float64) / 2595.0) - 1.0)
+
+
+def mel_band_edges(sample_rate: int, n_mels: int = N_MELS, fmin: float = 0.0,
+                   fmax: float | None = None) -> np.ndarray:
+    """The ``n_mels + 2`` frequencies (Hz) of the triangles: band ``i`` rises from
+    edge ``i``, peaks at edge ``i + 1`` and falls to zero at edge ``i + 2``."""
+    fmax = sample_rate / 2 if fmax is None else fmax
+    return mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int = N_MELS, fmin: float = 0.0,
+                   fmax: float | None = None) -> np.ndarray:
+    """(n_mels, n_fft // 2 + 1) triangular weights, peak 1, evenly spaced in mels.
+
+    Neighbouring triangles cross at half height, so between the first and last
+    band centres the weights on each FFT bin sum to 1: a tone has the same level
+    in the mel spectrum wherever it lies.
+    """
+    edges = mel_band_edges(sample_rate, n_mels, fmin, fmax)
+    freqs = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (freqs - lower) / (centre - lower)
+    falling = (upper - freqs) / (upper - centre)
+    return np.maximum(0.0, np.minimum(rising, falling))
+
+
+class Spectra:
+    """Log-mel spectra and loudness of segments, for one sample rate and segment length."""
+
+    def __init__(self, sample_rate: int, segment_samples: int, n_mels: int = N_MELS):
+        self.sample_rate, self.segment_samples = sample_rate, segment_samples
+        self.n_fft, self.hop = stft_size(sample_rate, segment_samples)
+        self.window = np.hanning(self.n_fft + 1)[:-1]   # periodic Hann
+        # A full-scale sine centred on a bin has power 1 there (0 dB).
+        self._power_scale = 4.0 / self.window.sum() ** 2
+        self.filterbank = mel_filterbank(sample_rate, self.n_fft, n_mels).astype(np.float32)
+
+    def frames(self, samples: int) -> int:
+        """Analysis frames in ``samples`` (no padding: a partial frame at the end is left out)."""
+        return 1 + (samples - self.n_fft) // self.hop
+
+    def stft(self, segments: np.ndarray) -> np.ndarray:
+        """Complex (N, frames, n_fft // 2 + 1) short-time spectra of (N, samples)."""
+        framed = np.lib.stride_tricks.sliding_window_view(segments, self.n_fft, axis=-1)
+        return np.fft.rfft(framed[..., ::self.hop, :] * self.window, axis=-1)
+
+    def log_mel(self, segments: np.ndarray) -> np.ndarray:
+        """float32 (N, frames, n_mels): mel band power in dB re full scale, floored at -80 dB."""
+        spectrum = self.stft(np.asarray(segments, np.float32))
+        power = (spectrum.real ** 2 + spectrum.imag ** 2) * self._power_scale
+        mel = power.astype(np.float32) @ self.filterbank.T
+        return 10.0 * np.log10(np.maximum(mel, 10.0 ** (FLOOR_DB / 10)))
+
+
+def log_mel_distance(generated: np.ndarray, true: np.ndarray, spectra: Spectra) -> np.ndarray:
+    """Per segment: the mean absolute difference of the two log-mel spectra, in dB."""
+    return np.abs(spectra.log_mel(generated) - spectra.log_mel(true)).mean(axis=(-2, -1))
+
+
+def loudness_db(segments: np.ndarray) -> np.ndarray:
+    """Per segment: RMS level in dB re full scale (a full-scale square wave is 0 dB),
+    floored at -80 dB."""
+    x = np.asarray(segments, np.float64)
+    return 10.0 * np.log10(np.maximum((x * x).mean(axis=-1), 10.0 ** (FLOOR_DB / 10)))
+
+
+def pearson(x, y) -> float | None:
+    """Pearson correlation, or None where it is undefined: fewer than two points, or
+    either series constant (within a relative 1e-6 of its own size)."""
+    x, y = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
+    if len(x) != len(y):
+        raise ValueError(f"pearson: series of {len(x)} and {len(y)} values")
+    if len(x) < 2 or _constant(x) or _constant(y):
+        return None
+    x, y = x - x.mean(), y - y.mean()
+    r = float((x @ y) / math.sqrt((x @ x) * (y @ y)))
+    return max(-1.0, min(1.0, r))
+
+
+def _constant(x: np.ndarray) -> bool:
+    return bool(np.ptp(x) <= _CONSTANT * (1.0 + np.abs(x).max()))
+
+
+def self_similarity(features: np.ndarray) -> np.ndarray:
+    """(N, N) cosine similarity of feature vectors after removing their mean.
+
+    The mean is the take's, so the matrix shows how moments differ from the take's
+    usual, not that every moment has sound. A vector equal to the mean is similar
+    to nothing (0), so a system that always makes the same sound has a constant
+    matrix, and its similarity correlation is None.
+    """
+    x = np.asarray(features, np.float64).reshape(len(features), -1)
+    x = x - x.mean(axis=0)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    scale = np.abs(x).max() if x.size else 0.0
+    unit = np.divide(x, norm, out=np.zeros_like(x), where=norm > 1e-9 * (1.0 + scale))
+    return unit @ unit.T
+
+
+def similarity_correlation(motion_ssm: np.ndarray, audio_ssm: np.ndarray) -> float | None:
+    """Pearson correlation of the upper triangles (no diagonal) of two self-similarity matrices."""
+    upper = np.triu_indices(len(motion_ssm), k=1)
+    return pearson(motion_ssm[upper], audio_ssm[upper])
+
+
+# ---- baselines -----------------------------------------------------------------------
+
+
+def nearest_windows(query: np.ndarray, reference: np.ndarray, *,
+                    chunk: int = _SEARCH_CHUNK) -> np.ndarray:
+    """For each query window, the index of the reference window nearest to it
+    (Euclidean distance over the flattened window); ties go to the lowest index.
+
+    Blocks of ``chunk`` reference windows at a time: each block is searched in
+    float32 (|r|^2 - 2 q.r, one matrix product), and its best candidate is then
+    measured exactly in float64, so the choice between blocks is exact.
+    """
+    q = np.asarray(query, np.float32).reshape(len(query), -1)
+    r = np.asarray(reference, np.float32).reshape(len(reference), -1)
+    if not len(r):
+        raise EvaluationError("no training windows to search")
+    best = np.zeros(len(q), np.intp)
+    best_d = np.full(len(q), np.inf)
+    q64 = q.astype(np.float64)
+    for start in range(0, len(r), chunk):
+        block = r[start:start + chunk]
+        approx = (block * block).sum(axis=1) - 2.0 * (q @ block.T)
+        candidate = start + approx.argmin(axis=1)
+        exact = ((q64 - r[candidate].astype(np.float64)) ** 2).sum(axis=1)
+        better = exact < best_d
+        best[better], best_d[better] = candidate[better], exact[better]
+    return best
+
+
+def mean_spectrum_segment(audio: np.ndarray, spectra: Spectra, *, seed: int = 0,
+                          chunk: int = _MEAN_CHUNK) -> np.ndarray:
+    """One segment that sounds like the training audio on average.
+
+    The mean magnitude spectrum over every analysis frame of every training
+    segment, given a random (seeded) phase per frame and overlap-added back into
+    a signal (weighted overlap-add, made longer than a segment and cut from the
+    middle, where the overlap is complete), then scaled so that its own mean
+    magnitude spectrum has the same total as the training mean.
+    """
+    n, s = audio.shape
+    if not n:
+        raise EvaluationError("no training segments for the mean spectrum")
+    total = np.zeros(spectra.n_fft // 2 + 1)
+    frames = 0
+    for start in range(0, n, chunk):
+        magnitude = np.abs(spectra.stft(audio[start:start + chunk]))
+        total += magnitude.sum(axis=(0, 1))
+        frames += magnitude.shape[0] * magnitude.shape[1]
+    mean = total / frames
+
+    n_fft, hop, w = spectra.n_fft, spectra.hop, spectra.window
+    length = s + 2 * n_fft
+    count = 1 + -(-(length - n_fft) // hop)
+    rng = np.random.default_rng(seed)
+    phase = np.exp(2j * np.pi * rng.random((count, len(mean))))
+    pieces = np.fft.irfft(mean * phase, n=n_fft, axis=-1) * w
+    signal = np.zeros((count - 1) * hop + n_fft)
+    weight = np.zeros_like(signal)
+    for i, piece in enumerate(pieces):
+        signal[i * hop:i * hop + n_fft] += piece
+        weight[i * hop:i * hop + n_fft] += w * w
+    segment = (signal / np.maximum(weight, 1e-9))[n_fft:n_fft + s]
+    made = np.abs(spectra.stft(segment[None]))[0].mean(axis=0)
+    segment *= mean.sum() / max(made.sum(), 1e-12)
+    return segment.astype(np.float32)
+
+
+# ---- the evaluation ------------------------------------------------------------------
+
+
+@dataclass
+class TakeResult:
+    """One evaluation take's per-segment series and its own metrics."""
+
+    name: str
+    label: str
+    seconds_per_segment: float
+    """Time between consecutive segments (one frame)."""
+    first_time_s: float
+    """Time in the take at which the first segment starts."""
+    loudness: dict[str, np.ndarray]
+    """"true" and each system: dB per segment."""
+    motion: np.ndarray
+    """Motion amount of each segment's window."""
+    distance: dict[str, np.ndarray]
+    metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """Per system: loudness_corr, motion_loudness_corr, similarity_corr for this take."""
+    reference: dict[str, float | None] = field(default_factory=dict)
+    """The true audio's own motion_loudness_corr and similarity_corr."""
+
+    @property
+    def segments(self) -> int:
+        return len(self.motion)
+
+
+@dataclass
+class Excerpt:
+    """A stretch of one take, streamed as the box plays it, and that take's similarity matrices."""
+
+    take: str
+    start_s: float
+    streams: dict[str, np.ndarray]
+    """"true", "model", "baseline_nearest": overlap-added audio of the stretch."""
+    ssm: dict[str, np.ndarray]
+    """"motion", "true", "model": the take's self-similarity matrices."""
+    ssm_times: np.ndarray
+    """Time in the take of each row of the matrices (seconds)."""
+
+
+@dataclass
+class Evaluation:
+    """What ``run_evaluation`` found: the metrics and what the report shows."""
+
+    metrics: dict[str, dict[str, float | None]]
+    """System to metric to value: exactly what ``evaluate`` returns."""
+    reference: dict[str, float | None]
+    """The true audio's own motion_loudness_corr and similarity_corr (for scale)."""
+    bundle: Bundle
+    data_roots: list[str]
+    train_roots: list[str]
+    train_summary: dict[str, Any]
+    takes: list[TakeResult]
+    excerpt: Excerpt | None
+    seconds: dict[str, float]
+    """Wall time of each stage."""
+
+    def winners(self) -> dict[str, list[str]]:
+        """Per metric, the system(s) with the best defined value (none if all are undefined)."""
+        return {metric: _winners({s: self.metrics[s][metric] for s in SYSTEMS}, metric)
+                for metric in METRICS}
+
+
+def evaluate(bundle_path: str | os.PathLike, data_roots: list[str | os.PathLike],
+             train_roots: list[str | os.PathLike] | None = None, *,
+             cache_dir: str | os.PathLike | None = None, seed: int = 0) -> dict:
+    """The metrics of a bundle's model and the three baselines on the takes under
+    ``data_roots``: ``{system: {metric: float or None}}`` for the systems in
+    ``SYSTEMS`` and the metrics in ``METRICS``. ``train_roots`` (default: the roots
+    the bundle says it was trained on) supply the baselines."""
+    return run_evaluation(bundle_path, data_roots, train_roots, cache_dir=cache_dir,
+                          seed=seed).metrics
+
+
+def evaluation_config(bundle: Bundle) -> TrainConfig:
+    """A training config whose data and motiongram parameters are the bundle's own,
+    so that takes become examples exactly as they did for this model."""
+    m = bundle.manifest
+    overrides = {
+        "data.fps": m.fps, "data.sample_rate": m.audio.sample_rate,
+        "data.segment_seconds": m.audio.segment_samples / m.audio.sample_rate,
+        "data.window_frames": m.window_frames, "data.validation_fraction": 0.0,
+        "motiongram.width": m.motiongram.width, "motiongram.height": m.motiongram.height,
+        "motiongram.threshold": m.motiongram.threshold,
+    }
+    try:
+        cfg = with_overrides(TrainConfig(), overrides)
+    except ConfigError as exc:
+        raise EvaluationError(f"{bundle.path}: its parameters cannot be used to cut "
+                              f"examples ({exc})") from None
+    d = cfg.data
+    if (d.segment_samples, d.hop_samples) != (m.audio.segment_samples, m.audio.hop_samples):
+        raise EvaluationError(
+            f"{bundle.path}: segment {m.audio.segment_samples} samples and hop "
+            f"{m.audio.hop_samples} cannot be cut by the dataset builder (it makes "
+            f"{d.segment_samples} and {d.hop_samples})")
+    return cfg
+
+
+def training_roots(bundle: Bundle, train_roots=None) -> list[Path]:
+    """The training takes' roots: those given, else those the bundle's manifest names."""
+    if train_roots:
+        return [Path(root) for root in train_roots]
+    data = bundle.manifest.training.get("data") or {}
+    roots = data.get("roots")
+    if not roots:
+        source = data.get("source")
+        trained = f" (it was trained on {source})" if source else ""
+        raise EvaluationError(f"{bundle.path}: the bundle does not say where its training takes "
+                              f"are{trained}; the baselines need them: pass --train-data DIR")
+    missing = [root for root in roots if not Path(root).is_dir()]
+    if missing:
+        raise EvaluationError(f"{bundle.path}: its training data {', '.join(missing)} is not "
+                              "here; pass --train-data DIR")
+    return [Path(root) for root in roots]
+
+
+def run_evaluation(bundle_path: str | os.PathLike, data_roots: list[str | os.PathLike],
+                   train_roots: list[str | os.PathLike] | None = None, *,
+                   cache_dir: str | os.PathLike | None = None, seed: int = 0,
+                   keep_excerpt: bool = True) -> Evaluation:
+    """The whole evaluation, with what a report needs (see ``evaluate``)."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    bundle = read_bundle(bundle_path)
+    m = bundle.manifest
+    cfg = evaluation_config(bundle)
+    train_paths = training_roots(bundle, train_roots)
+    eval_paths = _evaluation_takes(data_roots)
+    _check_frame_size(bundle, eval_paths, "evaluation")
+    performer = Performer(bundle.performer, where=str(bundle.path))
+    spectra = Spectra(m.audio.sample_rate, m.audio.segment_samples)
+
+    t0 = time.perf_counter()
+    try:
+        train_takes = find_takes(train_paths)
+        _check_frame_size(bundle, train_takes, "training")
+        train, _, train_summary = build_dataset(train_paths, cfg, cache_dir=cache_dir)
+    except DatasetError as exc:
+        raise EvaluationError(f"training data: {exc}") from None
+    shared = {p.resolve() for p in eval_paths} & {p.resolve() for p in train_takes}
+    if shared:
+        log.warning("%d evaluation take(s) are also training takes (%s): the model and the "
+                    "nearest baseline have heard them", len(shared),
+                    ", ".join(sorted(p.name for p in shared)))
+    mean_segment = mean_spectrum_segment(train.audio, spectra, seed=seed)
+    timings["training_data_s"] = time.perf_counter() - t0
+    log.info("baselines from %d training segments of %d take(s)", len(train),
+             train_summary["takes"])
+
+    systems = _Systems(performer, train, mean_segment, seed)
+    takes: list[TakeResult] = []
+    excerpt: Excerpt | None = None
+    longest = 0
+    t0 = time.perf_counter()
+    for i, path in enumerate(eval_paths):
+        try:
+            examples = session_examples(path, cfg, take=i, cache_dir=cache_dir)
+        except DatasetError as exc:
+            raise EvaluationError(f"evaluation data: {exc}") from None
+        if not len(examples):
+            continue   # too short for one window and its segment (session_examples warned)
+        want_excerpt = keep_excerpt and len(examples) > longest
+        result, take_excerpt = _evaluate_take(path.name, examples, cfg, systems, spectra,
+                                              m.motiongram, want_excerpt)
+        takes.append(result)
+        if want_excerpt:
+            excerpt, longest = take_excerpt, len(examples)
+        log.info("take %s: %d segments", path.name, len(examples))
+    if not takes:
+        raise EvaluationError(f"none of the {len(eval_paths)} take(s) in "
+                              f"{', '.join(map(str, data_roots))} is long enough for one "
+                              f"window ({m.window_frames} frames) and its segment")
+    timings["evaluation_s"] = time.perf_counter() - t0
+    timings["model_s"] = systems.model_s
+    timings["nearest_search_s"] = systems.search_s
+    timings["total_s"] = time.perf_counter() - started
+
+    metrics, reference = _combine(takes)
+    return Evaluation(metrics, reference, bundle, [str(r) for r in data_roots],
+                      [str(r) for r in train_paths], train_summary, takes, excerpt,
+                      {k: round(v, 3) for k, v in timings.items()})
+
+
+def _evaluation_takes(roots) -> list[Path]:
+    if not roots:
+        raise EvaluationError("no evaluation data: pass --data DIR")
+    try:
+        paths = find_takes(list(roots))
+    except DatasetError as exc:
+        raise EvaluationError(f"evaluation data: {exc}") from None
+    if not paths:
+        raise EvaluationError(f"no takes in {', '.join(map(str, roots))}")
+    return paths
+
+
+def _check_frame_size(bundle: Bundle, takes: list[Path], what: str) -> None:
+    """Refuse takes whose frames are not the size the bundle's motiongram was made from."""
+    params = bundle.manifest.motiongram
+    for path in takes:
+        info = session_info(path)
+        if (info.width, info.height) != (params.width, params.height):
+            raise EvaluationError(
+                f"{what} take {path}: frames are {info.width}x{info.height} but the model "
+                f"{bundle.manifest.name} was trained on {params.width}x{params.height} frames; "
+                "import the take at that size")
+
+
+class _Systems:
+    """Each system's segments for a batch of evaluation windows."""
+
+    def __init__(self, performer: Performer, train: Examples, mean_segment: np.ndarray,
+                 seed: int):
+        self.performer, self.train, self.mean_segment = performer, train, mean_segment
+        self.rng = np.random.default_rng(seed)
+        self.model_s = self.search_s = 0.0
+
+    def __call__(self, motion: np.ndarray) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        # One window at a time through one interpreter, as the box runs it.
+        model = np.stack([self.performer(window) for window in motion])
+        t1 = time.perf_counter()
+        nearest = nearest_windows(motion, self.train.motion)
+        self.model_s += t1 - t0
+        self.search_s += time.perf_counter() - t1
+        chosen = self.rng.integers(0, len(self.train), len(motion))
+        return {"model": model,
+                "baseline_mean": np.broadcast_to(self.mean_segment, model.shape),
+                "baseline_random": self.train.audio[chosen],
+                "baseline_nearest": self.train.audio[nearest]}
+
+
+def _evaluate_take(name: str, examples: Examples, cfg: TrainConfig, systems: _Systems,
+                   spectra: Spectra, params, want_excerpt: bool
+                   ) -> tuple[TakeResult, Excerpt | None]:
+    n, d = len(examples), cfg.data
+    kept = _subsample(n, MAX_SSM_SEGMENTS)
+    first, begin, end = _excerpt_range(n, d) if want_excerpt else (0, 0, 0)
+    names = ("true",) + SYSTEMS
+    loudness = {s: np.empty(n) for s in names}
+    distance = {s: np.empty(n) for s in SYSTEMS}
+    mel = {s: np.empty((len(kept), N_MELS)) for s in names}
+    excerpt_segments: dict[str, list[np.ndarray]] = {"true": [], "model": [],
+                                                      "baseline_nearest": []}
+    for start in range(0, n, _CHUNK):
+        stop = min(n, start + _CHUNK)
+        truth = examples.audio[start:stop]
+        outputs = {"true": truth, **systems(examples.motion[start:stop])}
+        true_mel = spectra.log_mel(truth)
+        here = kept[(kept >= start) & (kept < stop)]
+        rows = np.searchsorted(kept, here)
+        for system, segments in outputs.items():
+            spectrum = true_mel if system == "true" else spectra.log_mel(segments)
+            loudness[system][start:stop] = loudness_db(segments)
+            if system != "true":
+                distance[system][start:stop] = np.abs(spectrum - true_mel).mean(axis=(1, 2))
+            mel[system][rows] = spectrum[here - start].mean(axis=1)
+        lo, hi = max(start, first), min(stop, end)
+        if lo < hi:
+            for system in excerpt_segments:
+                excerpt_segments[system].append(np.array(outputs[system][lo - start:hi - start]))
+
+    motion = motion_amount(examples.motion, params).mean(axis=1)
+    motion_ssm = self_similarity(examples.motion[kept])
+    ssm = {s: self_similarity(mel[s]) for s in names}
+    result = TakeResult(name, str(examples.labels[0]), 1.0 / d.fps,
+                        (d.window_frames - 1) / d.fps, loudness, motion, distance)
+    for system in SYSTEMS:
+        result.metrics[system] = {
+            "loudness_corr": pearson(loudness[system], loudness["true"]),
+            "motion_loudness_corr": pearson(motion, loudness[system]),
+            "similarity_corr": similarity_correlation(motion_ssm, ssm[system]),
+        }
+    result.reference = {"motion_loudness_corr": pearson(motion, loudness["true"]),
+                        "similarity_corr": similarity_correlation(motion_ssm, ssm["true"])}
+    excerpt = None
+    if want_excerpt:
+        streams = {s: _stream(np.concatenate(parts), d.segment_samples, d.hop_samples,
+                              warmup=begin - first)
+                   for s, parts in excerpt_segments.items()}
+        excerpt = Excerpt(name, result.first_time_s + begin / d.fps, streams,
+                          {"motion": motion_ssm, "true": ssm["true"], "model": ssm["model"]},
+                          result.first_time_s + kept / d.fps)
+    return result, excerpt
+
+
+def _subsample(n: int, most: int) -> np.ndarray:
+    """At most ``most`` indices out of ``n``, evenly spread, sorted, distinct."""
+    if n <= most:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, most).round().astype(np.intp))
+
+
+def _warmup(d) -> int:
+    """Segments before a stretch that overlap its first hop in the live overlap-add."""
+    return -(-d.segment_samples // d.hop_samples) - 1
+
+
+def _excerpt_range(n: int, d) -> tuple[int, int, int]:
+    """(first segment with its warm-up, first segment, end) of the middle
+    ``EXCERPT_SECONDS`` of a take: the warm-up segments before the stretch overlap
+    its first hops, so the stream starts as it sounds mid-performance, not from silence."""
+    length = min(n, round(EXCERPT_SECONDS * d.fps))
+    start = (n - length) // 2
+    return max(0, start - _warmup(d)), start, start + length
+
+
+def _stream(segments: np.ndarray, segment_samples: int, hop_samples: int,
+            warmup: int) -> np.ndarray:
+    """Segments overlap-added as the box plays them; the warm-up hops are dropped."""
+    adder = OverlapAdd(segment_samples, hop_samples)
+    hops = [adder.push(segment.astype(np.float32)).copy() for segment in segments]
+    return np.concatenate(hops[warmup:]) if len(hops) > warmup else np.zeros(0, np.float32)
+
+
+def _combine(takes: list[TakeResult]) -> tuple[dict, dict]:
+    """The per-take results as one value per system and metric.
+
+    log_mel_distance_db: the mean over every segment of every take. The
+    correlations are per take (a take's loudness level depends on how it was
+    recorded, which no motion can tell): loudness_corr and motion_loudness_corr
+    are averaged over the takes where they are defined, weighted by segments;
+    similarity_corr is the plain mean over takes, as Dance2Music reports it.
+    """
+    def mean_over_takes(values: list[float | None], weights: list[float]) -> float | None:
+        pairs = [(v, w) for v, w in zip(values, weights) if v is not None]
+        if not pairs:
+            return None
+        return float(sum(v * w for v, w in pairs) / sum(w for _, w in pairs))
+
+    segments = [take.segments for take in takes]
+    metrics: dict[str, dict[str, float | None]] = {}
+    for system in SYSTEMS:
+        distance = np.concatenate([take.distance[system] for take in takes])
+        values = {"log_mel_distance_db": float(distance.mean())}
+        for metric in ("loudness_corr", "motion_loudness_corr"):
+            values[metric] = mean_over_takes([t.metrics[system][metric] for t in takes],
+                                             segments)
+        values["similarity_corr"] = mean_over_takes(
+            [t.metrics[system]["similarity_corr"] for t in takes], [1.0] * len(takes))
+        metrics[system] = {k: _rounded(values[k]) for k in METRICS}
+    reference = {
+        "motion_loudness_corr": _rounded(mean_over_takes(
+            [t.reference["motion_loudness_corr"] for t in takes], segments)),
+        "similarity_corr": _rounded(mean_over_takes(
+            [t.reference["similarity_corr"] for t in takes], [1.0] * len(takes))),
+    }
+    return metrics, reference
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def _winners(values: dict[str, float | None], metric: str) -> list[str]:
+    defined = {s: v for s, v in values.items() if v is not None}
+    if not defined:
+        return []
+    best = (min if metric in LOWER_IS_BETTER else max)(defined.values())
+    return [s for s, v in defined.items() if v == best]
+
+
+# ---- what a person reads -------------------------------------------------------------
+
+
+def format_table(evaluation: Evaluation) -> str:
+    """Systems by metrics, the true audio's own values for scale, and each metric's winner."""
+    width = max(len(m) for m in METRICS)
+    name_width = 24
+    lines = ["".ljust(name_width) + "".join(m.rjust(width + 2) for m in METRICS)]
+    for system in SYSTEMS:
+        lines.append(system.ljust(name_width) + "".join(
+            _cell(evaluation.metrics[system][m]).rjust(width + 2) for m in METRICS))
+    lines.append("true audio (reference)".ljust(name_width) + "".join(
+        _cell(evaluation.reference.get(m), blank="-").rjust(width + 2) for m in METRICS))
+    winners = evaluation.winners()
+    lines.append("best".ljust(name_width) + "".join(
+        (", ".join(winners[m]) or "none").rjust(width + 2) for m in METRICS))
+    lines.append("")
+    lines.append("log_mel_distance_db: lower is better; correlations: higher is better; "
+                 "n/a: undefined (a constant series), never best.")
+    return "\n".join(lines)
+
+
+def _cell(value: float | None, blank: str = "n/a") -> str:
+    if value is None:
+        return blank
+    return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
+
+
+def write_report(evaluation: Evaluation, out_dir: str | os.PathLike) -> Path:
+    """Write ``out_dir/index.html`` and its PNG (and WAV) files; return the page's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EvaluationError(f"{out}: cannot write the report ({exc.strerror or exc})") from None
+    m = evaluation.bundle.manifest
+    figures: list[tuple[str, str]] = []   # (file, caption)
+
+    def save(fig, filename: str, caption: str) -> None:
+        fig.savefig(out / filename, dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        figures.append((filename, caption))
+
+    for index, take in enumerate(evaluation.takes[:_REPORT_TAKES]):
+        t = take.first_time_s + np.arange(take.segments) * take.seconds_per_segment
+        fig, ax = plt.subplots(figsize=(10, 3))
+        ax.plot(t, take.loudness["true"], label="true", color="black", linewidth=1.2)
+        ax.plot(t, take.loudness["model"], label="model", color="tab:red", linewidth=1.0)
+        ax.plot(t, take.loudness["baseline_nearest"], label="nearest baseline",
+                color="tab:blue", linewidth=0.8, alpha=0.6)
+        ax.set_xlabel("time in take (s)")
+        ax.set_ylabel("segment RMS (dBFS)")
+        ax.set_title(f"{take.name}: loudness of each segment")
+        ax.legend(loc="lower right", fontsize="small")
+        save(fig, f"loudness_{index:02d}.png", f"Loudness over time, take {take.name} "
+             f"(loudness_corr of the model here: "
+             f"{_cell(take.metrics['model']['loudness_corr'])})")
+
+    excerpt = evaluation.excerpt
+    if excerpt is not None and len(excerpt.streams["true"]):
+        spectra = Spectra(m.audio.sample_rate, m.audio.segment_samples)
+        rows = [("true", "true audio"), ("model", "model (as the box plays it)"),
+                ("baseline_nearest", "nearest-motion baseline")]
+        fig, axes = plt.subplots(len(rows), 1, figsize=(10, 7), sharex=True)
+        for ax, (key, title) in zip(axes, rows):
+            stream = excerpt.streams[key]
+            spectrum = spectra.log_mel(stream[None])[0]
+            seconds = len(stream) / m.audio.sample_rate
+            image = ax.imshow(spectrum.T, origin="lower", aspect="auto", cmap="magma",
+                              vmin=FLOOR_DB, vmax=0,
+                              extent=(excerpt.start_s, excerpt.start_s + seconds, 0, N_MELS))
+            ax.set_ylabel("mel band")
+            ax.set_title(title, fontsize="medium")
+        axes[-1].set_xlabel("time in take (s)")
+        fig.colorbar(image, ax=axes, label="dB re full scale")
+        save(fig, "spectrograms.png", f"Log-mel spectrograms of {seconds:.1f} s of take "
+             f"{excerpt.take}: true, generated, nearest baseline")
+        for key in ("true", "model"):
+            _write_wav(out / f"excerpt_{key}.wav", excerpt.streams[key], m.audio.sample_rate)
+
+        fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+        t0, t1 = excerpt.ssm_times[0], excerpt.ssm_times[-1]
+        for ax, (key, title) in zip(axes, [("motion", "motion"), ("true", "true audio"),
+                                           ("model", "model audio")]):
+            image = ax.imshow(excerpt.ssm[key], cmap="viridis", vmin=-1, vmax=1,
+                              extent=(t0, t1, t1, t0), interpolation="nearest")
+            ax.set_title(f"{title} self-similarity", fontsize="medium")
+            ax.set_xlabel("time in take (s)")
+        axes[0].set_ylabel("time in take (s)")
+        fig.colorbar(image, ax=axes, label="cosine similarity", shrink=0.8)
+        save(fig, "self_similarity.png", f"Self-similarity matrices of take {excerpt.take} "
+             f"(at most {MAX_SSM_SEGMENTS} segments, evenly spaced)")
+
+    page = out / "index.html"
+    page.write_text(_html(evaluation, figures, audio=excerpt is not None
+                          and (out / "excerpt_true.wav").exists()))
+    return page
+
+
+def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    data = (np.clip(audio, -1.0, 1.0) * 32767).round().astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(data.tobytes())
+
+
+def _html(evaluation: Evaluation, figures: list[tuple[str, str]], audio: bool) -> str:
+    e, m = evaluation, evaluation.bundle.manifest
+    esc = html.escape
+    winners = e.winners()
+    head = "".join(f"<th>{esc(metric)}</th>" for metric in METRICS)
+    body = []
+    for system in SYSTEMS:
+        cells = []
+        for metric in METRICS:
+            text = esc(_cell(e.metrics[system][metric]))
+            cells.append(f"<td><b>{text}</b></td>" if system in winners[metric]
+                         else f"<td>{text}</td>")
+        body.append(f"<tr><th>{esc(system)}</th>{''.join(cells)}</tr>")
+    body.append("<tr class=ref><th>true audio (reference)</th>" + "".join(
+        f"<td>{esc(_cell(e.reference.get(metric), blank='-'))}</td>" for metric in METRICS)
+        + "</tr>")
+    takes = "".join(
+        f"<tr><td>{esc(t.name)}</td><td>{esc(t.label)}</td><td>{t.segments}</td>"
+        f"<td>{t.segments * t.seconds_per_segment:.1f}</td>"
+        f"<td>{t.distance['model'].mean():.2f}</td>"
+        f"<td>{esc(_cell(t.metrics['model']['loudness_corr']))}</td>"
+        f"<td>{esc(_cell(t.metrics['model']['similarity_corr']))}</td></tr>"
+        for t in e.takes)
+    images = "".join(f'<figure><img src="{esc(name)}" alt="{esc(caption)}">'
+                     f"<figcaption>{esc(caption)}</figcaption></figure>"
+                     for name, caption in figures)
+    sound = ""
+    if audio and e.excerpt is not None:
+        sound = ("<h2>Listen</h2><p>The stretch plotted above: "
+                 '<audio controls src="excerpt_true.wav"></audio> true, '
+                 '<audio controls src="excerpt_model.wav"></audio> the model, overlap-added '
+                 "as the box plays it.</p>")
+    training = json.dumps(m.training.get("data", {}), indent=1, sort_keys=True)
+    train_summary = {k: e.train_summary.get(k) for k in ("takes", "seconds", "segments",
+                                                          "labels")}
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Evaluation of {esc(m.name)}</title>
+<style>
+body {{ font-family: sans-serif; max-width: 70em; margin: 1em auto; padding: 0 1em; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .2em .6em; }}
+td {{ text-align: right; }} tr.ref {{ color: #666; }} img {{ max-width: 100%; }}
+pre {{ background: #f6f6f6; padding: .5em; overflow-x: auto; }}
+</style></head><body>
+<h1>Evaluation of model {esc(m.name)}</h1>
+<p>Bundle <code>{esc(str(e.bundle.path))}</code>, created {esc(m.created)}.
+{sum(t.segments for t in e.takes)} evaluation segments from {len(e.takes)} take(s);
+the int8 performer graph run by the box's runtime on every window.</p>
+<h2>Results</h2>
+<table><tr><th>system</th>{head}</tr>{''.join(body)}</table>
+<p><b>Bold</b>: best in its column. log_mel_distance_db: mean absolute difference of
+log-mel spectra (64 bands, dB, floor {FLOOR_DB:g} dB), lower is better. loudness_corr:
+correlation of generated and true segment loudness. motion_loudness_corr: correlation of
+the amount of motion with the generated loudness. similarity_corr: correlation of the
+motion and audio self-similarity matrices (Dance2Music). Correlations are computed per take
+and averaged; higher is better; n/a means undefined (a constant series) and never wins.
+The reference row is the true audio's own value. Definitions: docs/evaluation.md.</p>
+<h2>Evaluation data</h2>
+<p>Roots: {esc(', '.join(e.data_roots))}</p>
+<table><tr><th>take</th><th>label</th><th>segments</th><th>seconds</th>
+<th>model distance (dB)</th><th>model loudness_corr</th><th>model similarity_corr</th></tr>
+{takes}</table>
+<h2>Baselines' training data</h2>
+<p>Roots: {esc(', '.join(e.train_roots))}</p>
+<pre>{esc(json.dumps(train_summary, indent=1, sort_keys=True))}</pre>
+<h2>The model</h2>
+<pre>{esc(m.describe())}</pre>
+<p>Its training data, as the bundle records it:</p>
+<pre>{esc(training)}</pre>
+<h2>Plots</h2>
+{images}
+{sound}
+<p>Timings (s): {esc(json.dumps(e.seconds))}</p>
+</body></html>
+"""
+
+
+# ---- command line --------------------------------------------------------------------
+
+
+def add_commands(subparsers) -> None:
+    """Add ``evaluate`` to a ``python -m train_host`` parser."""
+    parser = subparsers.add_parser(
+        "evaluate", help="score a bundle's model against baselines on takes it never saw")
+    parser.add_argument("bundle", metavar="BUNDLE", help="model bundle (.dsb)")
+    parser.add_argument("--data", nargs="+", required=True, metavar="DIR",
+                        help="folders of evaluation takes, or take folders")
+    parser.add_argument("--train-data", nargs="+", metavar="DIR",
+                        help="the training takes, for the baselines (default: the roots "
+                             "the bundle's manifest names)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object: system -> metric -> value or null")
+    parser.add_argument("--report", metavar="DIR",
+                        help="write DIR/index.html with the table and plots")
+    parser.add_argument("--cache", metavar="DIR",
+                        help="where prepared takes are kept between runs (default: "
+                             "out/dataset-cache; 'none': no cache)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random baseline and the mean baseline's phase")
+    parser.set_defaults(func=_evaluate_command)
+
+
+def _evaluate_command(args) -> int:
+    from device.config import resolve_path
+
+    cache_dir = (resolve_path("out/dataset-cache") if args.cache is None
+                 else None if args.cache == "none" else Path(args.cache))
+    evaluation = run_evaluation(args.bundle, args.data, args.train_data, cache_dir=cache_dir,
+                                seed=args.seed, keep_excerpt=bool(args.report))
+    if args.report:
+        page = write_report(evaluation, args.report)
+        print(f"wrote {page}", file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(evaluation.metrics, sort_keys=False))
+    else:
+        print(format_table(evaluation))
+    return 0
