@@ -105,3 +105,21 @@ def test_rebuilding_gives_the_same_bytes(tiny_config_file, tmp_path):
                        cwd=ROOT, check=True, capture_output=True)
         built.append(out.read_bytes())
     assert built[0] == built[1]
+
+
+def test_a_collapsed_model_is_refused_before_any_runtime_sees_it(tiny_run, tmp_path):
+    """A layer whose every unit is dead plays one sound whatever the motion."""
+    import shutil
+
+    from device.errors import BundleError
+    from train_host.export import export
+    from train_host.train import load_run
+
+    shutil.copytree(tiny_run.path, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    hidden = [l for l in run.vae.audio_decoder.layers if l.__class__.__name__ == "Dense"][1]
+    kernel, bias = hidden.get_weights()
+    hidden.set_weights([np.zeros_like(kernel), np.full_like(bias, -1.0)])   # ReLU never fires
+    with pytest.raises(BundleError, match="the model has collapsed"):
+        export(run, tmp_path / "dead.dsb")
+    assert not (tmp_path / "dead.dsb").exists()

@@ -42,6 +42,37 @@ def to_int8_tflite(model, representative: np.ndarray) -> bytes:
     return converter.convert()
 
 
+# An activation whose int8 scale is this small never varied on the calibration
+# windows: every unit of that layer gives the same value whatever the motion.
+_COLLAPSED_SCALE = 1e-6
+
+
+def refuse_collapsed(graph: bytes, where: str) -> None:
+    """Refuse a graph with a layer that outputs the same for every calibration window.
+
+    Such a model plays one sound whatever the dancer does, and its degenerate
+    quantization scale is more than some runtimes survive (LiteRT's XNNPACK
+    delegate fails to prepare it, or aborts the process).
+    """
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(
+        model_content=graph,
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType
+        .BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    for detail in interpreter.get_tensor_details():
+        scales = detail["quantization_parameters"]["scales"]
+        name = detail["name"]
+        if detail["dtype"] != np.int8 or not len(scales) or name.startswith("tfl.pseudo_qconst"):
+            continue
+        if float(scales.max()) < _COLLAPSED_SCALE:
+            from device.errors import BundleError
+
+            raise BundleError(f"{where}: the model has collapsed: layer {name.split(';')[0]} "
+                              "gives the same output for every motion window; train again "
+                              "(other seed, more data or a lower learning rate)")
+
+
 def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
     """Signal-to-noise ratio of ``test`` against ``reference``, in dB."""
     noise = np.sum((reference - test) ** 2)
@@ -69,6 +100,7 @@ def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
     started = time.monotonic()
     representative = calibration["train"][:cfg.export.representative_windows]
     graph = to_int8_tflite(model, representative)
+    refuse_collapsed(graph, str(run.path))
     metrics = parity(model, graph, calibration["validation"])
     log.info("exported %d bytes in %.1f s; int8 against float: %.1f dB SNR (%s)",
              len(graph), time.monotonic() - started, metrics["int8_snr_db"],
