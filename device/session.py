@@ -411,7 +411,7 @@ class SessionWriter:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, self.path / INFO_FILE)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def _open(self, name: str):
         # Unbuffered: each add_* is one write() into the page cache, so a killed
@@ -481,7 +481,8 @@ def _wav_header(sample_rate: int, data_bytes: int) -> bytes:
                        1, 1, sample_rate, sample_rate * 2, 2, 16, b"data", data_bytes)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a new, renamed or removed file) survive a power cut."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -651,7 +652,7 @@ def delete_session(path: str | os.PathLike) -> None:
         for name in (INFO_FILE, _TMP_INFO, FRAMES_FILE, TIMES_FILE, AUDIO_FILE):
             (path / name).unlink(missing_ok=True)
         path.rmdir()
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         raise SessionError(f"{path}: could not delete the take ({exc.strerror or exc})") from None
     log.info("take %s: deleted", path.name)

@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from device.errors import SessionError
-from device.session import is_take_name, session_info
+from device.session import fsync_dir, is_take_name, session_info
 from firmware_tools.ssh import HostUnreachable, LoginRefused, Remote, RemoteError
 
 log = logging.getLogger(__name__)
@@ -311,7 +311,7 @@ def _one_take(remote: Remote, remote_dir: str, out: Path, take: BoxTake, now_ns:
         os.rename(stage, dest)
     except OSError as exc:
         raise PullFailed(f"{take.name}: cannot move it into {out} ({exc.strerror})") from None
-    _fsync_dir(out)
+    fsync_dir(out)
     size = sum(p.stat().st_size for p in dest.iterdir())
     summary.pulled.append(take.name)
     summary.bytes += size
@@ -415,15 +415,8 @@ def _sync_folder_files(folder: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _files(names: list[str]) -> str:

@@ -16,6 +16,19 @@ VIDEOS = REALDATA / "videos"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def one_line_error(result, *fragments) -> str:
+    """Assert a command failed with exactly one 'dancesampler: error:' line holding
+    every fragment, and no traceback; return that line."""
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    errors = [line for line in result.stderr.splitlines()
+              if line.startswith("dancesampler: error:")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
 def real_video(name: str) -> Path:
     """Path of a real dance clip from ../shared/realdata, or skip saying why."""
     path = VIDEOS / name

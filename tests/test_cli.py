@@ -7,22 +7,12 @@ import zipfile
 
 import pytest
 
-from tests.conftest import ROOT, real_video
+from tests.conftest import ROOT, one_line_error, real_video
 
 
 def device(*args, env=None):
     return subprocess.run([sys.executable, "-m", "device", *args], cwd=ROOT,
                           capture_output=True, text=True, env=env)
-
-
-def _one_line_error(result, *fragments):
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("dancesampler: error:")]
-    assert len(errors) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0]
 
 
 def test_run_with_defaults_says_what_it_chose(tmp_path):
@@ -48,12 +38,12 @@ def test_check_bundle_describes_the_default_model(default_bundle):
 def test_bad_config_is_one_line_naming_every_key(tmp_path):
     config = tmp_path / "device.yaml"
     config.write_text("camera:\n  fsp: 30\naudio:\n  volume: 3\n")
-    _one_line_error(device("--config", str(config), "check-bundle"), str(config),
+    one_line_error(device("--config", str(config), "check-bundle"), str(config),
                     "camera.fsp: unknown key (did you mean 'fps'?)", "audio.volume")
 
 
 def test_missing_bundle(tmp_path):
-    _one_line_error(device("check-bundle", str(tmp_path / "nope.dsb")), "nope.dsb: no such bundle")
+    one_line_error(device("check-bundle", str(tmp_path / "nope.dsb")), "nope.dsb: no such bundle")
 
 
 def test_corrupted_bundle_is_refused(default_bundle, tmp_path):
@@ -64,23 +54,23 @@ def test_corrupted_bundle_is_refused(default_bundle, tmp_path):
             if info.filename.endswith(".tflite"):
                 data = data[:-100] + bytes(100)          # damage the graph, keep the manifest
             dst.writestr(info, data)
-    _one_line_error(device("check-bundle", str(bad)), "performer.tflite fails its SHA-256 check")
+    one_line_error(device("check-bundle", str(bad)), "performer.tflite fails its SHA-256 check")
     truncated = tmp_path / "truncated.dsb"
     truncated.write_bytes(default_bundle.read_bytes()[:5000])
-    _one_line_error(device("check-bundle", str(truncated)), "truncated.dsb: not a readable bundle")
+    one_line_error(device("check-bundle", str(truncated)), "truncated.dsb: not a readable bundle")
 
 
 def test_bundle_for_another_frame_rate_is_refused(tmp_path):
     config = tmp_path / "device.yaml"
     config.write_text("camera:\n  fps: 60\naudio:\n  sample_rate: 22080\n")
-    _one_line_error(device("--config", str(config), "check-bundle"),
+    one_line_error(device("--config", str(config), "check-bundle"),
                     "trained at 30 fps but the camera runs at 60 fps")
 
 
 def test_unreadable_video(tmp_path):
     bad = tmp_path / "clip.mp4"
     bad.write_bytes(b"\x00" * 4096)
-    _one_line_error(device("run", "--camera", f"video:{bad}", "--audio", f"wav:{tmp_path / 'x.wav'}"),
+    one_line_error(device("run", "--camera", f"video:{bad}", "--audio", f"wav:{tmp_path / 'x.wav'}"),
                     "clip.mp4: cannot open as a video")
 
 

@@ -28,7 +28,7 @@ from firmware_tools.deploy import Box, DeployFailed, deploy, rsync_to, rsync_to_
 from firmware_tools.flash import FlashRefused, flash_model
 from firmware_tools.release import build_release, pip_download_command
 from firmware_tools.ssh import Remote, RemoteError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, one_line_error
 from tests.sshd import require
 
 MODEL = ROOT / "models" / "default.dsb"
@@ -147,16 +147,6 @@ def cli_box_args(sshd, box, port=None):
         args += ["-o", option]
     return args
 
-
-def one_line_error(result, *fragments):
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    errors = [line for line in result.stderr.splitlines()
-              if line.startswith("dancesampler: error:")]
-    assert len(errors) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 # ---- the release ------------------------------------------------------------------

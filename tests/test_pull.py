@@ -21,7 +21,7 @@ from device.session import SessionWriter, read_session
 from firmware_tools.pull import STAGING, PullFailed, pull
 from firmware_tools.ssh import (HostUnreachable, LoginRefused, Remote, RemoteCommandFailed,
                                 RemoteError)
-from tests.conftest import ROOT
+from tests.conftest import ROOT, one_line_error
 from tests.sshd import make_key, require
 
 FPS, RATE, HOP = 30, 22050, 735
@@ -98,16 +98,6 @@ def cli_ssh_args(sshd, box, out, identity=None):
         args += ["-o", option]
     return args
 
-
-def one_line_error(result, *fragments):
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    errors = [line for line in result.stderr.splitlines()
-              if line.startswith("dancesampler: error:")]
-    assert len(errors) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 def flip_a_byte(path):
