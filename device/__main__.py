@@ -65,17 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.set_defaults(func=_bench)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    from device.errors import DanceSamplerError
+    from device.cli import dispatch
 
-    try:
-        return args.func(args)
-    except DanceSamplerError as exc:
-        if args.debug:
-            raise
-        print(f"dancesampler: error: {exc}", file=sys.stderr)
-        return 1
+    return dispatch(args)
 
 
 def _config(args):
@@ -90,13 +82,9 @@ def _config(args):
 
 
 def _load_bundle(cfg):
-    from device.bundle import check_compatible, read_bundle
-    from device.config import resolve_path
+    from device.performance import load_bundle
 
-    bundle = read_bundle(resolve_path(cfg.model.bundle))
-    check_compatible(bundle.manifest, fps=cfg.camera.fps, motiongram=cfg.motiongram,
-                     sample_rate=cfg.audio.sample_rate, where=str(bundle.path))
-    return bundle
+    return load_bundle(cfg.model.bundle, cfg)
 
 
 def _run(args) -> int:

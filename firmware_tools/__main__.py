@@ -37,10 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="folder of takes here (default: sessions/ in the project)")
     pull.add_argument("--delete-after", action="store_true",
                       help="delete each take on the box once its copy here is verified")
-    pull.add_argument("--port", type=int, help="SSH port (default: ssh's own, usually 22)")
-    pull.add_argument("--identity", "-i", metavar="FILE", help="SSH private key to log in with")
-    pull.add_argument("--ssh-option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                      help="extra ssh option, as for ssh -o (repeatable)")
+    _ssh_options(pull)
     pull.set_defaults(func=_pull_data)
 
     release = commands.add_parser(
@@ -95,17 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     provision.set_defaults(func=_provision)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    from device.errors import DanceSamplerError
+    from device.cli import dispatch
 
     try:
-        return args.func(args)
-    except DanceSamplerError as exc:
-        if args.debug:
-            raise
-        print(f"dancesampler: error: {exc}", file=sys.stderr)
-        return 1
+        return dispatch(args)
     except KeyboardInterrupt:
         if args.debug:
             raise
@@ -118,7 +108,6 @@ def _pull_data(args) -> int:
     from pathlib import Path
 
     from firmware_tools.pull import DEFAULT_REMOTE_DIR, pull
-    from firmware_tools.ssh import Remote
 
     if args.out is None:
         from device.config import resolve_path
@@ -127,17 +116,27 @@ def _pull_data(args) -> int:
         out = resolve_path(DEFAULT_ROOT)
     else:
         out = Path(args.out)
-    remote = Remote(args.host, port=args.port, identity=args.identity, options=args.ssh_option)
-    pull(remote, args.remote_dir or DEFAULT_REMOTE_DIR, out, delete_after=args.delete_after,
+    pull(_remote(args.host, args), args.remote_dir or DEFAULT_REMOTE_DIR, out, delete_after=args.delete_after,
          report=lambda line: print(line, flush=True))
     return 0
 
 
-def _box_options(parser) -> None:
+def _ssh_options(parser) -> None:
+    """How to reach a box: port, key and extra ssh options (read by ``_remote``)."""
     parser.add_argument("--port", type=int, help="SSH port (default: ssh's own, usually 22)")
     parser.add_argument("--identity", "-i", metavar="FILE", help="SSH private key to log in with")
     parser.add_argument("--ssh-option", "-o", action="append", default=[], metavar="KEY=VALUE",
                         help="extra ssh option, as for ssh -o (repeatable)")
+
+
+def _remote(host: str, args):
+    from firmware_tools.ssh import Remote
+
+    return Remote(host, port=args.port, identity=args.identity, options=args.ssh_option)
+
+
+def _box_options(parser) -> None:
+    _ssh_options(parser)
     parser.add_argument("--sudo", action="store_true",
                         help="run the box's commands with sudo -n (when not logging in as root)")
     parser.add_argument("--root", default="/",
@@ -156,9 +155,7 @@ def _box_options(parser) -> None:
 
 
 def _remotes(args):
-    from firmware_tools.ssh import Remote
-
-    return [Remote(host, port=args.port, identity=args.identity, options=args.ssh_option)
+    return [_remote(host, args)
             for host in args.hosts]
 
 

@@ -1,11 +1,8 @@
 """The device's command line as a person uses it: what it prints, how it fails."""
 
-import shutil
 import subprocess
 import sys
 import zipfile
-
-import pytest
 
 from tests.conftest import ROOT, one_line_error, real_video
 
@@ -81,3 +78,23 @@ def test_video_run_writes_exactly_one_hop_per_frame(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "played 146 frames" in result.stdout
     assert out.stat().st_size == 44 + 146 * 735 * 2
+
+
+def test_under_systemd_each_log_line_carries_its_journal_priority(tmp_path):
+    """journalctl -p warning finds the warnings: stderr that is the journal gets <N> prefixes."""
+    import os
+
+    log = tmp_path / "journal"
+    with open(log, "w") as stderr:
+        st = os.fstat(stderr.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        config = tmp_path / "device.yaml"
+        config.write_text(f"audio:\n  wav_path: {tmp_path / 'run.wav'}\n")
+        result = subprocess.run([sys.executable, "-m", "device", "--config", str(config), "run",
+                                 "--seconds", "1"], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=stderr, env=env, text=True)
+    assert result.returncode == 0
+    lines = [line for line in log.read_text().splitlines() if "device." in line]
+    assert any(line.startswith("<4>device.camera:") for line in lines)      # a warning
+    assert any(line.startswith("<6>device.performance:") for line in lines)  # info
+    assert not any("WARNING" in line or "INFO " in line for line in lines)

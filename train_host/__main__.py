@@ -65,18 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     add_evaluate_commands(commands)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from device.errors import DanceSamplerError
+    from device.cli import dispatch
 
-    try:
-        return args.func(args)
-    except DanceSamplerError as exc:
-        if args.debug:
-            raise
-        print(f"dancesampler: error: {exc}", file=sys.stderr)
-        return 1
+    return dispatch(args)
 
 
 def _train_demo(config_path, out: Path | None, init_from=None):
