@@ -126,18 +126,13 @@ def play(bundle: Bundle, cfg: DeviceConfig, *, seconds: float, busy: bool,
     card then runs at hop * fps), to measure load and timing at that rate.
     ``pace`` keeps the stream to the system clock, for an ALSA device with no
     clock of its own (a ``file`` PCM over ``null``)."""
-    from device.audio import open_sink
+    from device.audio import open_configured_sink
     from device.audio.stream import AudioStream
-    from device.config import resolve_path
 
     fps = fps or cfg.camera.fps
     engine = Engine(bundle, runtime=cfg.model.runtime, threads=cfg.model.threads)
-    a = cfg.audio
-    sink = open_sink(a.output, sample_rate=engine.hop * fps, period_size=a.period_size,
-                     periods=a.periods, default_wav=resolve_path(a.wav_path))
-    stream = AudioStream(sink, hop_samples=engine.hop, capacity_hops=a.queue_hops,
-                         prefill_hops=1, margin_ms=a.margin_ms, volume=a.volume,
-                         fade_ms=a.fade_ms, limiter_threshold=a.limiter_threshold, pace=pace)
+    sink = open_configured_sink(cfg.audio, sample_rate=engine.hop * fps)
+    stream = AudioStream.from_config(sink, cfg.audio, hop_samples=engine.hop, pace=pace)
     dancer = SyntheticDancer(fps=fps, seed=cfg.camera.seed, paced=True, seconds=seconds)
     helper = None
     if busy:

@@ -30,7 +30,7 @@ from typing import Protocol
 
 import numpy as np
 
-from device.audio import open_sink
+from device.audio import open_configured_sink
 from device.audio.stream import AudioStream
 from device.audio.wav import WavSink
 from device.bundle import Bundle, check_compatible, read_bundle
@@ -108,9 +108,7 @@ class Performance:
         self.engine = Engine(load_bundle(cfg.model.bundle, cfg), volume=1.0,
                              runtime=cfg.model.runtime, threads=cfg.model.threads)
         self.notifier.status("starting: opening the sound output")
-        self.sink = open_sink(cfg.audio.output, sample_rate=cfg.audio.sample_rate,
-                              period_size=cfg.audio.period_size, periods=cfg.audio.periods,
-                              default_wav=resolve_path(cfg.audio.wav_path))
+        self.sink = open_configured_sink(cfg.audio)
         self.notifier.status("starting: opening the camera")
         self.camera = self._open_camera(stop)
         return self.camera is not None
@@ -208,11 +206,8 @@ class Performance:
         self.health.audio_fed()
 
     def _open_stream(self, sink) -> None:
-        a = self.cfg.audio
-        self.stream = AudioStream(sink, hop_samples=self.engine.hop, capacity_hops=a.queue_hops,
-                                  prefill_hops=1, margin_ms=a.margin_ms, volume=a.volume,
-                                  fade_ms=a.fade_ms, limiter_threshold=a.limiter_threshold,
-                                  on_block=self.health.audio_fed)
+        self.stream = AudioStream.from_config(sink, self.cfg.audio, hop_samples=self.engine.hop,
+                                              on_block=self.health.audio_fed)
         self.stream.start()
 
     def _push(self, hop: np.ndarray) -> None:
@@ -235,10 +230,8 @@ class Performance:
         if time.monotonic() < self._sound_retry_at:
             return
         self._sound_retry_at = time.monotonic() + _SOUND_RETRY_S
-        a = self.cfg.audio
         try:
-            self.sink = open_sink(a.output, sample_rate=a.sample_rate, period_size=a.period_size,
-                                  periods=a.periods, default_wav=resolve_path(a.wav_path))
+            self.sink = open_configured_sink(self.cfg.audio)
         except AudioError as exc:
             log.warning("audio: still no sound output: %s", exc)
             return
@@ -289,8 +282,8 @@ class Performance:
             if self.recorder.recording:
                 self.recorder.stop()
             else:
-                self.recorder.start()
-            self._light("recording" if self.recorder.recording else "playing")
+                self.recorder.start()   # the light follows in _on_frame, as it does for a
+                                        # take that ends by itself
         elif event == "delete-last":
             self.recorder.delete_last()
 

@@ -799,7 +799,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main_record(args, cfg) -> int:
     """``python -m device record``: record one take and say what was recorded."""
-    from device.audio import open_sink
+    from device.audio import open_configured_sink
     from device.audio.stream import AudioStream
     from device.camera import open_camera
     from device.config import resolve_path
@@ -821,13 +821,10 @@ def main_record(args, cfg) -> int:
                              paced=True, seed=cfg.camera.seed)
         if recorder.kind == "track":
             a = cfg.audio
-            sink = open_sink(a.output, sample_rate=a.sample_rate, period_size=a.period_size,
-                             periods=a.periods, default_wav=resolve_path(a.wav_path))
+            sink = open_configured_sink(a)
             if getattr(sink, "period_size", None) is None:
                 sink = _Periods(sink, a.period_size)
-            stream = AudioStream(sink, hop_samples=recorder.hop, capacity_hops=a.queue_hops,
-                                 prefill_hops=1, margin_ms=a.margin_ms, volume=a.volume,
-                                 fade_ms=a.fade_ms, limiter_threshold=a.limiter_threshold)
+            stream = AudioStream.from_config(sink, a, hop_samples=recorder.hop)
         recorder.start(wait=True)
         print(f"recording {recorder.take_path} from {camera.name} with {recorder.audio_source}"
               f"{'' if args.seconds else '; Ctrl-C stops'}", flush=True)

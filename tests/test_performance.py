@@ -122,13 +122,14 @@ class _FlakySink(WavSink):
 def test_a_lost_sound_card_is_reopened(tmp_path, models, monkeypatch, caplog):
     opened = []
 
-    def open_sink(spec, *, sample_rate, **kwargs):
-        sink = _FlakySink(tmp_path / f"card{len(opened)}.wav", sample_rate=sample_rate,
+    def open_configured_sink(audio, *, sample_rate=None):
+        sink = _FlakySink(tmp_path / f"card{len(opened)}.wav",
+                          sample_rate=sample_rate or audio.sample_rate,
                           fail_after=20 if not opened else 10 ** 9)
         opened.append(sink)
         return sink
 
-    monkeypatch.setattr("device.performance.open_sink", open_sink)
+    monkeypatch.setattr("device.performance.open_configured_sink", open_configured_sink)
     caplog.set_level(logging.INFO, logger="device.performance")
     with _Show(_config(tmp_path), pin_factory=MockFactory()) as performance:
         assert _wait_for(lambda: len(opened) == 2 and performance.stream is not None)

@@ -68,3 +68,13 @@ def open_sink(spec: str, *, sample_rate: int, period_size: int = 256, periods: i
         log.warning("audio: writing to WAV file %s instead of a sound card", arg)
         return WavSink(arg, sample_rate=sample_rate)
     raise AudioError(f"audio output {spec!r}: expected 'auto', 'alsa', 'alsa:DEVICE' or 'wav:PATH'")
+
+
+def open_configured_sink(audio, *, sample_rate: int | None = None) -> Sink:
+    """The sink a device config's ``audio`` section names (its output, ALSA period
+    size and count, default WAV path); ``sample_rate`` overrides the config's."""
+    from device.config import resolve_path
+
+    return open_sink(audio.output, sample_rate=sample_rate or audio.sample_rate,
+                     period_size=audio.period_size, periods=audio.periods,
+                     default_wav=resolve_path(audio.wav_path))

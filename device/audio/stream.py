@@ -223,6 +223,14 @@ class AudioStream:
                 self._data_ready.notify()
         return True
 
+    @classmethod
+    def from_config(cls, sink: Sink, audio, *, hop_samples: int, **kwargs) -> AudioStream:
+        """The stream the device config's ``audio`` section describes: one hop of
+        prefill plus ``margin_ms``, its ring, fades, limiter and volume."""
+        return cls(sink, hop_samples=hop_samples, capacity_hops=audio.queue_hops,
+                   prefill_hops=1, margin_ms=audio.margin_ms, volume=audio.volume,
+                   fade_ms=audio.fade_ms, limiter_threshold=audio.limiter_threshold, **kwargs)
+
     def _queue_lead(self) -> None:
         """Under the lock, with the stream idle: silence ahead of the next hop."""
         if self._written - self._read + self.lead_samples <= self._capacity:
