@@ -19,12 +19,10 @@ gpiozero is imported only when a ``Controls`` is made. Where no GPIO pin library
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from device.config import PIN_FACTORIES, ControlsConfig

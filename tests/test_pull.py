@@ -127,7 +127,7 @@ def test_first_pull_copies_every_take_byte_for_byte_and_the_second_copies_nothin
     assert [line.split()[0] for line in lines] == ["pulled"] * 3 + ["pulled"]
     assert "0:02.0 of dance" in lines[0] and "0:03.0 of dance" in lines[1]
     assert "not cleanly stopped" in lines[2]
-    assert lines[-1].startswith(f"pulled 3 take(s) (") and str(out) in lines[-1]
+    assert lines[-1].startswith("pulled 3 take(s) (") and str(out) in lines[-1]
     copy = read_session(out / takes[1].name)
     original = read_session(takes[1])
     assert np.array_equal(copy.frames, original.frames)
