@@ -156,8 +156,7 @@ def _check_bundle(args) -> int:
     cfg = _config(args)
     bundle = _load_bundle(cfg)
     m = bundle.manifest
-    performer = Performer(bundle.performer, runtime=cfg.model.runtime, threads=1,
-                          where=str(bundle.path))
+    performer = Performer.of(bundle, runtime=cfg.model.runtime)
     out = performer(np.zeros((m.window_frames, m.motiongram.features), np.float32))
     if out.shape != (m.audio.segment_samples,) or not np.all(np.isfinite(out)):
         from device.errors import BundleError

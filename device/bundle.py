@@ -31,7 +31,9 @@ from device.motiongram import MotiongramParams
 log = logging.getLogger(__name__)
 
 FORMAT = "dancesampler-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 1 bundles (one output tensor, no ``level``) still play."""
 SUFFIX = ".dsb"
 MANIFEST = "manifest.json"
 PERFORMER = "performer.tflite"
@@ -77,6 +79,9 @@ class Manifest:
     latent_size: int
     input: TensorSpec
     output: TensorSpec
+    """The segment (version 1) or, with ``level``, the segment's shape."""
+    level: TensorSpec | None = None
+    """The segment's RMS level, [1, 1] (version 2); the segment is the shape scaled to it."""
     style_centroids: dict[str, list[float]] = field(default_factory=dict)
     """Mean latent vector of each training label, for steering by style."""
     training: dict[str, Any] = field(default_factory=dict)
@@ -96,10 +101,13 @@ class Manifest:
             raise BundleError(f"{where}: manifest is not a JSON object")
         if data.get("format") != FORMAT:
             raise BundleError(f"{where}: not a dancesampler bundle (format {data.get('format')!r})")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise BundleError(f"{where}: bundle format version {data.get('format_version')!r} "
-                              f"is not supported (this device reads version {FORMAT_VERSION})")
-        missing = [f.name for f in fields(cls) if f.name not in data]
+        version = data.get("format_version")
+        if version not in READABLE_VERSIONS:
+            raise BundleError(f"{where}: bundle format version {version!r} is not supported "
+                              f"(this device reads versions "
+                              f"{', '.join(map(str, READABLE_VERSIONS))})")
+        missing = [f.name for f in fields(cls) if f.name not in data
+                   and not (f.name == "level" and version == 1)]
         if missing:
             raise BundleError(f"{where}: manifest lacks {', '.join(sorted(missing))}")
         try:
@@ -108,6 +116,10 @@ class Manifest:
             values["audio"] = AudioParams(**data["audio"])
             values["input"] = TensorSpec(tuple(data["input"]["shape"]), data["input"]["dtype"])
             values["output"] = TensorSpec(tuple(data["output"]["shape"]), data["output"]["dtype"])
+            if version == 1:
+                values["level"] = None
+            else:
+                values["level"] = TensorSpec(tuple(data["level"]["shape"]), data["level"]["dtype"])
             unknown = set(values) - {f.name for f in fields(cls)}
             for key in unknown:
                 values.pop(key)
@@ -125,7 +137,9 @@ class Manifest:
             f"audio       {a.sample_rate} Hz, segment {a.segment_samples} samples "
             f"({a.segment_samples / a.sample_rate * 1000:.0f} ms), hop {a.hop_samples}",
             f"tensors     in {list(self.input.shape)} {self.input.dtype}, "
-            f"out {list(self.output.shape)} {self.output.dtype}, latent {self.latent_size}",
+            f"out {list(self.output.shape)} {self.output.dtype}"
+            + (f" and level {list(self.level.shape)} {self.level.dtype}" if self.level else "")
+            + f", latent {self.latent_size}",
         ]
         if self.style_centroids:
             lines.append(f"styles      {', '.join(sorted(self.style_centroids))}")
@@ -237,6 +251,8 @@ def _check_shapes(manifest: Manifest, where: str) -> None:
     if tuple(m.output.shape) != (1, a.segment_samples):
         raise BundleError(f"{where}: output shape {list(m.output.shape)} should be "
                           f"[1, {a.segment_samples}]")
+    if m.level is not None and tuple(m.level.shape) != (1, 1):
+        raise BundleError(f"{where}: level shape {list(m.level.shape)} should be [1, 1]")
     if a.sample_rate != a.hop_samples * m.fps:
         raise BundleError(f"{where}: hop_samples {a.hop_samples} is not one frame at "
                           f"{m.fps} fps and {a.sample_rate} Hz")

@@ -407,7 +407,7 @@ class VaeConfig:
 
     latent_size: int = field(default=16, metadata={"min": 2, "max": 128})
     """Dimensions of the latent space."""
-    hidden_units: int = field(default=128, metadata={"min": 8, "max": 1024})
+    hidden_units: int = field(default=384, metadata={"min": 8, "max": 1024})
     """Units in each hidden layer."""
 
 
@@ -453,8 +453,11 @@ class DemoConfig:
 class ExportConfig:
     """The int8 export."""
 
-    representative_windows: int = field(default=400, metadata={"min": 10, "max": 100000})
-    """Motion windows used to calibrate the int8 quantization."""
+    representative_windows: int = field(default=1000, metadata={"min": 10, "max": 1000})
+    """Training windows used to calibrate the int8 quantization (a run keeps 1000)."""
+    headroom: float = field(default=1.25, metadata={"min": 1.0, "max": 4.0})
+    """The calibration also sees each window with its motion this many times as
+    strong, so a dancer more vigorous than any in training is not clipped."""
 
 
 @dataclass(frozen=True)

@@ -87,8 +87,7 @@ class Engine:
         self.volume = np.float32(volume)
         self.runtime, self.threads = runtime, threads
         self.crossfade_frames = max(1, crossfade_frames)
-        self.performer = Performer(bundle.performer, runtime=runtime, threads=threads,
-                                   where=str(bundle.path))
+        self.performer = Performer.of(bundle, runtime=runtime, threads=threads)
         self.stats = RunStats()
         """The current (or last) run's figures, readable while it plays."""
         self._incoming: tuple[Bundle, Performer] | None = None
@@ -110,8 +109,7 @@ class Engine:
                 (now.motiongram, now.window_frames, now.audio, now.fps):
             raise BundleError(f"{bundle.path}: its motion window or audio differ from the "
                               f"playing model {now.name}'s; it cannot take over live")
-        return bundle, Performer(bundle.performer, runtime=self.runtime, threads=self.threads,
-                                 where=str(bundle.path))
+        return bundle, Performer.of(bundle, runtime=self.runtime, threads=self.threads)
 
     def swap(self, prepared: tuple[Bundle, Performer]) -> None:
         """Crossfade to a prepared model over the next ``crossfade_frames`` frames."""

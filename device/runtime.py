@@ -9,6 +9,13 @@ The interpreter is created once per model, never per frame. Inputs are quantized
 and outputs dequantized with the scale and zero point read from the tensor
 details, never from constants, so a re-exported model with other scales just
 works. The batch size is fixed at 1.
+
+A graph has one input, the motion window, and one or two outputs. With one, that
+output is the audio segment. With two, they are the segment's shape (batch x
+segment samples) and its level (batch x 1), and the segment is their product
+(train_host.vae.synthesize): the shape stays near unit RMS and the level carries
+the loudness, each with its own int8 range, so a quiet segment is as finely
+quantized as a loud one (docs/bundle.md).
 """
 
 from __future__ import annotations
@@ -62,25 +69,42 @@ class Performer:
             raise BundleError(f"{where}: the graph does not load in {self.runtime} ({exc})") from None
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise BundleError(f"{where}: expected one input and one output tensor, got "
-                              f"{len(inputs)} and {len(outputs)}")
-        self._in, self._out = inputs[0], outputs[0]
+        if len(inputs) != 1 or len(outputs) not in (1, 2):
+            raise BundleError(f"{where}: expected one input and one or two output tensors, "
+                              f"got {len(inputs)} and {len(outputs)}")
+        self._in = inputs[0]
+        # With two outputs, the level is the one with a single value per batch.
+        outputs.sort(key=lambda d: int(np.prod(d["shape"])), reverse=True)
+        self._out = outputs[0]
+        self._level = outputs[1] if len(outputs) == 2 else None
         self.input_shape = tuple(int(d) for d in self._in["shape"])
         self.output_shape = tuple(int(d) for d in self._out["shape"])
         if self.input_shape[0] != 1 or self.output_shape[0] != 1:
             raise BundleError(f"{where}: batch size must be 1, got input {list(self.input_shape)}")
+        if self._level is not None and tuple(self._level["shape"]) != (1, 1):
+            raise BundleError(f"{where}: the level output must be [1, 1], got "
+                              f"{list(self._level['shape'])}")
         self._in_scale, self._in_zero = _quantization(self._in)
-        self._out_scale, self._out_zero = _quantization(self._out)
         self._buffer = np.zeros(self.input_shape, self._in["dtype"])
-        log.info("model: %s, input %s %s, output %s %s", self.runtime, list(self.input_shape),
+        log.info("model: %s, input %s %s, output %s %s%s", self.runtime, list(self.input_shape),
                  np.dtype(self._in["dtype"]).name, list(self.output_shape),
-                 np.dtype(self._out["dtype"]).name)
+                 np.dtype(self._out["dtype"]).name, " with level" if self._level else "")
+
+    @classmethod
+    def of(cls, bundle, *, runtime: str = "auto", threads: int = 1) -> Performer:
+        """The performer of a ``device.bundle.Bundle``, checked against its manifest."""
+        performer = cls(bundle.performer, runtime=runtime, threads=threads,
+                        where=str(bundle.path))
+        if performer.has_level != (bundle.manifest.level is not None):
+            raise BundleError(f"{bundle.path}: the manifest says the graph has "
+                              f"{'a' if bundle.manifest.level else 'no'} level output, "
+                              f"the graph has {'one' if performer.has_level else 'none'}")
+        return performer
 
     @property
-    def output_step(self) -> float:
-        """The size of one int8 step of the output (0.0 for a float output)."""
-        return self._out_scale
+    def has_level(self) -> bool:
+        """Whether the graph gives the segment as shape and level (bundle version 2)."""
+        return self._level is not None
 
     def __call__(self, window: np.ndarray) -> np.ndarray:
         if self._in_scale:
@@ -92,9 +116,18 @@ class Performer:
             self._buffer[0] = window
         self._interpreter.set_tensor(self._in["index"], self._buffer)
         self._interpreter.invoke()
-        out = self._interpreter.get_tensor(self._out["index"])[0]
-        if self._out_scale:
-            return (out.astype(np.float32) - self._out_zero) * np.float32(self._out_scale)
+        segment = self._read(self._out)[0]
+        if self._level is None:
+            return segment
+        segment *= self._read(self._level)[0, 0]
+        return segment
+
+    def _read(self, detail: dict) -> np.ndarray:
+        """An output tensor as float32 (a fresh array), dequantized if it is integer."""
+        out = self._interpreter.get_tensor(detail["index"])
+        scale, zero = _quantization(detail)
+        if scale:
+            return (out.astype(np.float32) - zero) * np.float32(scale)
         return out.astype(np.float32)
 
 

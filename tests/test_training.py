@@ -69,3 +69,43 @@ def test_a_bundle_leads_back_to_its_run(tiny_run, tiny_bundle, tmp_path):
     shutil.copytree(tiny_run.path, tmp_path / f"tiny-{tiny_run.info['config_hash']}")
     assert find_run(tiny_bundle, runs=tmp_path).info["config_hash"] == \
         tiny_run.info["config_hash"]
+
+
+def test_the_spectral_loss_sees_the_ends_of_a_segment():
+    """Garbage at a segment's first or last samples costs as much as in its middle:
+    the box plays those samples too."""
+    import numpy as np
+    import tensorflow as tf
+
+    from train_host.vae import spectral_loss
+
+    rng = np.random.default_rng(0)
+    t = np.arange(2205) / 22050
+    clean = (0.1 * np.sin(2 * np.pi * 330 * t) + 0.01 * rng.standard_normal(2205))[None]
+    costs = {}
+    for where in ("start", "middle", "end"):
+        spoiled = clean.copy()
+        at = {"start": 0, "middle": 1100, "end": 2205 - 32}[where]
+        spoiled[0, at:at + 32] += 0.5
+        costs[where] = float(spectral_loss(tf.constant(clean, tf.float32),
+                                           tf.constant(spoiled, tf.float32)))
+    assert costs["start"] > 0.5 * costs["middle"] and costs["end"] > 0.5 * costs["middle"]
+
+
+def test_the_product_of_experts_gives_back_a_lone_expert_and_weights_by_precision():
+    import numpy as np
+    import tensorflow as tf
+
+    from train_host.vae import product_of_experts
+
+    m, logvar = tf.constant([[0.8, -0.3]]), tf.constant([[-2.0, 1.0]])
+    mu, _ = product_of_experts((m, logvar))
+    assert np.allclose(mu.numpy(), m.numpy())               # expert times prior is m itself
+    # Two experts: the textbook product of N(0, 1) and the experts' own Gaussians,
+    # whose means are m (1 + P) / P.
+    m2, logvar2 = tf.constant([[-0.5, 0.4]]), tf.constant([[0.5, -1.0]])
+    joint, joint_logvar = product_of_experts((m, logvar), (m2, logvar2))
+    p1, p2 = np.exp(-logvar.numpy()), np.exp(-logvar2.numpy())
+    own1, own2 = m.numpy() * (1 + p1) / p1, m2.numpy() * (1 + p2) / p2
+    assert np.allclose(joint.numpy(), (own1 * p1 + own2 * p2) / (1 + p1 + p2), atol=1e-6)
+    assert np.allclose(joint_logvar.numpy(), -np.log(1 + p1 + p2), atol=1e-6)

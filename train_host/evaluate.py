@@ -398,7 +398,7 @@ def run_evaluation(bundle_path: str | os.PathLike, data_roots: list[str | os.Pat
     train_paths = training_roots(bundle, train_roots)
     eval_paths = _evaluation_takes(data_roots)
     _check_frame_size(bundle, eval_paths, "evaluation")
-    performer = Performer(bundle.performer, where=str(bundle.path))
+    performer = Performer.of(bundle)
     spectra = Spectra(m.audio.sample_rate, m.audio.segment_samples)
 
     t0 = time.perf_counter()

@@ -2,7 +2,9 @@
 
 Quantization is its own stage. The performer graph (motion window to audio
 segment) is converted with full-integer quantization, int8 in and out, calibrated
-on motion windows from the training set. The int8 graph is then run through the
+on motion windows from the training set and on the same windows with stronger
+motion (``export.headroom``): calibrated on training windows alone, the int8
+ranges clip the louder moments of takes the model never saw. The int8 graph is then run through the
 device's own ``Performer`` (the runtime the box uses) on held-out windows and
 compared with the float Keras model; that parity figure goes into the manifest.
 """
@@ -47,14 +49,22 @@ def to_int8_tflite(model, representative: np.ndarray) -> bytes:
 _COLLAPSED_SCALE = 1e-6
 
 
-def refuse_collapsed(graph: bytes, where: str) -> None:
-    """Refuse a graph with a layer that outputs the same for every calibration window.
+def refuse_collapsed(graph: bytes, where: str, windows: np.ndarray) -> None:
+    """Refuse a graph that plays one sound whatever the dancer does.
 
-    Such a model plays one sound whatever the dancer does, and its degenerate
-    quantization scale is more than some runtimes survive (LiteRT's XNNPACK
-    delegate fails to prepare it, or aborts the process).
+    Two signs, both checked in TensorFlow's own interpreter without delegates: an
+    int8 tensor whose scale is degenerate (every unit of that layer gave the same
+    value on every calibration window; LiteRT's XNNPACK delegate fails to prepare
+    such a graph, or aborts the process), and outputs that are the same for every
+    one of ``windows``.
     """
     import tensorflow as tf
+
+    from device.errors import BundleError
+
+    def refuse(what: str):
+        raise BundleError(f"{where}: the model has collapsed: {what}; train again "
+                          "(other seed, more data or a lower learning rate)")
 
     interpreter = tf.lite.Interpreter(
         model_content=graph,
@@ -66,11 +76,19 @@ def refuse_collapsed(graph: bytes, where: str) -> None:
         if detail["dtype"] != np.int8 or not len(scales) or name.startswith("tfl.pseudo_qconst"):
             continue
         if float(scales.max()) < _COLLAPSED_SCALE:
-            from device.errors import BundleError
-
-            raise BundleError(f"{where}: the model has collapsed: layer {name.split(';')[0]} "
-                              "gives the same output for every motion window; train again "
-                              "(other seed, more data or a lower learning rate)")
+            refuse(f"layer {name.split(';')[0]} gives the same output for every motion window")
+    interpreter.allocate_tensors()
+    given = interpreter.get_input_details()[0]
+    scale, zero = given["quantization"]
+    outputs = []
+    for window in windows:
+        q = np.clip(np.round(window / scale) + zero, -128, 127).astype(np.int8)
+        interpreter.set_tensor(given["index"], q[None])
+        interpreter.invoke()
+        outputs.append(np.concatenate([interpreter.get_tensor(d["index"]).ravel()
+                                       for d in interpreter.get_output_details()]))
+    if len(outputs) > 1 and all(np.array_equal(outputs[0], o) for o in outputs[1:]):
+        refuse(f"it gives the same sound for all {len(outputs)} calibration windows")
 
 
 def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
@@ -81,8 +99,10 @@ def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
 
 def parity(model, graph: bytes, windows: np.ndarray) -> dict[str, float]:
     """Float Keras against the int8 graph in the device runtime, one window at a time."""
+    from train_host.vae import perform
+
     performer = Performer(graph, where="exported graph")
-    reference = np.stack([model(w[None], training=False).numpy()[0] for w in windows])
+    reference = np.stack([perform(model, w[None])[0] for w in windows])
     quantized = np.stack([performer(w) for w in windows])
     return {"int8_snr_db": round(snr_db(reference, quantized), 2),
             "int8_runtime": performer.runtime}
@@ -98,9 +118,11 @@ def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
     calibration = np.load(run.path / CALIBRATION_FILE)
     model = performer(run.vae)
     started = time.monotonic()
-    representative = calibration["train"][:cfg.export.representative_windows]
+    windows = calibration["train"][:cfg.export.representative_windows]
+    stronger = np.clip(windows * np.float32(cfg.export.headroom), 0.0, 1.0)
+    representative = np.concatenate([windows, stronger]) if cfg.export.headroom > 1 else windows
     graph = to_int8_tflite(model, representative)
-    refuse_collapsed(graph, str(run.path))
+    refuse_collapsed(graph, str(run.path), representative)
     metrics = parity(model, graph, calibration["validation"])
     log.info("exported %d bytes in %.1f s; int8 against float: %.1f dB SNR (%s)",
              len(graph), time.monotonic() - started, metrics["int8_snr_db"],
@@ -116,6 +138,7 @@ def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
         latent_size=cfg.model.latent_size,
         input=TensorSpec((1, data.window_frames, cfg.motiongram.features), "int8"),
         output=TensorSpec((1, data.segment_samples), "int8"),
+        level=TensorSpec((1, 1), "int8"),
         style_centroids=run.info["style_centroids"],
         # Nothing here may vary between two builds of the same config (no wall
         # times, no folder names): a rebuilt bundle must be byte-identical.

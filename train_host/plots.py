@@ -258,11 +258,10 @@ def _rms(audio: np.ndarray) -> np.ndarray:
 
 def _perform(vae, motion: np.ndarray) -> np.ndarray:
     """What the box would play for each window: the performer graph, batch 1."""
-    from train_host.vae import performer
+    from train_host.vae import perform, performer
 
     model = performer(vae)
-    return np.concatenate([np.asarray(model(motion[i:i + 1], training=False))
-                           for i in range(len(motion))])
+    return np.concatenate([perform(model, motion[i:i + 1]) for i in range(len(motion))])
 
 
 def log_spectrogram(audio: np.ndarray, sample_rate: int

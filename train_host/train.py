@@ -39,6 +39,9 @@ CALIBRATION_FILE = "calibration.npz"
 # runs, so it counts as much as the joint posterior.
 _POSTERIORS = (("joint", 1.0), ("motion", 1.0), ("audio", 0.5))
 _CALIBRATION_WINDOWS = 1000
+# Weight of the term that keeps the audio decoder's shape output near unit RMS;
+# small, since the sound does not depend on it (only its int8 resolution does).
+_SHAPE_WEIGHT = 0.1
 
 
 @dataclass
@@ -105,8 +108,8 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
     optimizer = tf.keras.optimizers.Adam(t.learning_rate)
 
     def losses(x, y, beta, seed, training):
-        em = vae_mod._split(model.motion_encoder(x, training=training))
-        ea = vae_mod._split(model.audio_encoder(y, training=training))
+        em = vae_mod.expert(model.motion_encoder(x, training=training))
+        ea = vae_mod.expert(model.audio_encoder(y, training=training))
         experts = {"joint": (em, ea), "motion": (em,), "audio": (ea,)}
         terms = {}
         total = 0.0
@@ -114,14 +117,16 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
             mu, logvar = vae_mod.product_of_experts(*experts[name])
             noise = tf.random.stateless_normal(tf.shape(mu), seed=tf.stack([seed, i]))
             z = mu + tf.exp(0.5 * logvar) * noise if training else mu
-            audio = model.audio_decoder(z, training=training)
+            shape, level = model.audio_decoder(z, training=training)
+            audio = vae_mod.synthesize(shape, level)
             motion = model.motion_decoder(z, training=training)
             spectral = vae_mod.spectral_loss(y, audio)
             waveform = tf.reduce_mean(tf.square(y - audio))
             motion_error = tf.reduce_mean(tf.square(x * scale - motion))
             kl = tf.reduce_mean(vae_mod.kl_divergence(mu, logvar))
             total += weight * (t.spectral_weight * spectral + t.waveform_weight * waveform
-                               + t.motion_weight * motion_error + beta * kl)
+                               + t.motion_weight * motion_error + beta * kl
+                               + _SHAPE_WEIGHT * vae_mod.shape_level_penalty(shape))
             terms[f"{name}_spectral"] = spectral
             terms[f"{name}_kl"] = kl
         terms["total"] = total
@@ -238,8 +243,15 @@ def _save_weights(model, folder: Path) -> None:
 
 
 def _load_weights(model, folder: Path) -> None:
+    from device.errors import DanceSamplerError
+
     for name, part in model.parts.items():
-        part.load_weights(folder / f"{name}.weights.h5")
+        try:
+            part.load_weights(folder / f"{name}.weights.h5")
+        except ValueError as exc:
+            raise DanceSamplerError(f"{folder / (name + '.weights.h5')}: these weights do not fit "
+                               f"this version's model layout ({str(exc).splitlines()[0]}); "
+                               "train the run again") from None
 
 
 def _check_same_model(cfg: TrainConfig, base: Run) -> None:

@@ -7,8 +7,19 @@ modalities from a latent. Training sub-samples the posteriors (both, motion
 alone, audio alone), so the path the box runs, motion alone to latent to audio,
 is trained directly rather than hoped for.
 
-The performer graph that is exported to the box is motion encoder, product with
-the prior, posterior mean, audio decoder: deterministic, batch 1.
+The performer graph that is exported to the box is the motion encoder's
+posterior mean (each encoder gives its expert's mean already multiplied by the
+prior) into the audio decoder: deterministic, batch 1.
+
+Choices that serve the int8 export, whose parity with the float model must
+reach 30 dB:
+- Hidden layers use a leaky ReLU, so no unit can die: a layer where only a few
+  units still fire has a few outliers setting its int8 range and everything
+  else on a handful of steps.
+- The audio decoder gives a segment's shape and its level apart
+  (``synthesize``): a training term keeps the shape tensor near unit RMS
+  whether the dancer is still or wild, so its int8 steps are fine for quiet and loud sound alike,
+  where one waveform tensor would spend its 256 steps on the loudest segment.
 """
 
 from __future__ import annotations
@@ -19,8 +30,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-# Bounds on the experts' log-variance keep their precisions finite in float32 and int8.
-_LOGVAR_LIMIT = 6.0
+# Bounds on the experts' log-variance. The upper keeps precisions finite. The lower
+# keeps every posterior at least this wide (sigma >= 0.22), so the decoder is
+# smooth at that scale of the latent: int8 rounds the latent in steps of its
+# range / 255, and a decoder trained on razor-thin posteriors turns those steps
+# into audible changes of level.
+_LOGVAR_MIN, _LOGVAR_MAX = -3.0, 6.0
+_LEAK = 0.2
 _STFT_RESOLUTIONS = ((256, 64), (512, 128), (1024, 256))
 
 
@@ -57,21 +73,12 @@ class _LogSpectrogram(keras.layers.Layer):
         return keras.ops.reshape(tf.math.log1p(10.0 * spec), (-1, _spec_size(audio.shape[-1], self.frame, self.step)))
 
 
-class _PriorProduct(keras.layers.Layer):
-    """Mean of the product of one Gaussian expert with the N(0, 1) prior.
-
-    precision = 1 + exp(-logvar), so mean = mu * sigmoid(-logvar): one logistic,
-    which quantizes cleanly to int8.
-    """
-
-    def call(self, stats):
-        mu, logvar = keras.ops.split(stats, 2, axis=-1)
-        logvar = keras.ops.clip(logvar, -_LOGVAR_LIMIT, _LOGVAR_LIMIT)
-        return mu * keras.ops.sigmoid(-logvar)
-
-
 def _spec_size(samples: int, frame: int, step: int) -> int:
     return -(-samples // step) * (frame // 2 + 1)
+
+
+def _hidden(units: int, x):
+    return keras.layers.LeakyReLU(_LEAK)(keras.layers.Dense(units)(x))
 
 
 def build(*, window_frames: int, features: int, segment_samples: int, latent_size: int,
@@ -80,51 +87,85 @@ def build(*, window_frames: int, features: int, segment_samples: int, latent_siz
     dense = keras.layers.Dense
     motion = keras.Input((window_frames, features), name="motion")
     h = keras.layers.Rescaling(input_scale)(keras.layers.Flatten()(motion))
-    h = dense(hidden_units, activation="relu")(h)
-    h = dense(hidden_units, activation="relu")(h)
-    motion_encoder = keras.Model(motion, dense(2 * latent_size)(h), name="motion_encoder")
+    h = _hidden(hidden_units, _hidden(hidden_units, h))
+    # Each encoder's expert is (mean of the expert times the prior, log-variance):
+    # the performer's latent is then one dense layer's output, one int8 rounding.
+    motion_encoder = keras.Model(motion, [dense(latent_size, name="mean")(h),
+                                          dense(latent_size, name="logvar")(h)],
+                                 name="motion_encoder")
 
     audio = keras.Input((segment_samples,), name="audio")
     frame = min(512, 1 << int(np.log2(segment_samples)))
     h = _LogSpectrogram(frame, frame // 2)(audio)
-    h = dense(hidden_units, activation="relu")(h)
-    h = dense(hidden_units, activation="relu")(h)
-    audio_encoder = keras.Model(audio, dense(2 * latent_size)(h), name="audio_encoder")
+    h = _hidden(hidden_units, _hidden(hidden_units, h))
+    audio_encoder = keras.Model(audio, [dense(latent_size, name="mean")(h),
+                                        dense(latent_size, name="logvar")(h)],
+                                name="audio_encoder")
 
     z = keras.Input((latent_size,), name="latent")
-    h = dense(hidden_units, activation="relu")(z)
-    h = dense(hidden_units, activation="relu")(h)
-    # Linear output: int8 calibration then fits the output's range to the real
-    # signal level (tanh's fixed 1/128 step would waste it); the box clips.
-    audio_decoder = keras.Model(z, dense(segment_samples)(h), name="audio_decoder")
-    h = dense(hidden_units, activation="relu")(z)
+    h = _hidden(hidden_units, _hidden(hidden_units, z))
+    # Linear outputs: int8 calibration fits each range to the values really met.
+    audio_decoder = keras.Model(z, [dense(segment_samples, name="shape")(h),
+                                    dense(1, name="level")(h)], name="audio_decoder")
+    h = _hidden(hidden_units, z)
     h = dense(window_frames * features)(h)
     motion_decoder = keras.Model(z, keras.layers.Reshape((window_frames, features))(h),
                                  name="motion_decoder")
     return JointVAE(motion_encoder, audio_encoder, motion_decoder, audio_decoder, input_scale)
 
 
+def synthesize(shape, level):
+    """The audio segment from the decoder's two outputs: ``shape`` times ``level``.
+
+    ``device.runtime.Performer`` does the same on the box. The shape is kept near
+    unit RMS by ``shape_level_penalty``, so the level carries the loudness.
+    """
+    return shape * level
+
+
+def shape_level_penalty(shape):
+    """The squared log of the shape's RMS: it keeps the shape tensor near unit level
+    whether the segment is quiet or loud, so its int8 steps suit both."""
+    rms = tf.sqrt(tf.reduce_mean(tf.square(shape), axis=-1) + 1e-6)
+    return tf.reduce_mean(tf.square(tf.math.log(rms)))
+
+
 def performer(vae: JointVAE) -> keras.Model:
     """The graph the box runs: motion window to the audio segment of its posterior mean."""
     motion = keras.Input(vae.motion_encoder.input_shape[1:], batch_size=1, name="motion")
-    latent = _PriorProduct(name="posterior_mean")(vae.motion_encoder(motion))
-    return keras.Model(motion, vae.audio_decoder(latent), name="performer")
+    latent, _ = vae.motion_encoder(motion)
+    shape, level = vae.audio_decoder(latent)
+    return keras.Model(motion, [shape, level], name="performer")
+
+
+def perform(model: keras.Model, motion: np.ndarray) -> np.ndarray:
+    """The float audio segments the performer graph gives for a batch of windows."""
+    shape, level = model(motion, training=False)
+    return synthesize(shape, level).numpy()
 
 
 def motion_latent(vae: JointVAE, motion: np.ndarray) -> np.ndarray:
     """Posterior means from motion alone, for style centroids and plots."""
-    return _PriorProduct()(vae.motion_encoder(motion, training=False)).numpy()
+    return vae.motion_encoder(motion, training=False)[0].numpy()
 
 
-def _split(stats):
-    mu, logvar = tf.split(stats, 2, axis=-1)
-    return mu, tf.clip_by_value(logvar, -_LOGVAR_LIMIT, _LOGVAR_LIMIT)
+def expert(stats):
+    """An encoder's expert as (m, logvar): m is the mean of the expert times the
+    prior (what the performer plays from), logvar the expert's own, bounded."""
+    m, logvar = stats
+    return m, tf.clip_by_value(logvar, _LOGVAR_MIN, _LOGVAR_MAX)
 
 
 def product_of_experts(*experts):
-    """Posterior (mu, logvar) of the prior N(0, 1) times each (mu, logvar) expert."""
-    precision = 1.0 + sum(tf.exp(-lv) for _, lv in experts)
-    mu = sum(m * tf.exp(-lv) for m, lv in experts) / precision
+    """Posterior (mu, logvar) of the prior N(0, 1) times each expert.
+
+    An expert (m, logvar) with precision P = exp(-logvar) has its own mean
+    m (1 + P) / P, since m is its mean once multiplied by the prior; so its
+    precision-weighted mean is m (1 + P). One expert alone gives back m.
+    """
+    precisions = [tf.exp(-lv) for _, lv in experts]
+    precision = 1.0 + sum(precisions)
+    mu = sum(m * (1.0 + p) for (m, _), p in zip(experts, precisions)) / precision
     return mu, -tf.math.log(precision)
 
 
@@ -134,14 +175,22 @@ def kl_divergence(mu, logvar):
 
 
 def spectral_loss(target, generated):
-    """Multi-resolution STFT loss: spectral convergence plus log-magnitude L1."""
+    """Multi-resolution STFT loss: spectral convergence plus log-magnitude L1.
+
+    Both signals are padded with half a frame of silence at each end, so the
+    first and last samples sit under the middle of a window like every other:
+    unpadded, the Hann windows barely see a segment's ends, and a model learns to
+    park loud garbage there (which the box would play, and which would set the
+    output's int8 range).
+    """
     total = 0.0
     count = 0
     for frame, step in _STFT_RESOLUTIONS:
         if frame > target.shape[-1]:
             continue
-        t = tf.abs(tf.signal.stft(target, frame, step))
-        g = tf.abs(tf.signal.stft(generated, frame, step))
+        edges = [[0, 0], [frame // 2, frame // 2]]
+        t = tf.abs(tf.signal.stft(tf.pad(target, edges), frame, step, pad_end=True))
+        g = tf.abs(tf.signal.stft(tf.pad(generated, edges), frame, step, pad_end=True))
         convergence = tf.norm(t - g) / (tf.norm(t) + 1e-3)
         log_distance = tf.reduce_mean(tf.abs(tf.math.log(t + 1e-4) - tf.math.log(g + 1e-4)))
         total += convergence + log_distance
