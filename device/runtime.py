@@ -58,10 +58,13 @@ class Performer:
     from the model thread, one call at a time.
     """
 
-    def __init__(self, model: bytes, *, runtime: str = "auto", threads: int = 1,
+    def __init__(self, model: bytes, *, runtime="auto", threads: int = 1,
                  where: str = "model"):
-        Interpreter = interpreter_class(runtime)
-        self.runtime = Interpreter.__module__.split(".")[0]
+        # ``runtime`` may also be an Interpreter-like class (the host passes
+        # TensorFlow's own, to run the reference kernels); its ``runtime_name``
+        # then names it.
+        Interpreter = runtime if callable(runtime) else interpreter_class(runtime)
+        self.runtime = getattr(Interpreter, "runtime_name", Interpreter.__module__.split(".")[0])
         try:
             self._interpreter = Interpreter(model_content=model, num_threads=threads)
             self._interpreter.allocate_tensors()

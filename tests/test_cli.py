@@ -32,6 +32,18 @@ def test_check_bundle_describes_the_default_model(default_bundle):
     assert "ok: " in result.stdout and "test inference" in result.stdout
 
 
+def test_the_factory_model_keeps_its_int8_promises(default_bundle):
+    """What make default-model must ship: the int8 graph close to the float model on
+    demo takes it never trained on (it reaches 28 dB where 30 is the aim: this holds
+    it there), the level output, and at most 2 MB."""
+    from device.bundle import read_bundle
+
+    m = read_bundle(default_bundle).manifest
+    assert m.training["metrics"]["int8_snr_db"] >= 27.5
+    assert m.level is not None and m.input.dtype == m.output.dtype == m.level.dtype == "int8"
+    assert default_bundle.stat().st_size <= 2 * 1024 * 1024
+
+
 def test_bad_config_is_one_line_naming_every_key(tmp_path):
     config = tmp_path / "device.yaml"
     config.write_text("camera:\n  fsp: 30\naudio:\n  volume: 3\n")

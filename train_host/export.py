@@ -44,6 +44,9 @@ def to_int8_tflite(model, representative: np.ndarray) -> bytes:
     return converter.convert()
 
 
+PARITY_TARGET_DB = 30.0
+"""The int8 graph's SNR against the float model that a bundle should reach."""
+
 # An activation whose int8 scale is this small never varied on the calibration
 # windows: every unit of that layer gives the same value whatever the motion.
 _COLLAPSED_SCALE = 1e-6
@@ -58,18 +61,13 @@ def refuse_collapsed(graph: bytes, where: str, windows: np.ndarray) -> None:
     such a graph, or aborts the process), and outputs that are the same for every
     one of ``windows``.
     """
-    import tensorflow as tf
-
     from device.errors import BundleError
 
     def refuse(what: str):
         raise BundleError(f"{where}: the model has collapsed: {what}; train again "
                           "(other seed, more data or a lower learning rate)")
 
-    interpreter = tf.lite.Interpreter(
-        model_content=graph,
-        experimental_op_resolver_type=tf.lite.experimental.OpResolverType
-        .BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = reference_interpreter(model_content=graph)
     for detail in interpreter.get_tensor_details():
         scales = detail["quantization_parameters"]["scales"]
         name = detail["name"]
@@ -97,15 +95,39 @@ def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(reference ** 2) / max(noise, 1e-20)))
 
 
-def parity(model, graph: bytes, windows: np.ndarray) -> dict[str, float]:
-    """Float Keras against the int8 graph in the device runtime, one window at a time."""
+def reference_interpreter(**kwargs):
+    """TensorFlow's interpreter with its plain built-in kernels, no delegate.
+
+    These are the kernels tflite-runtime 2.14 runs int8 graphs with (its XNNPACK
+    delegate takes float graphs only), so this is the box's arithmetic to the
+    bit; LiteRT's XNNPACK delegate fuses some int8 steps and rounds less.
+    """
+    import tensorflow as tf
+
+    return tf.lite.Interpreter(**kwargs, experimental_op_resolver_type=tf.lite.experimental
+                               .OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+
+
+reference_interpreter.runtime_name = "reference kernels"
+
+
+def parity(model, graph: bytes, windows: np.ndarray) -> dict:
+    """Float Keras against the int8 graph, one window at a time, in the reference
+    kernels (tflite-runtime 2.14 on the box) and in the installed LiteRT runtime.
+
+    ``int8_snr_db`` is the lower of the two: what a box may play.
+    """
     from train_host.vae import perform
 
-    performer = Performer(graph, where="exported graph")
     reference = np.stack([perform(model, w[None])[0] for w in windows])
-    quantized = np.stack([performer(w) for w in windows])
-    return {"int8_snr_db": round(snr_db(reference, quantized), 2),
-            "int8_runtime": performer.runtime}
+    by_kernels = {}
+    for runtime in (reference_interpreter, "auto"):
+        performer = Performer(graph, runtime=runtime, where="exported graph")
+        quantized = np.stack([performer(w) for w in windows])
+        by_kernels[performer.runtime] = round(snr_db(reference, quantized), 2)
+    worst = min(by_kernels, key=by_kernels.get)
+    return {"int8_snr_db": by_kernels[worst], "int8_runtime": worst,
+            "int8_snr_db_by_runtime": by_kernels}
 
 
 def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
@@ -124,9 +146,13 @@ def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
     graph = to_int8_tflite(model, representative)
     refuse_collapsed(graph, str(run.path), representative)
     metrics = parity(model, graph, calibration["validation"])
-    log.info("exported %d bytes in %.1f s; int8 against float: %.1f dB SNR (%s)",
-             len(graph), time.monotonic() - started, metrics["int8_snr_db"],
-             metrics["int8_runtime"])
+    log.info("exported %d bytes in %.1f s; int8 against float: %s dB SNR",
+             len(graph), time.monotonic() - started,
+             ", ".join(f"{v:.1f} ({k})" for k, v in metrics["int8_snr_db_by_runtime"].items()))
+    if metrics["int8_snr_db"] < PARITY_TARGET_DB:
+        log.warning("the int8 graph is only %.1f dB from the float model (a bundle should "
+                    "reach %.0f dB): it will sound audibly unlike the model that was trained",
+                    metrics["int8_snr_db"], PARITY_TARGET_DB)
     history = run.info["history"][-1] if run.info["history"] else {}
     manifest = Manifest(
         name=name or Path(out).stem,
