@@ -39,7 +39,7 @@ def test_the_factory_model_keeps_its_int8_promises(default_bundle):
     from device.bundle import read_bundle
 
     m = read_bundle(default_bundle).manifest
-    assert m.training["metrics"]["int8_snr_db"] >= 27.5
+    assert m.training["metrics"]["int8_snr_db"] >= 30.0
     assert m.level is not None and m.input.dtype == m.output.dtype == m.level.dtype == "int8"
     assert default_bundle.stat().st_size <= 2 * 1024 * 1024
 

@@ -199,3 +199,50 @@ def test_a_version_1_bundle_still_plays_and_a_manifest_that_lies_is_refused(tiny
                            {"performer.tflite": read_bundle(tiny_bundle).performer})
     with pytest.raises(BundleError, match="bundle format version 9 is not supported"):
         read_bundle(unknown)
+
+
+def test_gptq_puts_weights_on_the_int8_grid_and_keeps_the_layer_output_closer():
+    from train_host.export import gptq
+
+    rng = np.random.default_rng(3)
+    # Correlated, ReLU-like inputs, as a hidden layer gives.
+    inputs = np.maximum(rng.normal(size=(2000, 12)) @ rng.normal(size=(12, 64)), 0)
+    weights = rng.normal(scale=0.05, size=(64, 8)).astype(np.float32)
+    rounded = gptq(weights, inputs)
+
+    steps = np.abs(weights).max(axis=0) / 127
+    levels = rounded / steps
+    assert np.allclose(levels, np.round(levels), atol=1e-3)       # on the grid
+    assert np.abs(np.round(levels)).max() <= 127
+    # Each channel's largest weight stays, so the converter finds the same steps.
+    assert np.allclose(np.abs(rounded).max(axis=0), np.abs(weights).max(axis=0))
+    nearest = np.round(weights / steps) * steps
+    error = np.linalg.norm(inputs @ (rounded - weights))
+    assert error < 0.7 * np.linalg.norm(inputs @ (nearest - weights))
+
+
+def test_the_converter_keeps_the_rounded_weights(tiny_run):
+    """The int8 graph's weights are the GPTQ values exactly, not rounded a second time."""
+    import keras
+    import tensorflow as tf
+
+    from train_host.export import round_weights, to_int8_tflite
+    from train_host.vae import performer
+
+    windows = np.load(tiny_run.path / "calibration.npz")["train"][:200]
+    rounded = round_weights(performer(tiny_run.vae), windows)
+    kernels = [layer.get_weights()[0] for part in rounded.layers
+               if isinstance(part, keras.Model) for layer in part.layers
+               if isinstance(layer, keras.layers.Dense) and layer.name != "logvar"]
+    interpreter = tf.lite.Interpreter(model_content=to_int8_tflite(rounded, windows))
+    in_graph = []
+    for detail in interpreter.get_tensor_details():
+        if detail["dtype"] == np.int8 and len(detail["shape"]) == 2 and \
+                detail["name"].startswith("tfl.pseudo_qconst"):
+            scales = detail["quantization_parameters"]["scales"]
+            values = interpreter.get_tensor(detail["index"]).astype(np.float32)
+            in_graph.append((values * scales[:, None]).T)
+    for kernel in kernels:
+        same = [g for g in in_graph if g.shape == kernel.shape and
+                np.allclose(g, kernel, atol=1e-6 * np.abs(kernel).max())]
+        assert same, f"a {kernel.shape} kernel was rounded again by the converter"
