@@ -88,6 +88,8 @@ class Performer:
             raise BundleError(f"{where}: the level output must be [1, 1], got "
                               f"{list(self._level['shape'])}")
         self._in_scale, self._in_zero = _quantization(self._in)
+        self._out_quantization = _quantization(self._out)
+        self._level_quantization = _quantization(self._level) if self._level else None
         self._buffer = np.zeros(self.input_shape, self._in["dtype"])
         log.info("model: %s, input %s %s, output %s %s%s", self.runtime, list(self.input_shape),
                  np.dtype(self._in["dtype"]).name, list(self.output_shape),
@@ -119,16 +121,16 @@ class Performer:
             self._buffer[0] = window
         self._interpreter.set_tensor(self._in["index"], self._buffer)
         self._interpreter.invoke()
-        segment = self._read(self._out)[0]
+        segment = self._read(self._out, self._out_quantization)[0]
         if self._level is None:
             return segment
-        segment *= self._read(self._level)[0, 0]
+        segment *= self._read(self._level, self._level_quantization)[0, 0]
         return segment
 
-    def _read(self, detail: dict) -> np.ndarray:
+    def _read(self, detail: dict, quantization: tuple[float, int]) -> np.ndarray:
         """An output tensor as float32 (a fresh array), dequantized if it is integer."""
         out = self._interpreter.get_tensor(detail["index"])
-        scale, zero = _quantization(detail)
+        scale, zero = quantization
         if scale:
             return (out.astype(np.float32) - zero) * np.float32(scale)
         return out.astype(np.float32)

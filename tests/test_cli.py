@@ -34,8 +34,8 @@ def test_check_bundle_describes_the_default_model(default_bundle):
 
 def test_the_factory_model_keeps_its_int8_promises(default_bundle):
     """What make default-model must ship: the int8 graph close to the float model on
-    demo takes it never trained on (it reaches 28 dB where 30 is the aim: this holds
-    it there), the level output, and at most 2 MB."""
+    demo takes it never trained on (at least 30 dB), the level output, and at most
+    2 MB."""
     from device.bundle import read_bundle
 
     m = read_bundle(default_bundle).manifest

@@ -118,8 +118,8 @@ def refuse_collapsed(graph: bytes, where: str, windows: np.ndarray) -> None:
     Two signs, both checked in TensorFlow's own interpreter without delegates: an
     int8 tensor whose scale is degenerate (every unit of that layer gave the same
     value on every calibration window; LiteRT's XNNPACK delegate fails to prepare
-    such a graph, or aborts the process), and outputs that are the same for every
-    one of ``windows``.
+    such a graph, or aborts the process), and the same sound from the box's
+    ``Performer`` for every one of ``windows``.
     """
     from device.errors import BundleError
 
@@ -135,16 +135,8 @@ def refuse_collapsed(graph: bytes, where: str, windows: np.ndarray) -> None:
             continue
         if float(scales.max()) < _COLLAPSED_SCALE:
             refuse(f"layer {name.split(';')[0]} gives the same output for every motion window")
-    interpreter.allocate_tensors()
-    given = interpreter.get_input_details()[0]
-    scale, zero = given["quantization"]
-    outputs = []
-    for window in windows:
-        q = np.clip(np.round(window / scale) + zero, -128, 127).astype(np.int8)
-        interpreter.set_tensor(given["index"], q[None])
-        interpreter.invoke()
-        outputs.append(np.concatenate([interpreter.get_tensor(d["index"]).ravel()
-                                       for d in interpreter.get_output_details()]))
+    performer = Performer(graph, runtime=reference_interpreter, where=where)
+    outputs = [performer(window) for window in windows]
     if len(outputs) > 1 and all(np.array_equal(outputs[0], o) for o in outputs[1:]):
         refuse(f"it gives the same sound for all {len(outputs)} calibration windows")
 
