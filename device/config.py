@@ -417,9 +417,9 @@ class TrainingConfig:
 
     epochs: int = field(default=30, metadata={"min": 1, "max": 10000})
     """Most passes over the training set."""
-    max_steps: int = field(default=6000, metadata={"min": 0, "max": 10_000_000})
+    max_steps: int = field(default=4500, metadata={"min": 0, "max": 10_000_000})
     """Most optimiser steps (0: no limit). Neighbouring windows overlap heavily, so a
-    large dataset needs fewer passes: this keeps an hour of takes to minutes."""
+    large dataset needs fewer passes: this keeps an hour of takes under ten minutes."""
     batch_size: int = field(default=64, metadata={"min": 1, "max": 4096})
     """Examples per optimiser step."""
     learning_rate: float = field(default=0.001, metadata={"min": 1e-6, "max": 1.0})
@@ -435,6 +435,11 @@ class TrainingConfig:
     """Weight of the sample-by-sample waveform loss."""
     motion_weight: float = field(default=0.1, metadata={"min": 0, "max": 100})
     """Weight of the motion reconstruction loss (keeps the latent about motion)."""
+    motion_noise: float = field(default=1.0, metadata={"min": 0, "max": 10})
+    """Standard deviation of the noise added, in training only, to the motion the
+    encoder sees, in units of the training motion's own standard deviation. It
+    keeps the model to what a whole window's motion says rather than the faint
+    detail of the takes it learned from."""
     threads: int = field(default=2, metadata={"min": 1, "max": 256})
     """CPU threads for training; a fixed number keeps runs reproducible."""
 

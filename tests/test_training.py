@@ -32,6 +32,21 @@ def test_step_budget_ends_training_and_the_best_epoch_is_kept(tiny, tmp_path):
     assert load_run(tmp_path / "run").info["config_hash"] == run.info["config_hash"]
 
 
+def test_motion_noise_is_seeded_and_changes_what_is_learned(tiny, tmp_path):
+    """``training.motion_noise`` is read, and a run with it is still reproducible."""
+    import numpy as np
+
+    from train_host.train import train
+
+    cfg, (train_set, validation, _) = tiny
+    cfg = with_overrides(cfg, {"training.max_steps": 10, "training.epochs": 1})
+    runs = [train(with_overrides(cfg, {"training.motion_noise": noise}), train_set, validation,
+                  tmp_path / f"run{i}") for i, noise in enumerate((0.0, 1.0, 1.0))]
+    clean, noisy, again = (run.vae.motion_encoder.get_weights() for run in runs)
+    assert all(np.array_equal(a, b) for a, b in zip(noisy, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(clean, noisy))
+
+
 def test_fine_tuning_starts_from_the_trained_model(tiny, tiny_run, tmp_path):
     import numpy as np
 

@@ -39,6 +39,9 @@ CALIBRATION_FILE = "calibration.npz"
 # runs, so it counts as much as the joint posterior.
 _POSTERIORS = (("joint", 1.0), ("motion", 1.0), ("audio", 0.5))
 _CALIBRATION_WINDOWS = 1000
+# Validation windows scored after each epoch, evenly spread over the held-out
+# takes: enough for a steady figure, and an hour of takes still trains in minutes.
+_VALIDATION_WINDOWS = 4096
 # Weight of the term that keeps the audio decoder's shape output near unit RMS;
 # small, since the sound does not depend on it (only its int8 resolution does).
 _SHAPE_WEIGHT = 0.1
@@ -108,7 +111,14 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
     optimizer = tf.keras.optimizers.Adam(t.learning_rate)
 
     def losses(x, y, beta, seed, training):
-        em = vae_mod.expert(model.motion_encoder(x, training=training))
+        # In training the motion encoder sees the window with noise on it (in
+        # units of the input scale); the motion decoder is still asked for the
+        # clean window.
+        heard = x
+        if training and t.motion_noise:
+            noise = tf.random.stateless_normal(tf.shape(x), seed=tf.stack([seed, len(_POSTERIORS)]))
+            heard = x + (t.motion_noise / scale) * noise
+        em = vae_mod.expert(model.motion_encoder(heard, training=training))
         ea = vae_mod.expert(model.audio_encoder(y, training=training))
         experts = {"joint": (em, ea), "motion": (em,), "audio": (ea,)}
         terms = {}
@@ -155,6 +165,9 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
     log.info("training: %d examples, %d steps of %d (%.1f epochs), %d validation examples",
              len(train_set), total_steps, t.batch_size, total_steps / batches_per_epoch,
              len(validation))
+    scored = validation.subset(np.unique(np.linspace(0, len(validation) - 1,
+                                                    _VALIDATION_WINDOWS).astype(int))) \
+        if len(validation) > _VALIDATION_WINDOWS else validation
     progress = _progress_bar(batches_per_epoch)
     history = []
     steps = 0
@@ -185,7 +198,7 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
                   **{f"train_{k}": v / batches for k, v in sums.items()}}
         if len(validation):
             record.update({f"val_{k}": v for k, v in
-                           _mean_terms(evaluate, validation, t.batch_size).items()})
+                           _mean_terms(evaluate, scored, t.batch_size).items()})
         history.append(record)
         log.info("epoch %d/%d  train %.4f  motion-only spectral %.4f  val %.4f  (%.0f s)",
                  epoch + 1, t.epochs, record["train_total"], record["train_motion_spectral"],
