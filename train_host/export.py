@@ -62,9 +62,8 @@ def gptq(weights: np.ndarray, inputs: np.ndarray, damping: float = 0.01) -> np.n
     w = weights.astype(np.float64)
     steps = np.abs(w).max(axis=0) / 127
     steps[steps == 0] = 1.0
-    held = np.zeros(w.shape, bool)
-    held[np.abs(w).argmax(axis=0), np.arange(w.shape[1])] = True
-    kept = w[held]
+    held = np.abs(w).argmax(axis=0)         # the row of each channel's largest weight
+    kept = w[held, np.arange(w.shape[1])]
     x = inputs.reshape(len(inputs), -1).astype(np.float64)
     hessian = x.T @ x / len(x)
     dead = np.diag(hessian) == 0            # inputs never active: their weights do nothing
@@ -72,11 +71,14 @@ def gptq(weights: np.ndarray, inputs: np.ndarray, damping: float = 0.01) -> np.n
     hessian += damping * np.mean(np.diag(hessian)) * np.eye(len(w))
     upper = np.linalg.cholesky(np.linalg.inv(hessian)).T
     for i in range(len(w)):
+        # The errors moved onto this row must not shift a held weight.
+        mine = held == i
+        w[i, mine] = kept[mine]
         rounded = np.clip(np.round(w[i] / steps), -127, 127) * steps
         error = (w[i] - rounded) / upper[i, i]
         w[i + 1:] -= np.outer(upper[i, i + 1:], error)
         w[i] = rounded
-        w[held] = kept
+        w[i, mine] = kept[mine]
     return w.astype(weights.dtype)
 
 
