@@ -433,6 +433,9 @@ class TrainingConfig:
     """Weight of the multi-resolution spectral loss."""
     waveform_weight: float = field(default=0.1, metadata={"min": 0, "max": 100})
     """Weight of the sample-by-sample waveform loss."""
+    loudness_weight: float = field(default=1.0, metadata={"min": 0, "max": 100})
+    """Weight of the loudness loss: the distance of each generated segment's log
+    RMS from the true segment's (``train_host.vae.loudness_loss``)."""
     motion_weight: float = field(default=0.1, metadata={"min": 0, "max": 100})
     """Weight of the motion reconstruction loss (keeps the latent about motion)."""
     motion_noise: float = field(default=1.0, metadata={"min": 0, "max": 10})

@@ -47,6 +47,30 @@ def test_motion_noise_is_seeded_and_changes_what_is_learned(tiny, tmp_path):
     assert not all(np.array_equal(a, b) for a, b in zip(clean, noisy))
 
 
+def test_the_loudness_loss_asks_for_the_true_level_whatever_the_notes(tiny, tmp_path):
+    """The spectral and waveform terms are least wrong for a wrong sound played
+    quietly; the loudness term asks for the true level, and is read from the config."""
+    import numpy as np
+    import tensorflow as tf
+
+    from train_host.train import train
+    from train_host.vae import loudness_loss, spectral_loss
+
+    t = np.arange(2205) / 22050
+    true = tf.constant([0.3 * np.sin(2 * np.pi * 440 * t)], tf.float32)
+    wrong = tf.constant([0.3 * np.sin(2 * np.pi * 620 * t)], tf.float32)   # other notes
+    assert float(spectral_loss(true, 0.5 * wrong)) < float(spectral_loss(true, wrong))
+    assert float(loudness_loss(true, wrong)) == pytest.approx(0.0, abs=1e-3)
+    assert float(loudness_loss(true, 0.5 * wrong)) == pytest.approx(np.log(2), abs=1e-3)
+
+    cfg, (train_set, validation, _) = tiny
+    cfg = with_overrides(cfg, {"training.max_steps": 10, "training.epochs": 1})
+    runs = [train(with_overrides(cfg, {"training.loudness_weight": w}), train_set, validation,
+                  tmp_path / f"run{i}") for i, w in enumerate((0.0, 1.0))]
+    without, with_ = (run.vae.audio_decoder.get_weights() for run in runs)
+    assert not all(np.array_equal(a, b) for a, b in zip(without, with_))
+
+
 def test_fine_tuning_starts_from_the_trained_model(tiny, tiny_run, tmp_path):
     import numpy as np
 

@@ -135,6 +135,7 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
             motion_error = tf.reduce_mean(tf.square(x * scale - motion))
             kl = tf.reduce_mean(vae_mod.kl_divergence(mu, logvar))
             total += weight * (t.spectral_weight * spectral + t.waveform_weight * waveform
+                               + t.loudness_weight * vae_mod.loudness_loss(y, audio)
                                + t.motion_weight * motion_error + beta * kl
                                + _SHAPE_WEIGHT * vae_mod.shape_level_penalty(shape))
             terms[f"{name}_spectral"] = spectral
