@@ -440,9 +440,10 @@ class TrainingConfig:
     """Weight of the motion reconstruction loss (keeps the latent about motion)."""
     motion_noise: float = field(default=1.0, metadata={"min": 0, "max": 10})
     """Standard deviation of the noise added, in training only, to the motion the
-    encoder sees, in units of the training motion's own standard deviation. It
-    keeps the model to what a whole window's motion says rather than the faint
-    detail of the takes it learned from."""
+    encoder sees, in units of the training motion's own standard deviation (when
+    fine-tuning, of the motion the model was first trained on: its input scale is
+    kept). It keeps the model to what a whole window's motion says rather than the
+    faint detail of the takes it learned from."""
     threads: int = field(default=2, metadata={"min": 1, "max": 256})
     """CPU threads for training; a fixed number keeps runs reproducible."""
 

@@ -35,6 +35,16 @@ def test_shipped_yaml_spells_out_exactly_the_dataclass_defaults(name, schema):
     assert load_config(path, schema) == schema()
 
 
+def test_the_shipped_fine_tuning_config_fits_the_factory_model():
+    """The README's fine-tuning command: config/finetune.yaml is valid, and keeps the
+    shapes of the model it fine-tunes (``--init-from models/default.dsb``)."""
+    from train_host.train import Run, _check_same_model
+
+    factory = load_config(PROJECT_ROOT / "config" / "train.yaml", TrainConfig)
+    finetune = load_config(PROJECT_ROOT / "config" / "finetune.yaml", TrainConfig)
+    _check_same_model(finetune, Run(PROJECT_ROOT / "models", factory, None, {}))
+
+
 def test_default_loaders_read_the_shipped_files():
     assert load_device_config() == DeviceConfig()
     assert load_train_config() == TrainConfig()
