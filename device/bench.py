@@ -55,7 +55,8 @@ class Timing:
 
 def measure_compute(bundle: Bundle, cfg: DeviceConfig, *, frames: int) -> dict[str, Timing]:
     """Each stage of the loop, timed per frame over ``frames`` synthetic frames."""
-    engine = Engine(bundle, runtime=cfg.model.runtime, threads=cfg.model.threads)
+    engine = Engine(bundle, runtime=cfg.model.runtime, threads=cfg.model.threads,
+                    sensitivity=cfg.motion.sensitivity)
     dancer = SyntheticDancer(fps=cfg.camera.fps, width=cfg.motiongram.width,
                              height=cfg.motiongram.height, seed=cfg.camera.seed)
     stages: dict[str, list[float]] = {k: [] for k in
@@ -66,7 +67,7 @@ def measure_compute(bundle: Bundle, cfg: DeviceConfig, *, frames: int) -> dict[s
         t0 = clock()
         image = dancer.read().image
         t1 = clock()
-        window = engine.window.push(engine.motiongram.push(image))
+        window = engine.window.push(engine.gain.push(engine.motiongram.push(image)))
         t2 = clock()
         segment = engine.performer(window)
         t3 = clock()
@@ -97,7 +98,11 @@ def structure_ms(cfg: DeviceConfig, fps: float, sample_rate: int) -> dict[str, f
 
 def report(bundle: Bundle, cfg: DeviceConfig, *, frames: int) -> dict:
     compute = measure_compute(bundle, cfg, frames=frames)
-    out = {"model": bundle.manifest.name, "runtime": cfg.model.runtime,
+    from device.runtime import interpreter_class
+
+    # The runtime really loaded ('auto' names none): the figures are that runtime's.
+    runtime = interpreter_class(cfg.model.runtime).__module__.split(".")[0]
+    out = {"model": bundle.manifest.name, "runtime": runtime,
            "frames_measured": frames,
            "compute_ms": {k: vars(v) for k, v in compute.items()},
            "targets_ms": TARGETS, "seed_prototype_ms": SEED_PROTOTYPE_MS, "end_to_end_ms": {}}
@@ -130,7 +135,8 @@ def play(bundle: Bundle, cfg: DeviceConfig, *, seconds: float, busy: bool,
     from device.audio.stream import AudioStream
 
     fps = fps or cfg.camera.fps
-    engine = Engine(bundle, runtime=cfg.model.runtime, threads=cfg.model.threads)
+    engine = Engine(bundle, runtime=cfg.model.runtime, threads=cfg.model.threads,
+                    sensitivity=cfg.motion.sensitivity)
     sink = open_configured_sink(cfg.audio, sample_rate=engine.hop * fps)
     stream = AudioStream.from_config(sink, cfg.audio, hop_samples=engine.hop, pace=pace)
     dancer = SyntheticDancer(fps=fps, seed=cfg.camera.seed, paced=True, seconds=seconds)
@@ -146,7 +152,7 @@ def play(bundle: Bundle, cfg: DeviceConfig, *, seconds: float, busy: bool,
         started = time.monotonic()
         frames = 0
         while (frame := dancer.read()) is not None:
-            stream.push(engine.step(frame.image))
+            stream.push(engine.step(frame.image, frame.repeat))
             frames += 1
             # Late: this frame's sound was pushed after the next frame was due.
             if time.monotonic() - started > (frames + 1) * period:

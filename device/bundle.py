@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from device.errors import BundleError
-from device.motiongram import MotiongramParams
+from device.motiongram import MotionGainParams, MotiongramParams
 
 log = logging.getLogger(__name__)
 
 FORMAT = "dancesampler-bundle"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-"""Version 1 bundles (one output tensor, no ``level``) still play."""
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+"""Version 1 bundles (one output tensor, no ``level``) and version 2 bundles (no
+``motion_gain``: the motion is used as measured) still play."""
 SUFFIX = ".dsb"
 MANIFEST = "manifest.json"
 PERFORMER = "performer.tflite"
@@ -82,6 +83,9 @@ class Manifest:
     """The segment (version 1) or, with ``level``, the segment's shape."""
     level: TensorSpec | None = None
     """The segment's RMS level, [1, 1] (version 2); the segment is the shape scaled to it."""
+    motion_gain: MotionGainParams | None = None
+    """How the motion was scaled to the dancer's level in training (version 3); the
+    box scales live motion the same way. None (versions 1 and 2): not scaled."""
     style_centroids: dict[str, list[float]] = field(default_factory=dict)
     """Mean latent vector of each training label, for steering by style."""
     training: dict[str, Any] = field(default_factory=dict)
@@ -106,8 +110,8 @@ class Manifest:
             raise BundleError(f"{where}: bundle format version {version!r} is not supported "
                               f"(this device reads versions "
                               f"{', '.join(map(str, READABLE_VERSIONS))})")
-        missing = [f.name for f in fields(cls) if f.name not in data
-                   and not (f.name == "level" and version == 1)]
+        optional = {1: {"level", "motion_gain"}, 2: {"motion_gain"}}.get(version, set())
+        missing = [f.name for f in fields(cls) if f.name not in data and f.name not in optional]
         if missing:
             raise BundleError(f"{where}: manifest lacks {', '.join(sorted(missing))}")
         try:
@@ -120,6 +124,8 @@ class Manifest:
                 values["level"] = None
             else:
                 values["level"] = TensorSpec(tuple(data["level"]["shape"]), data["level"]["dtype"])
+            values["motion_gain"] = (MotionGainParams(**data["motion_gain"]) if version >= 3
+                                     else None)
             unknown = set(values) - {f.name for f in fields(cls)}
             for key in unknown:
                 values.pop(key)
@@ -134,6 +140,9 @@ class Manifest:
             f"name        {self.name} (created {self.created})",
             f"motion      {self.fps} fps, {m.width}x{m.height}, threshold {m.threshold:g}, "
             f"window {self.window_frames} frames ({self.window_frames / self.fps * 1000:.0f} ms)",
+            "gain        " + (f"to {g.reference:g} over {g.time_s:g} s, at most {g.max_gain:g}x, "
+                              f"floor {g.floor:g}" if (g := self.motion_gain) and g.enabled
+                              else "none (motion as measured)"),
             f"audio       {a.sample_rate} Hz, segment {a.segment_samples} samples "
             f"({a.segment_samples / a.sample_rate * 1000:.0f} ms), hop {a.hop_samples}",
             f"tensors     in {list(self.input.shape)} {self.input.dtype}, "
@@ -253,6 +262,13 @@ def _check_shapes(manifest: Manifest, where: str) -> None:
                           f"[1, {a.segment_samples}]")
     if m.level is not None and tuple(m.level.shape) != (1, 1):
         raise BundleError(f"{where}: level shape {list(m.level.shape)} should be [1, 1]")
+    if m.motion_gain is not None:
+        for f in fields(MotionGainParams):
+            value, low, high = getattr(m.motion_gain, f.name), f.metadata["min"], f.metadata["max"]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not low <= value <= high:
+                raise BundleError(f"{where}: motion_gain.{f.name} is {value!r}; expected a "
+                                  f"number from {low:g} to {high:g}")
     if a.sample_rate != a.hop_samples * m.fps:
         raise BundleError(f"{where}: hop_samples {a.hop_samples} is not one frame at "
                           f"{m.fps} fps and {a.sample_rate} Hz")

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import yaml
 
 from device.errors import ConfigError
-from device.motiongram import MotiongramParams
+from device.motiongram import MotionGainParams, MotiongramParams
 from device.recorder import RecorderConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -342,6 +342,16 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True)
+class MotionConfig:
+    """How the box reads the dancer in its room."""
+
+    sensitivity: float = field(default=1.0, metadata={"min": 0.05, "max": 20.0})
+    """Multiplies the motion gain: above 1 the box plays louder and busier for the
+    same dance, below 1 calmer. The gain already brings a far and a close dancer
+    to the same level; this is for the room's taste."""
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     """Everything the box reads from ``config/device.yaml``."""
 
@@ -349,6 +359,8 @@ class DeviceConfig:
     """The camera."""
     motiongram: MotiongramParams = MotiongramParams()
     """How frames become motion features; must match the bundle's."""
+    motion: MotionConfig = MotionConfig()
+    """How the box reads the dancer in its room."""
     audio: AudioConfig = AudioConfig()
     """Sound output."""
     model: ModelConfig = ModelConfig()
@@ -477,6 +489,8 @@ class TrainConfig:
     """Seed for weight initialisation, shuffling and the validation split."""
     motiongram: MotiongramParams = MotiongramParams()
     """How frames become motion features; recorded in the bundle."""
+    motion_gain: MotionGainParams = MotionGainParams()
+    """How motion is scaled to the dancer's own recent level; recorded in the bundle."""
     data: DataConfig = DataConfig()
     """Training examples."""
     model: VaeConfig = VaeConfig()

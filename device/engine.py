@@ -8,6 +8,9 @@ into a WAV file therefore holds exactly ``frames * hop`` samples and is
 repeatable to the sample.
 
 The window starts full of zeros (no motion), so sound comes from the first frame.
+Each frame's motion is scaled by the bundle's motion gain (the dancer's own recent
+level; ``device.motiongram.MotionGain``) times the room's ``sensitivity``, as the
+model heard it in training.
 
 Another model can take over while playing (``prepare`` then ``swap``): for a short
 crossfade both models hear the same window and their segments are mixed, so the
@@ -28,7 +31,7 @@ import numpy as np
 from device.bundle import Bundle
 from device.errors import BundleError
 from device.camera import Camera, Frame
-from device.motiongram import MotiongramStream
+from device.motiongram import MotionGain, MotionGainParams, MotiongramStream
 from device.overlap_add import OverlapAdd
 from device.runtime import Performer
 
@@ -81,7 +84,7 @@ class Engine:
     """Camera to sink through one bundle's model."""
 
     def __init__(self, bundle: Bundle, *, volume: float = 1.0, runtime: str = "auto",
-                 threads: int = 1, crossfade_frames: int = 15):
+                 threads: int = 1, crossfade_frames: int = 15, sensitivity: float = 1.0):
         m = bundle.manifest
         self.bundle = bundle
         self.volume = np.float32(volume)
@@ -93,6 +96,8 @@ class Engine:
         self._incoming: tuple[Bundle, Performer] | None = None
         self._faded = 0
         self.motiongram = MotiongramStream(m.motiongram)
+        self.gain = MotionGain(_gain_params(bundle), m.motiongram, fps=m.fps,
+                               sensitivity=sensitivity)
         self.window = MotionWindow(m.window_frames, m.motiongram.features)
         self.overlap_add = OverlapAdd(m.audio.segment_samples, m.audio.hop_samples)
         self.hop = m.audio.hop_samples
@@ -116,9 +121,13 @@ class Engine:
         self._faded = 0
         self._incoming = prepared
 
-    def step(self, image: np.ndarray) -> np.ndarray:
-        """One camera frame in, one hop of audio out (a reused buffer)."""
-        window = self.window.push(self.motiongram.push(image))
+    def step(self, image: np.ndarray, repeat: bool = False) -> np.ndarray:
+        """One camera frame in, one hop of audio out (a reused buffer).
+
+        ``repeat``: the frame repeats the one before for want of a new picture
+        (``Frame.repeat``); its motion carries on rather than reading as still.
+        """
+        window = self.window.push(self.gain.push(self.motiongram.push(image, repeat)))
         segment = self.performer(window)
         incoming = self._incoming
         if incoming is not None:
@@ -128,6 +137,8 @@ class Engine:
             if self._faded >= self.crossfade_frames:
                 self.bundle, self.performer = incoming
                 self._incoming = None
+                # The dancer's level carries on; the new model's gain settings apply.
+                self.gain.retune(_gain_params(self.bundle))
                 log.info("model: now playing %s", self.bundle.manifest.name)
         hop = self.overlap_add.push(segment)
         # No clipping here: a file sink clips in to_int16, and live sound goes
@@ -153,10 +164,16 @@ class Engine:
             if on_frame is not None:
                 on_frame(frame)
             t0 = time.perf_counter()
-            hop = self.step(frame.image)
+            hop = self.step(frame.image, frame.repeat)
             stats.compute_ms.append((time.perf_counter() - t0) * 1000.0)
             write(hop)
             stats.frames += 1
             stats.samples += len(hop)
         stats.wall_s = time.monotonic() - started
         return stats
+
+
+def _gain_params(bundle: Bundle) -> MotionGainParams:
+    """The bundle's motion gain; a bundle from before it (format 1 or 2) heard the
+    motion as measured."""
+    return bundle.manifest.motion_gain or MotionGainParams(reference=0.0)

@@ -10,6 +10,15 @@ of a stream has no predecessor and gives all zeros.
 ``motiongram`` (a whole take at once, for training) and ``MotiongramStream`` (one
 frame at a time, for the live loop) do the same integer arithmetic and the same
 final division, so they give bit-identical numbers.
+
+A frame that only repeats the one before it because the source had no new
+picture for that tick (``device.retime``) carries the previous frame's motion
+on: re-timing a 25 fps video to 30 fps must not read every sixth frame as a
+dancer frozen still.
+
+``MotionGain`` then scales each frame's motion by the dancer's own recent level,
+so that a small dancer far from the camera and a close one both reach the model
+at the level it learned from; see its docstring.
 """
 
 from __future__ import annotations
@@ -71,6 +80,35 @@ def motiongram(frames: np.ndarray, params: MotiongramParams = MotiongramParams()
     return out
 
 
+def ticks_motiongram(frames: np.ndarray, index: np.ndarray,
+                     params: MotiongramParams = MotiongramParams(),
+                     chunk: int = 4096) -> np.ndarray:
+    """The motiongram a camera gives that shows ``frames[index[k]]`` at tick ``k``.
+
+    Where an index repeats the one before it, the tick carries the previous
+    tick's motion on (as ``MotiongramStream.push`` with ``repeat``), instead of
+    the zero a difference of a frame with itself would give. Works ``chunk``
+    distinct frames at a time: an hour of frames at once needs gigabytes.
+    """
+    index = np.asarray(index, np.intp)
+    out = np.zeros((len(index), params.features), np.float32)
+    if not len(index):
+        return out
+    new = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
+    distinct = index[new]
+    motion = np.empty((len(distinct), params.features), np.float32)
+    for start in range(0, len(distinct), chunk):
+        stop = min(start + chunk, len(distinct))
+        # Each chunk after the first starts one frame early, so its first difference
+        # is against the frame before it, as in one call over the whole take.
+        lead = 1 if start else 0
+        motion[start:stop] = motiongram(np.asarray(frames[distinct[start - lead:stop]]),
+                                        params)[lead:]
+    # Each tick takes the motion of the newest distinct frame at or before it.
+    out[:] = motion[np.cumsum(np.r_[True, index[1:] != index[:-1]]) - 1]
+    return out
+
+
 class MotiongramStream:
     """The motiongram one frame at a time, for the live loop.
 
@@ -81,21 +119,127 @@ class MotiongramStream:
     def __init__(self, params: MotiongramParams = MotiongramParams()):
         self.params = params
         self._previous: np.ndarray | None = None
+        self._motion = np.zeros(params.features, np.float32)
 
     def reset(self) -> None:
         """Forget the previous frame: the next frame gives zeros, as a first frame does."""
         self._previous = None
+        self._motion = np.zeros(self.params.features, np.float32)
 
-    def push(self, frame: np.ndarray) -> np.ndarray:
-        """Motion vector (float32, W + H) for ``frame`` against the previous one."""
+    def push(self, frame: np.ndarray, repeat: bool = False) -> np.ndarray:
+        """Motion vector (float32, W + H) for ``frame`` against the previous one.
+
+        ``repeat``: the frame only repeats the previous one because the source
+        had no new picture for this tick; the previous motion carries on.
+        """
         _check_frames(frame, self.params)
+        if repeat and self._previous is not None:
+            return self._motion.copy()
         current = frame.astype(np.int16)
         previous, self._previous = self._previous, current
         if previous is None:
-            return np.zeros(self.params.features, np.float32)
-        return _features(np.abs(current - previous), self.params)
+            self._motion = np.zeros(self.params.features, np.float32)
+        else:
+            self._motion = _features(np.abs(current - previous), self.params)
+        return self._motion.copy()
 
 
 def motion_amount(features: np.ndarray, params: MotiongramParams) -> np.ndarray:
     """How much moved in each frame: the mean of the column means (0 still, 1 all)."""
     return features[..., :params.width].mean(axis=-1)
+
+
+@dataclass(frozen=True)
+class MotionGainParams:
+    """How motion is scaled to the dancer's own recent level. Recorded in every bundle.
+
+    The quantity of motion a camera reads depends on the room as much as on the
+    dance: the same dance fills a frame from close by and moves a few pixels from
+    the back of a gallery (the real videos this was tuned on differ 56-fold in
+    their mean motion). The gain brings each dancer's typical motion to
+    ``reference``, the level the model learned from, while keeping the dance's
+    own ups and downs: it follows the level over ``time_s``, far slower than a
+    beat.
+    """
+
+    reference: float = field(default=0.008, metadata={"min": 0.0, "max": 1.0})
+    """Quantity of motion (mean of the column means) a dancer's typical motion is
+    brought to; 0 turns the gain off (motion is used as measured)."""
+    time_s: float = field(default=8.0, metadata={"min": 0.1, "max": 600.0})
+    """Seconds over which the running level follows the motion; after stillness
+    this long, the next motion starts the level afresh (a new dancer)."""
+    max_gain: float = field(default=50.0, metadata={"min": 1.0, "max": 1000.0})
+    """Most amplification (and, inverted, most attenuation) of the motion."""
+    floor: float = field(default=0.0001, metadata={"min": 0.0, "max": 1.0})
+    """Frames whose quantity of motion is under this (a few pixels flickering)
+    do not move the level: an empty room is never turned up to a dancer's level."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.reference > 0
+
+
+class MotionGain:
+    """Scales motion vectors to the dancer's recent level, one frame at a time.
+
+    Per frame with motion above ``floor``, the running level (a geometric mean,
+    so one wild frame does not swamp it) moves toward the frame's quantity of
+    motion: as the plain mean of all moving frames for the first ``time_s``,
+    then as an exponential average with that time constant. The gain is
+    ``sensitivity * reference / level``, within ``max_gain`` either way; a frame
+    with no motion stays zero, so stillness stays quiet. Before any motion, and
+    with ``reference`` 0, the gain is ``sensitivity`` alone.
+
+    ``push`` (live) and ``apply`` (a whole take) do the same arithmetic, so they
+    give bit-identical numbers. Runs in the camera/model thread.
+    """
+
+    def __init__(self, params: MotionGainParams, motiongram: MotiongramParams, *,
+                 fps: float, sensitivity: float = 1.0):
+        self.width, self.fps = motiongram.width, fps
+        self.sensitivity = float(sensitivity)
+        self.retune(params)
+        self.reset()
+
+    def retune(self, params: MotionGainParams) -> None:
+        """Take other settings (another model's), keeping the level reached so far."""
+        self.params = params
+        self._alpha = 1.0 - np.exp(-1.0 / (self.fps * params.time_s))
+        self._fresh_after = max(1, round(self.fps * params.time_s))   # still frames
+
+    def reset(self) -> None:
+        """Forget the level: the next motion starts it afresh."""
+        self._log_level = 0.0
+        self._moving = 0       # moving frames since the level started
+        self._still = 0        # frames since the last moving one
+        self.gain = np.float32(self.sensitivity)
+
+    def _update(self, amount: float) -> np.float32:
+        p = self.params
+        if not p.enabled:
+            return np.float32(self.sensitivity)
+        if amount > p.floor:
+            if self._still >= self._fresh_after:
+                self._moving = 0
+            self._still = 0
+            self._moving += 1
+            weight = max(1.0 / self._moving, self._alpha)
+            self._log_level += (np.log(amount) - self._log_level) * weight
+            gain = p.reference / np.exp(self._log_level)
+            self.gain = np.float32(self.sensitivity * min(max(gain, 1.0 / p.max_gain),
+                                                          p.max_gain))
+        else:
+            self._still += 1
+        return self.gain
+
+    def push(self, vector: np.ndarray) -> np.ndarray:
+        """The frame's motion vector scaled by the gain (a new float32 array)."""
+        gain = self._update(float(vector[:self.width].mean(dtype=np.float64)))
+        return vector * gain
+
+    def apply(self, motion: np.ndarray) -> np.ndarray:
+        """A whole take's motion (T, features), from a fresh level, as ``push`` would."""
+        self.reset()
+        amounts = motion[:, :self.width].mean(axis=1, dtype=np.float64)
+        gains = np.array([self._update(float(a)) for a in amounts], np.float32)
+        return motion * gains[:, None]

@@ -106,7 +106,8 @@ class Performance:
         cfg = self.cfg
         self.notifier.status("starting: loading the model")
         self.engine = Engine(load_bundle(cfg.model.bundle, cfg), volume=1.0,
-                             runtime=cfg.model.runtime, threads=cfg.model.threads)
+                             runtime=cfg.model.runtime, threads=cfg.model.threads,
+                             sensitivity=cfg.motion.sensitivity)
         self.notifier.status("starting: opening the sound output")
         self.sink = open_configured_sink(cfg.audio)
         self.notifier.status("starting: opening the camera")

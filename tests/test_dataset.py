@@ -19,11 +19,12 @@ import pytest
 
 from device.config import load_train_config, with_overrides
 from device.errors import SessionError
-from device.motiongram import motiongram
+from device.motiongram import MotionGain, motiongram, ticks_motiongram
+from device.retime import frame_ticks
 from device.session import AUDIO_FILE, SessionWriter, read_session
 from tests.conftest import REALDATA, real_video
 from train_host import dataset
-from train_host.dataset import (DatasetError, build_dataset, frame_ticks, session_examples,
+from train_host.dataset import (DatasetError, build_dataset, session_examples,
                                 split_takes)
 
 START = datetime(2026, 11, 21, 14, 30, tzinfo=timezone.utc)
@@ -92,7 +93,9 @@ def real_takes(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("segment_seconds", [0.1, 0.5])
 def test_25_fps_mocap_used_at_30_fps(real_takes, segment_seconds):
-    cfg = config(data__fps=30, data__segment_seconds=segment_seconds)
+    # The gain off, to compare the re-timed motion with the take's own.
+    cfg = config(data__fps=30, data__segment_seconds=segment_seconds,
+                 motion_gain__reference=0.0)
     session = read_session(real_takes["mocap"])
     assert session.info.fps == 25 and session.info.frames == 1430      # 57.2 s
     ticks = round(session.info.duration_s * 30)                       # 1716
@@ -110,7 +113,8 @@ def test_25_fps_mocap_used_at_30_fps(real_takes, segment_seconds):
         np.testing.assert_array_equal(ex.audio[j], session.audio[start:start + d.segment_samples])
 
     # Sensible motion: a tick showing the next source frame has exactly that frame's
-    # 25 fps motion; a tick that holds the same frame (one in six) shows none.
+    # 25 fps motion; a tick that holds the same frame (one in six) carries the
+    # motion of the tick before on, rather than reading as a still moment.
     native = motiongram(np.asarray(session.frames))
     _, index = frame_ticks(session.timestamps, fps=30, source_fps=25)
     assert len(index) == ticks
@@ -119,12 +123,14 @@ def test_25_fps_mocap_used_at_30_fps(real_takes, segment_seconds):
     new, held = steps == 1, steps == 0
     assert set(steps.tolist()) == {0, 1} and held.mean() == pytest.approx(1 / 6, abs=0.01)
     np.testing.assert_array_equal(retimed[1:][new], native[index[1:len(retimed)][new]])
-    assert not retimed[1:][held].any()
-    assert retimed.mean() > 0.5 * native.mean()
+    np.testing.assert_array_equal(retimed[1:][held], retimed[:-1][held])
+    still = lambda m: (m.sum(axis=1) == 0).mean()
+    assert still(retimed) == pytest.approx(still(native), abs=0.01)
+    assert retimed.mean() == pytest.approx(native.mean(), rel=0.05)
 
 
 def test_30_fps_video_windows_align_with_their_audio(real_takes):
-    cfg = config(data__fps=30, data__segment_seconds=0.1)
+    cfg = config(data__fps=30, data__segment_seconds=0.1, motion_gain__reference=0.0)
     session = read_session(real_takes["video"])
     assert session.info.fps == 30
     ex = session_examples(session, cfg, take=0)
@@ -173,14 +179,26 @@ def test_ticks_before_the_first_frame_are_dropped_and_audio_follows(tmp_path):
     assert index(ex.audio[0]).tolist() == list(range(13 * hop, 13 * hop + 2205))
 
 
-def test_motiongram_in_chunks_equals_one_call(tmp_path, monkeypatch):
+def test_motiongram_in_chunks_equals_one_call(tmp_path):
     path = write_take(tmp_path, seconds=3.0, fps=25)
     session = read_session(path)
     _, index = frame_ticks(session.timestamps, fps=30, source_fps=25)
-    whole = motiongram(np.asarray(session.frames)[index])
-    monkeypatch.setattr(dataset, "_MOTION_CHUNK", 7)
-    np.testing.assert_array_equal(dataset._motion(session.frames, index,
-                                                  config().motiongram), whole)
+    frames = np.asarray(session.frames)
+    whole = ticks_motiongram(frames, index)
+    np.testing.assert_array_equal(ticks_motiongram(session.frames, index, chunk=7), whole)
+    # Where no frame repeats, it is the plain motiongram of the frames shown.
+    new = np.r_[True, index[1:] != index[:-1]]
+    np.testing.assert_array_equal(whole[new], motiongram(frames[index[new]]))
+
+
+def test_examples_carry_the_motion_gain_the_box_applies(tmp_path):
+    path = write_take(tmp_path, seconds=3.0, fps=30)
+    cfg = config(data__fps=30)
+    prepared = dataset.prepare_take(path, cfg)
+    gained = MotionGain(cfg.motion_gain, cfg.motiongram, fps=30).apply(prepared.motion)
+    ex = session_examples(path, cfg, take=0)
+    np.testing.assert_array_equal(ex.motion[:, -1], gained[cfg.data.window_frames - 1:][:len(ex)])
+    assert not np.array_equal(gained, prepared.motion)
 
 
 def test_audio_at_another_rate_is_resampled_in_place(tmp_path):
@@ -386,10 +404,14 @@ def test_cache_hits_give_identical_arrays_and_changes_miss(tmp_path, monkeypatch
     assert len(list(cache.glob("*.npz"))) == 3
 
     # A hit computes nothing (the motiongram would raise) and gives the same arrays.
-    real_motiongram = dataset.motiongram
-    monkeypatch.setattr(dataset, "motiongram", _boom)
+    real_motiongram = dataset.ticks_motiongram
+    monkeypatch.setattr(dataset, "ticks_motiongram", _boom)
     _same(first, build_dataset([root], cfg, cache_dir=cache))
-    # Window and segment lengths are cut after the cache: still hits, never stale.
+    # Window and segment lengths, and the motion gain, are applied after the cache:
+    # still hits, never stale.
+    gained = build_dataset([root], with_overrides(cfg, {"motion_gain.reference": 0.02}),
+                           cache_dir=cache)
+    assert not np.array_equal(gained[0].motion, first[0].motion)
     other = with_overrides(cfg, {"data.window_frames": 4, "data.segment_seconds": 0.5})
     cut = build_dataset([root], other, cache_dir=cache)
     assert cut[0].motion.shape[1] == 4 and cut[0].audio.shape[1] == 11025
@@ -404,7 +426,7 @@ def test_cache_hits_give_identical_arrays_and_changes_miss(tmp_path, monkeypatch
     with pytest.raises(AssertionError, match="computed again"):
         build_dataset([root], cfg, cache_dir=cache)
 
-    monkeypatch.setattr(dataset, "motiongram", real_motiongram)
+    monkeypatch.setattr(dataset, "ticks_motiongram", real_motiongram)
     _same(build_dataset([root], other), cut)
     changed = build_dataset([root], cfg, cache_dir=cache)
     _same(build_dataset([root], cfg), changed)

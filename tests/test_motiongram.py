@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
-from device.camera.video import read_video_frames
-from device.motiongram import MotiongramParams, MotiongramStream, motion_amount, motiongram
+from device.camera.video import VideoFileCamera, read_video_frames
+from device.motiongram import (MotionGain, MotionGainParams, MotiongramParams, MotiongramStream,
+                               motion_amount, motiongram, ticks_motiongram)
+from device.retime import frame_ticks, retime
 from tests.conftest import real_video
 
 
@@ -38,3 +40,89 @@ def test_stream_reset_forgets_the_previous_frame():
 def test_wrong_frame_shape_is_refused():
     with pytest.raises(ValueError, match=r"\(\.\.\., 48, 64\)"):
         MotiongramStream().push(np.zeros((480, 640), np.uint8))
+
+
+# ---- re-timing and the motion gain ------------------------------------------------
+
+def test_a_slower_video_read_at_30_fps_never_reads_as_still_for_want_of_a_frame():
+    path = real_video("mgt_dancer.avi")                     # 25 fps
+    native, _ = read_video_frames(path)
+    camera = VideoFileCamera(path, fps=30)
+    stream = MotiongramStream()
+    frames = []
+    while (frame := camera.read()) is not None:
+        frames.append(frame)
+    camera.close()
+    repeats = np.array([f.repeat for f in frames])
+    assert repeats.mean() == pytest.approx(1 / 6, abs=0.01)   # one tick in six
+    live = np.stack([stream.push(f.image, f.repeat) for f in frames])
+    still = lambda m: (m.sum(axis=1) == 0).mean()
+    # As still as the video is at its own rate, not a sixth more.
+    assert still(live) == pytest.approx(still(motiongram(native)), abs=0.01)
+    # The whole-take path (training, evaluation) gives the same numbers.
+    _, index = frame_ticks(np.arange(len(native)) / 25.0, fps=30, source_fps=25)
+    np.testing.assert_array_equal(ticks_motiongram(native, index), live)
+
+
+def test_the_streaming_re_timer_and_the_whole_take_one_agree():
+    rng = np.random.default_rng(3)
+    for source_fps in (24.0, 25.0, 30.0, 50.0, 60.0):
+        t = 0.2 + np.arange(200) / source_fps + rng.uniform(-0.002, 0.002, 200)
+        ticks = list(retime(((float(x), i) for i, x in enumerate(t)), fps=30,
+                            source_fps=source_fps))
+        first, index = frame_ticks(t, fps=30, source_fps=source_fps)
+        assert [k for k, _, _ in ticks] == list(range(first, first + len(index)))
+        assert [i for _, i, _ in ticks] == index.tolist()
+        assert [r for _, _, r in ticks] == [False] + (index[1:] == index[:-1]).tolist()
+        # Ticks cover the take: from its first frame to the end of its last.
+        assert first == 6 and len(index) == pytest.approx(200 * 30 / source_fps, abs=1)
+
+
+def _dancer(scale: float, seconds: float = 40.0) -> np.ndarray:
+    """Motion of the demo dancer as a camera further away (scale < 1) would read it."""
+    from train_host.demo_data import make_demo_take
+
+    frames = make_demo_take(seconds, seed=11).frames
+    return motiongram(frames) * np.float32(scale)
+
+
+def test_the_gain_brings_a_far_and_a_close_dancer_to_one_level_and_keeps_the_dance():
+    p, g = MotiongramParams(), MotionGainParams()
+    far, close = _dancer(0.04), _dancer(1.5)        # 25 times less, 1.5 times more motion
+    out = {}
+    for name, motion in (("far", far), ("close", close)):
+        gained = MotionGain(g, p, fps=30).apply(motion)
+        out[name] = motion_amount(gained, p)
+    # After the first seconds, both play at the level the model learned from...
+    settled = slice(10 * 30, None)
+    for amount in out.values():
+        moving = amount[settled][amount[settled] > 0]
+        assert np.exp(np.log(moving).mean()) == pytest.approx(g.reference, rel=0.35)
+    # ...and the dance's own rises and falls survive.
+    raw = motion_amount(far, p)[settled]
+    assert np.corrcoef(raw, out["far"][settled])[0, 1] > 0.9
+    assert out["far"][settled].std() > 0.5 * out["far"][settled].mean()
+
+
+def test_stillness_stays_quiet_and_flicker_is_not_turned_up():
+    p, g = MotiongramParams(), MotionGainParams()
+    gain = MotionGain(g, p, fps=30)
+    assert not gain.apply(np.zeros((300, p.features), np.float32)).any()
+    # An empty room where a few pixels flicker: under the floor, never amplified.
+    flicker = np.zeros((300, p.features), np.float32)
+    flicker[::7, 10] = g.floor * 0.5 * p.width
+    np.testing.assert_array_equal(gain.apply(flicker), flicker)
+    # Sensitivity scales whatever the gain does; reference 0 turns the gain off.
+    dance = _dancer(0.1, seconds=10)
+    half = MotionGain(g, p, fps=30, sensitivity=0.5).apply(dance)
+    np.testing.assert_allclose(half, 0.5 * gain.apply(dance), rtol=1e-6)
+    off = MotionGain(MotionGainParams(reference=0.0), p, fps=30).apply(dance)
+    np.testing.assert_array_equal(off, dance)
+
+
+def test_live_and_whole_take_gain_are_identical():
+    p, g = MotiongramParams(), MotionGainParams(time_s=2.0)
+    motion = _dancer(0.2, seconds=20)
+    live = MotionGain(g, p, fps=30)
+    streamed = np.stack([live.push(v) for v in motion])
+    assert np.array_equal(streamed, MotionGain(g, p, fps=30).apply(motion))

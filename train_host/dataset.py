@@ -10,15 +10,17 @@ rest is what the model expects to follow.
 
 ``session_examples`` turns one recorded or imported take (``device.session``)
 into examples: its frames are re-timed by their timestamps to the training frame
-rate, as a camera running at that rate would have seen them, the motiongram is
-computed by the box's own function, and the audio is resampled to the training
-rate where it differs. ``build_dataset`` does that for every take under some
+rate, as a camera running at that rate would have seen them (``device.retime``,
+the rule the box uses for a video file), the motiongram is computed by the box's
+own function, the motion gain (``device.motiongram.MotionGain``) scales it as the
+box does live, and the audio is resampled to the training rate where it differs. ``build_dataset`` does that for every take under some
 folders and splits the takes, whole, into training and validation sets.
 
 Nothing here modifies a take. The optional cache (``cache_dir``, one
 ``<take>.<digest>.npz`` per take) holds each take's re-timed motiongram and its
 audio at the training rate, keyed by the take's files (name, sizes, modification
 times) and every parameter those arrays depend on; deleting it is always safe.
+The motion gain is applied after the cache, so another gain still finds the take.
 Windows and segments are cut from them after the cache, by slicing: stored whole
 they would be window_frames and segment/hop times bigger (15x for 0.5 s segments)
 and slower to load than to cut again, and a new window or segment length still
@@ -43,7 +45,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from device.errors import DanceSamplerError, SessionError
-from device.motiongram import MotiongramParams, motiongram
+from device.motiongram import MotionGain, ticks_motiongram
+from device.retime import TICK_TOLERANCE, frame_ticks
 from device.session import (AUDIO_FILE, FRAMES_FILE, INFO_FILE, TIMES_FILE, Session,
                             SessionInfo, list_sessions, read_session, session_info)
 
@@ -52,20 +55,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
-"""Bump when what a cache file holds, or how it is computed, changes."""
-
-TICK_TOLERANCE = 0.25
-"""A frame up to this share of an output frame period after a tick counts as on it
-(as in ``device.camera.video``): timestamps carry rounding, and a 30 fps take used
-at 30 fps must map frame to frame."""
+CACHE_VERSION = 2
+"""Bump when what a cache file holds, or how it is computed, changes (2: a
+repeated frame carries the motion on)."""
 
 AUDIO_SLACK_S = 1.0
 """Missing audio at the end of a take up to this long is padded with silence; past
 it the motion is cut where the sound stops, so silence is not learned as the sound
 of dancing. (Capture and camera may stop up to a second apart: device.session.)"""
 
-_MOTION_CHUNK = 4096   # ticks per motiongram call: bounds the int16 temporaries
 _RESAMPLE_CHUNK = 1 << 16
 _RESAMPLER = "swresample"   # recorded in the cache key: another method, other samples
 
@@ -140,35 +138,6 @@ def make_examples(motion: np.ndarray, audio: np.ndarray, *, window_frames: int,
 # ---- one take ----------------------------------------------------------------------
 
 
-def frame_ticks(timestamps: np.ndarray, *, fps: float,
-                source_fps: float) -> tuple[int, np.ndarray]:
-    """Which frame a camera running at ``fps`` would show at each of its ticks.
-
-    Tick ``k`` is at ``k / fps`` seconds on the take's (the audio's) timeline and
-    shows the latest frame captured at or before it, give or take
-    ``TICK_TOLERANCE`` of a tick period. Ticks before the first frame are dropped,
-    and so are ticks after the last frame has lasted its own period
-    (``1 / source_fps``), as ``device.camera.video`` re-times a video file.
-    Returns the first tick kept and, for each tick from there, its frame's index.
-    """
-    t = np.asarray(timestamps, np.float64)
-    none = (0, np.zeros(0, np.intp))
-    if not len(t):
-        return none
-    tolerance = TICK_TOLERANCE / fps
-    end = t[-1] + 1.0 / source_fps - tolerance
-    if end <= 0:
-        return none
-    # A tick or two past the end, so float rounding cannot lose the last one;
-    # the comparisons below decide.
-    at = np.arange(math.floor(end * fps) + 2) / fps
-    index = np.searchsorted(t, at + tolerance, side="right") - 1
-    keep = np.flatnonzero((at < end) & (index >= 0))   # one contiguous run of ticks
-    if not len(keep):
-        return none
-    return int(keep[0]), index[keep[0]:keep[-1] + 1].astype(np.intp)
-
-
 def resample(audio: np.ndarray, source_rate: int, rate: int) -> np.ndarray:
     """Mono float32 audio at another sample rate, time-aligned, with swresample (PyAV).
 
@@ -204,7 +173,8 @@ class PreparedTake:
 
     info: SessionInfo
     motion: np.ndarray
-    """float32 (T, features): the motiongram of the re-timed frames, one row per tick."""
+    """float32 (T, features): the motiongram of the re-timed frames, one row per
+    tick, before the motion gain."""
     audio: np.ndarray
     """float32 (T * hop,): the sound of those ticks at the training sample rate."""
     first_tick: int
@@ -221,10 +191,15 @@ class PreparedTake:
         """How much of the take the examples are cut from."""
         return len(self.motion) / self.fps
 
+    def gained_motion(self, cfg: TrainConfig) -> np.ndarray:
+        """The take's motion scaled by ``cfg``'s motion gain, as the box scales it live."""
+        return MotionGain(cfg.motion_gain, cfg.motiongram, fps=cfg.data.fps).apply(self.motion)
+
     def examples(self, cfg: TrainConfig, *, take: int, stride: int = 1) -> Examples:
         """The take's examples, every one labelled with the take's label."""
         data = cfg.data
-        return make_examples(self.motion, self.audio, window_frames=data.window_frames,
+        return make_examples(self.gained_motion(cfg), self.audio,
+                             window_frames=data.window_frames,
                              segment_samples=data.segment_samples,
                              hop_samples=data.hop_samples,
                              labels=np.full(len(self.motion), self.label), take=take,
@@ -325,21 +300,7 @@ def _retime(session: Session, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray,
     sound = np.zeros(len(index) * hop, np.float32)
     n = min(len(sound), have)
     sound[:n] = audio[start:start + n]
-    return _motion(session.frames, index, cfg.motiongram), sound, first
-
-
-def _motion(frames: np.ndarray, index: np.ndarray, params: MotiongramParams) -> np.ndarray:
-    """The motiongram of ``frames[index]``, a chunk at a time: an hour of frames
-    gathered at once would need gigabytes of temporaries."""
-    out = np.empty((len(index), params.features), np.float32)
-    for start in range(0, len(index), _MOTION_CHUNK):
-        stop = min(start + _MOTION_CHUNK, len(index))
-        # Each chunk after the first starts one frame early, so its first difference
-        # is against the frame before it, as in one call over the whole take.
-        lead = 1 if start else 0
-        part = motiongram(np.asarray(frames[index[start - lead:stop]]), params)
-        out[start:stop] = part[lead:]
-    return out
+    return ticks_motiongram(session.frames, index, cfg.motiongram), sound, first
 
 
 # ---- the cache ---------------------------------------------------------------------

@@ -3,10 +3,14 @@
 A take pairs the dancer's frames with audio from a small instrument played by the
 figure's motion, so that a model has something clearly learnable before anyone
 has danced for it: more motion is louder and brighter, and where the motion is
-shapes the timbre. Arm strokes strike a high bell whose register follows where
-the dancer stands; steps and kicks pluck a low bass with a breath of noise; the
-whole body's motion swells a pad, and loudness follows the motion of the moment.
-Everything is seeded, so a take is reproducible.
+sets the notes. Where the dancer stands picks the chord (left D, centre A, right
+E); arm strokes strike a high bell whose note rises with where the dancer stands
+and how high the arms are raised; steps and kicks pluck a bass on the chord's
+root, its fifth while the arms are up, an octave higher while the legs work
+hard; the whole body's motion swells a pad, and loudness follows the motion of
+the moment. Every note is a function of what a camera sees in the moment (place,
+arm height, leg work), never of a count of earlier strokes, which no window of
+motion could reveal. Everything is seeded, so a take is reproducible.
 Pitches move on a grid of the frame rate and start each frame in phase (see
 ``synthesize``), so the sound of a frame depends on the dance alone.
 
@@ -25,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from device.camera.synthetic import DancerState, SyntheticDancer
-from device.motiongram import motiongram
+from device.motiongram import MotionGain, motiongram
 from train_host.dataset import Examples, make_examples
 
 log = logging.getLogger(__name__)
@@ -36,11 +40,12 @@ _BELL_NOTES = np.array([0, 3, 5, 7, 10, 12, 15, 17, 19, 22])      # from A4
 _BELL_HZ = 440.0
 _BELL_PARTIALS = (1.0, 2.76, 5.40)    # a struck bar's modes...
 _BELL_LEVELS = (1.0, 0.6, 0.25)       # ...the upper ones quieter, scaled by brightness
-_ARPEGGIO = (0, 2, 1, 3, 2, 4)        # scale steps above the x position, one per stroke
+_REACH_STEPS = 4                      # scale steps the bell rises from arms down to overhead
 _CHORD_ROOTS = (5, 0, 7)              # left of stage D, centre A, right E
 _PAD_HZ = 220.0
 _BASS_HZ = 55.0
-_BASS_STEPS = (0, 7, 12, 7, 0, 10, 12, 3)  # a walking bass line over the chord root
+_BASS_FIFTH_REACH = 0.5               # arms above this: the bass plays the chord's fifth
+_BASS_OCTAVE_LEGS = 0.45              # leg motion above this: the bass goes an octave up
 _BASS_HARMONICS = 6
 _PAD_HARMONICS = 3
 
@@ -135,6 +140,7 @@ def _controls(states: Sequence[DancerState], fps: float, sample_rate: int,
               steps: int) -> np.ndarray:
     """Slow parameters at the control rate: float64 (len(_CONTROL_ROWS), steps)."""
     x = np.array([s.x for s in states])
+    reach = np.array([s.reach for s in states])
     arms = np.array([s.arms for s in states])
     legs = np.array([s.legs for s in states])
     # Moving the whole body (travelling, swaying) moves many pixels: it swells the pad.
@@ -147,6 +153,7 @@ def _controls(states: Sequence[DancerState], fps: float, sample_rate: int,
     at = np.arange(steps) * _CONTROL_BLOCK
     frame_at = np.arange(len(states)) * hop
     x_k = np.interp(at, frame_at, x)
+    r_k = np.interp(at, frame_at, reach)
     a_k = np.interp(at, frame_at, arms)
     l_k = np.interp(at, frame_at, legs)
     b_k = np.interp(at, frame_at, body)
@@ -164,17 +171,17 @@ def _controls(states: Sequence[DancerState], fps: float, sample_rate: int,
     pluck_decay = math.exp(-dt / _PLUCK_DECAY_S)
     bell_table = (_BELL_HZ * 2 ** (_BELL_NOTES / 12)).tolist()
     pad_table = [_PAD_HZ * 2 ** (r / 12) for r in _CHORD_ROOTS]
-    bass_table = [[_BASS_HZ * 2 ** ((r + b) / 12) for b in _BASS_STEPS] for r in _CHORD_ROOTS]
+    bass_table = [[_BASS_HZ * 2 ** ((r + b) / 12) for b in (0, 7, 12, 19)] for r in _CHORD_ROOTS]
 
     rows: list[list[float]] = [[] for _ in _CONTROL_ROWS]
     gain = arm_level = leg_level = body_level = bell_env = pluck = 0.0
-    zone, place, arp, bass_step = 1, -1, 0, 0
+    zone, place, lift = 1, -1, -1
     bell_hz = bass_hz = pad_hz = -1.0
     # A plain loop over Python floats: the followers are asymmetric and the note
     # choices stateful, so they do not vectorise, but at the control rate they
     # cost little.
-    for xx, a, l, b, arm_hit, leg_hit in zip(
-            x_k.tolist(), a_k.tolist(), l_k.tolist(), b_k.tolist(),
+    for xx, rr, a, l, b, arm_hit, leg_hit in zip(
+            x_k.tolist(), r_k.tolist(), a_k.tolist(), l_k.tolist(), b_k.tolist(),
             arm_k.tolist(), leg_k.tolist()):
         # Loudness follows the motion happening now (the fastest of arms, legs and
         # the whole body), not the dancer's slowly gliding energy: an instrument
@@ -192,21 +199,24 @@ def _controls(states: Sequence[DancerState], fps: float, sample_rate: int,
             zone = 2
         elif zone != 1 and 0.43 < xx < 0.57:
             zone = 1
+        # Place and arm height step the bell through the scale, each with
+        # hysteresis, so a pose on a border does not flutter between two notes.
         spot = min(max((xx - 0.2) / 0.6, 0.0), 1.0) * 5
         if place < 0 or abs(spot - place) > 0.75:
             place = int(round(spot))
+        height = rr * _REACH_STEPS
+        if lift < 0 or abs(height - lift) > 0.75:
+            lift = int(round(height))
         if arm_hit > 0:
             bell_env = max(bell_env, arm_hit)
-            arp += 1
         else:
             bell_env *= bell_decay
         if leg_hit > 0:
             pluck = max(pluck, leg_hit)
-            bass_step += 1
         else:
             pluck *= pluck_decay
-        bell_to = bell_table[min(place + _ARPEGGIO[arp % len(_ARPEGGIO)], len(bell_table) - 1)]
-        bass_to = bass_table[zone][bass_step % len(_BASS_STEPS)]
+        bell_to = bell_table[min(place + lift, len(bell_table) - 1)]
+        bass_to = bass_table[zone][(rr > _BASS_FIFTH_REACH) + 2 * (leg_level > _BASS_OCTAVE_LEGS)]
         pad_to = pad_table[zone]
         if bell_hz < 0:
             bell_hz, bass_hz, pad_hz = bell_to, bass_to, pad_to
@@ -341,7 +351,9 @@ def demo_examples(cfg) -> tuple[Examples, Examples, dict]:
         take = make_demo_take(seconds, seed=cfg.demo.seed + i, fps=data.fps,
                               sample_rate=data.sample_rate, width=cfg.motiongram.width,
                               height=cfg.motiongram.height)
-        parts.append(make_examples(motiongram(take.frames, cfg.motiongram), take.audio,
+        gain = MotionGain(cfg.motion_gain, cfg.motiongram, fps=data.fps)
+        motion = gain.apply(motiongram(take.frames, cfg.motiongram))
+        parts.append(make_examples(motion, take.audio,
                                    window_frames=data.window_frames,
                                    segment_samples=data.segment_samples,
                                    hop_samples=data.hop_samples, labels=take.styles, take=i))

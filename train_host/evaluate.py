@@ -22,6 +22,7 @@ take, and a chunk of segments, at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import logging
@@ -39,7 +40,7 @@ import numpy as np
 from device.bundle import Bundle, read_bundle
 from device.config import TrainConfig, with_overrides
 from device.errors import ConfigError, DanceSamplerError
-from device.motiongram import motion_amount
+from device.motiongram import MotionGainParams, motion_amount
 from device.overlap_add import OverlapAdd
 from device.runtime import Performer
 from device.session import session_info
@@ -352,6 +353,9 @@ def evaluation_config(bundle: Bundle) -> TrainConfig:
         "data.window_frames": m.window_frames, "data.validation_fraction": 0.0,
         "motiongram.width": m.motiongram.width, "motiongram.height": m.motiongram.height,
         "motiongram.threshold": m.motiongram.threshold,
+        # A bundle from before the motion gain heard the motion as measured.
+        **{f"motion_gain.{k}": v for k, v in
+           dataclasses.asdict(m.motion_gain or MotionGainParams(reference=0.0)).items()},
     }
     try:
         cfg = with_overrides(TrainConfig(), overrides)

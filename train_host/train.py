@@ -270,7 +270,7 @@ def _load_weights(model, folder: Path) -> None:
 
 def _check_same_model(cfg: TrainConfig, base: Run) -> None:
     """Fine-tuning needs the same architecture and the same motion and audio."""
-    keys = ("motiongram", "model")
+    keys = ("motiongram", "motion_gain", "model")
     differ = [k for k in keys if getattr(cfg, k) != getattr(base.config, k)]
     for k in ("fps", "sample_rate", "segment_seconds", "window_frames"):
         if getattr(cfg.data, k) != getattr(base.config.data, k):

@@ -29,6 +29,9 @@ class Frame:
     """uint8 array of shape (height, width), 0 black to 255 white."""
     timestamp: float
     """Seconds since the source started, from the source's own clock."""
+    repeat: bool = False
+    """The same picture as the frame before, because the source had no new one
+    for this tick (a video slower than the camera): not a moment of stillness."""
 
 
 class Camera(Protocol):

@@ -42,6 +42,8 @@ NOISE_SIGMA = 1.5
 # leg motion in DancerState; a vigorous section reaches about this.
 _ARM_FULL_SPEED = 10.0
 _LEG_FULL_SPEED = 8.0
+# Shoulder angle (radians from hanging) that counts as arms overhead in DancerState.
+_ARMS_OVERHEAD = 2.5
 
 # Oscillator channels: each is rest + energy * (centre + A1 sin(phase1 + o1)
 # + A2 sin(phase2 + o2)); the bounce channel's first term is |sin| (hops).
@@ -83,6 +85,8 @@ class DancerState:
     """Leg motion speed, 0 (legs still) to 1 (full-speed steps and kicks)."""
     style: str
     """The label of the choreography section this frame belongs to."""
+    reach: float = 0.0
+    """How high the arms are raised, 0 (hanging) to 1 (overhead)."""
 
 
 @dataclass(frozen=True)
@@ -261,7 +265,8 @@ class _Choreography:
             x=float(min(max(x_centre, 0.0), 1.0)),
             arms=float(min(arms / _ARM_FULL_SPEED, 1.0)),
             legs=float(min(legs / _LEG_FULL_SPEED, 1.0)),
-            style=section.style)
+            style=section.style,
+            reach=float(min(max((joints[_SH_L] + joints[_SH_R]) / (2 * _ARMS_OVERHEAD), 0.0), 1.0)))
         self._index += 1
         return joints, self._pos, state
 

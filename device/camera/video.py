@@ -6,9 +6,10 @@ the frame size, aspect ratio not kept, so no part of a portrait or landscape
 video falls out of view; swscale's area filter averages the pixels each output
 pixel covers, which also keeps compression noise out of the motiongram.
 
-Frames are re-timed to the requested frame rate: output frame ``k`` shows the
-latest source frame at or before ``k / fps`` seconds, as a camera sampling the
-scene at that rate would.
+Frames are re-timed to the requested frame rate by ``device.retime``: output
+frame ``k`` shows the latest source frame at or before ``k / fps`` seconds, as a
+camera sampling the scene at that rate would, and a source frame shown a second
+time is marked as a repeat.
 """
 
 from __future__ import annotations
@@ -21,13 +22,9 @@ import numpy as np
 
 from device.camera import Frame
 from device.errors import CameraError
+from device.retime import retime
 
 log = logging.getLogger(__name__)
-
-# A source frame whose time is within this share of an output frame period after a
-# tick counts as on it: containers round timestamps (Matroska to the millisecond),
-# and a 30 fps file read at 30 fps must still map frame to frame.
-_TICK_TOLERANCE = 0.25
 
 
 class VideoFileCamera:
@@ -92,23 +89,13 @@ class VideoFileCamera:
             raise CameraError(f"{self.path}: cannot decode video ({_reason(exc)})") from None
 
     def _retimed(self):
-        step = 1.0 / self.fps
-        tolerance = _TICK_TOLERANCE * step
-        held: np.ndarray | None = None
-        k = 0
-        for t, image in self._decoded():
-            # Emit every output tick that falls before this source frame's time.
-            while held is not None and k * step < t - tolerance:
-                yield Frame(held, k * step)
-                k += 1
-            held = image
-        if held is None:
+        any_frame = False
+        for k, image, repeat in retime(self._decoded(), fps=self.fps,
+                                       source_fps=self.source_fps):
+            any_frame = True
+            yield Frame(image, k / self.fps, repeat)
+        if not any_frame:
             raise CameraError(f"{self.path}: no decodable video frames")
-        # The last source frame lasts one source frame period.
-        end = t + 1.0 / self.source_fps
-        while k * step < end - tolerance:
-            yield Frame(held, k * step)
-            k += 1
 
 
 def _reason(exc: BaseException) -> str:
