@@ -108,6 +108,53 @@ def test_loudness_is_rms_in_db_full_scale():
     assert ev.loudness_db(sine[None])[0] == pytest.approx(-3.01, abs=0.01)
 
 
+def tone_steps(freqs, seconds_each: float = 0.5, level: float = 0.3) -> np.ndarray:
+    """A sine that holds each frequency for ``seconds_each``, phase continuous."""
+    f = np.repeat(np.asarray(freqs, np.float64), round(seconds_each * SR))
+    return (level * np.sin(2 * np.pi * np.cumsum(f) / SR)).astype(np.float32)
+
+
+def test_chroma_movement_follows_pitch_steps():
+    # A, C, A, C...: every block lands on another pitch class (0.5 s blocks, one note each).
+    stepping = tone_steps([440.0, 523.25] * 4)
+    steady = tone_steps([440.0] * 8)
+    moving = ev.chroma_movement(stepping, SR)
+    assert moving.shape == (8,) and np.isnan(moving[0])
+    assert np.all(moving[1:] > 0.8)
+    still = ev.chroma_movement(steady, SR)
+    assert np.all(still[1:] < 0.05)
+    # An octave is the same pitch class; from 110 Hz up a semitone step is resolved.
+    assert np.all(ev.chroma_movement(tone_steps([110.0, 220.0] * 3), SR)[1:] < 0.1)
+    assert np.all(ev.chroma_movement(tone_steps([110.0, 116.54] * 3), SR)[1:] > 0.5)
+    # At 55 Hz the window's main lobe spans several semitones: only partly resolved,
+    # but a semitone still moves more than an octave.
+    semitone = ev.chroma_movement(tone_steps([55.0, 58.27] * 3), SR)[1:]
+    octave = ev.chroma_movement(tone_steps([55.0, 110.0] * 3), SR)[1:]
+    assert semitone.min() > octave.max()
+    # Silence has no pitch: undefined, not "no movement".
+    quiet = ev.chroma_movement(np.concatenate([stepping[:SR], np.zeros(2 * SR, np.float32)]), SR)
+    assert not np.isnan(quiet[1]) and np.all(np.isnan(quiet[3:]))   # block 2 still hears the tail
+
+
+def test_chroma_movement_agreement():
+    rng = np.random.default_rng(11)
+    notes = rng.choice([220.0, 246.9, 261.6, 293.7, 329.6, 392.0], 24)
+    notes[::3] = notes[1::3]              # some blocks stay, so movement varies
+    true = tone_steps(notes)
+    corr, ratio = ev.chroma_movement_agreement(true, true.copy(), SR)
+    assert corr == pytest.approx(1.0) and ratio == pytest.approx(1.0)
+    # Another melody with the same rhythm of changes, at another level: still in step.
+    other = tone_steps(notes * 2 ** (5 / 12), level=0.05)
+    corr, ratio = ev.chroma_movement_agreement(other, true, SR)
+    assert corr > 0.9 and ratio == pytest.approx(1.0, abs=0.1)
+    # A held note does not move: ratio near 0, correlation undefined or weak.
+    corr, ratio = ev.chroma_movement_agreement(tone_steps([440.0] * 24), true, SR)
+    assert ratio < 0.1 and (corr is None or abs(corr) < 0.5)
+    # Plain arrays of different lengths: the longer is cut.
+    corr, _ = ev.chroma_movement_agreement(true[:-1000], true, SR)
+    assert corr == pytest.approx(1.0)
+
+
 # ---- the mel filterbank ---------------------------------------------------------------
 
 

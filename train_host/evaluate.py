@@ -199,6 +199,102 @@ def similarity_correlation(motion_ssm: np.ndarray, audio_ssm: np.ndarray) -> flo
     return pearson(motion_ssm[upper], audio_ssm[upper])
 
 
+# ---- pitch-class movement ---------------------------------------------------------------
+
+
+CHROMA_BLOCK_S = 0.5
+"""Length of a chroma block (seconds)."""
+CHROMA_MIN_WINDOW_S = 0.18
+"""The chroma STFT's window is the shortest power of two at least this long (4096
+samples, 0.19 s, at 22050 Hz: 5.4 Hz bins, so the notes of the lowest octave kept
+(55 Hz, a semitone 3.3 Hz wide) fall in bins of their own pitch class)."""
+CHROMA_FMIN, CHROMA_FMAX = 55.0, 5000.0
+"""FFT bins from 55 Hz (A1) to 5 kHz count towards the chroma; the lower edge is
+taken half a semitone down, so that the bin nearest A1 itself is in."""
+CHROMA_FLOOR_DB = -60.0
+"""A block whose mean power per frame in the chroma band (full-scale sine = 0 dB) is
+below this has no pitch to speak of: its chroma, and the movement into and out of
+it, are undefined."""
+
+
+def chroma_movement(audio: np.ndarray, sample_rate: int, block_s: float = CHROMA_BLOCK_S
+                    ) -> np.ndarray:
+    """How far the pitch-class profile moves from each block to the next.
+
+    Mono ``audio`` is cut into blocks of ``block_s`` seconds (a partial block at the
+    end is left out). Each block's chroma is the STFT power (periodic Hann, hop a
+    quarter window) of the frames centred in it, in bins from 55 Hz (less half a
+    semitone) to 5 kHz, summed
+    by pitch class ``round(12 log2(f / 440)) mod 12`` (0 is A) and normalised to sum
+    to 1. The movement into block ``b`` is ``0.5 * sum |c_b - c_{b-1}|``: 0 when the
+    profile stays, 1 when it moves to other pitch classes entirely. Returns one value
+    per block, NaN for the first block and wherever either block is quieter than
+    ``CHROMA_FLOOR_DB`` or holds no whole frame.
+    """
+    x = np.asarray(audio, np.float32).ravel()
+    block = int(round(block_s * sample_rate))
+    if block < 1:
+        raise ValueError(f"chroma_movement: block of {block_s} s at {sample_rate} Hz is empty")
+    blocks = len(x) // block
+    movement = np.full(blocks, np.nan)
+    chroma = _block_chroma(x, sample_rate, block, blocks)
+    if blocks > 1:
+        movement[1:] = 0.5 * np.abs(np.diff(chroma, axis=0)).sum(axis=1)
+    return movement
+
+
+def _block_chroma(x: np.ndarray, sample_rate: int, block: int, blocks: int) -> np.ndarray:
+    """(blocks, 12) chroma normalised to sum 1 per block; NaN rows where undefined."""
+    n_fft = 2 ** math.ceil(math.log2(CHROMA_MIN_WINDOW_S * sample_rate))
+    hop = n_fft // 4
+    freqs = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
+    used = np.flatnonzero((freqs >= CHROMA_FMIN * 2 ** (-1 / 24)) & (freqs <= CHROMA_FMAX))
+    pitch_class = np.round(12 * np.log2(freqs[used] / 440.0)).astype(int) % 12
+    to_class = np.zeros((len(used), 12), np.float32)
+    to_class[np.arange(len(used)), pitch_class] = 1.0
+    window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
+    scale = 4.0 / float(window.sum()) ** 2
+    power = np.zeros((blocks, 12))
+    frames = np.zeros(blocks)
+    if len(x) >= n_fft and blocks:
+        framed = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]
+        owner = (np.arange(len(framed)) * hop + n_fft // 2) // block
+        for start in range(0, len(framed), _CHUNK):
+            spectrum = np.fft.rfft(framed[start:start + _CHUNK] * window, axis=-1)[:, used]
+            classes = (np.abs(spectrum) ** 2 * scale).astype(np.float32) @ to_class
+            mine = owner[start:start + _CHUNK]
+            keep = mine < blocks
+            np.add.at(power, mine[keep], classes[keep])
+            np.add.at(frames, mine[keep], 1.0)
+    total = power.sum(axis=1)
+    mean_db = 10 * np.log10(np.maximum(total / np.maximum(frames, 1), 1e-30))
+    defined = (frames > 0) & (mean_db >= CHROMA_FLOOR_DB)
+    chroma = np.full((blocks, 12), np.nan)
+    chroma[defined] = power[defined] / total[defined, None]
+    return chroma
+
+
+def chroma_movement_agreement(generated: np.ndarray, true: np.ndarray, sample_rate: int,
+                              block_s: float = CHROMA_BLOCK_S
+                              ) -> tuple[float | None, float | None]:
+    """(corr, ratio) of two mono signals' ``chroma_movement``: the Pearson correlation
+    of the two movement series, and the generated mean movement over the true mean
+    movement. Only blocks where both are defined count; a longer signal is cut to the
+    shorter one. Either is None where undefined (fewer than two such blocks, a
+    constant series, or a true mean movement of 0)."""
+    a = chroma_movement(generated, sample_rate, block_s)
+    b = chroma_movement(true, sample_rate, block_s)
+    n = min(len(a), len(b))
+    a, b = a[:n], b[:n]
+    both = ~np.isnan(a) & ~np.isnan(b)
+    if not both.any():
+        return None, None
+    corr = pearson(a[both], b[both])
+    truth = float(b[both].mean())
+    ratio = float(a[both].mean()) / truth if truth > 0 else None
+    return corr, ratio
+
+
 # ---- baselines -----------------------------------------------------------------------
 
 
