@@ -108,6 +108,167 @@ def test_loudness_is_rms_in_db_full_scale():
     assert ev.loudness_db(sine[None])[0] == pytest.approx(-3.01, abs=0.01)
 
 
+def tone_steps(freqs, seconds_each: float = 0.5, level: float = 0.3) -> np.ndarray:
+    """A sine that holds each frequency for ``seconds_each``, phase continuous."""
+    f = np.repeat(np.asarray(freqs, np.float64), round(seconds_each * SR))
+    return (level * np.sin(2 * np.pi * np.cumsum(f) / SR)).astype(np.float32)
+
+
+def test_chroma_movement_follows_pitch_steps():
+    # A, C, A, C...: every block lands on another pitch class (0.5 s blocks, one note each).
+    stepping = tone_steps([440.0, 523.25] * 4)
+    steady = tone_steps([440.0] * 8)
+    moving = ev.chroma_movement(stepping, SR)
+    assert moving.shape == (8,) and np.isnan(moving[0])
+    assert np.all(moving[1:] > 0.8)
+    still = ev.chroma_movement(steady, SR)
+    assert np.all(still[1:] < 0.05)
+    # An octave is the same pitch class; from 110 Hz up a semitone step is resolved.
+    assert np.all(ev.chroma_movement(tone_steps([110.0, 220.0] * 3), SR)[1:] < 0.1)
+    assert np.all(ev.chroma_movement(tone_steps([110.0, 116.54] * 3), SR)[1:] > 0.5)
+    # At 55 Hz the window's main lobe spans several semitones: only partly resolved,
+    # but a semitone still moves more than an octave.
+    semitone = ev.chroma_movement(tone_steps([55.0, 58.27] * 3), SR)[1:]
+    octave = ev.chroma_movement(tone_steps([55.0, 110.0] * 3), SR)[1:]
+    assert semitone.min() > octave.max()
+    # Silence has no pitch: undefined, not "no movement".
+    quiet = ev.chroma_movement(np.concatenate([stepping[:SR], np.zeros(2 * SR, np.float32)]), SR)
+    assert not np.isnan(quiet[1]) and np.all(np.isnan(quiet[3:]))   # block 2 still hears the tail
+
+
+def test_chroma_movement_agreement():
+    rng = np.random.default_rng(11)
+    notes = rng.choice([220.0, 246.9, 261.6, 293.7, 329.6, 392.0], 24)
+    notes[::3] = notes[1::3]              # some blocks stay, so movement varies
+    true = tone_steps(notes)
+    corr, ratio = ev.chroma_movement_agreement(true, true.copy(), SR)
+    assert corr == pytest.approx(1.0) and ratio == pytest.approx(1.0)
+    # Another melody with the same rhythm of changes, at another level: still in step.
+    other = tone_steps(notes * 2 ** (5 / 12), level=0.05)
+    corr, ratio = ev.chroma_movement_agreement(other, true, SR)
+    assert corr > 0.9 and ratio == pytest.approx(1.0, abs=0.1)
+    # A held note does not move: ratio near 0, correlation undefined or weak.
+    corr, ratio = ev.chroma_movement_agreement(tone_steps([440.0] * 24), true, SR)
+    assert ratio < 0.1 and (corr is None or abs(corr) < 0.5)
+    # Plain arrays of different lengths: the longer is cut.
+    corr, _ = ev.chroma_movement_agreement(true[:-1000], true, SR)
+    assert corr == pytest.approx(1.0)
+
+
+# ---- beats, distributions, levels ----------------------------------------------------------
+
+
+FPS, HOP = 30, SR // 30
+
+
+def clicks(frames: int, at) -> np.ndarray:
+    """Quiet noise with a loud 10 ms noise burst at the start of each frame in ``at``."""
+    rng = np.random.default_rng(12)
+    audio = 0.001 * rng.standard_normal(frames * HOP)
+    for frame in at:
+        audio[frame * HOP:frame * HOP + 220] += 0.5 * rng.standard_normal(220)
+    return audio.astype(np.float32)
+
+
+def test_onsets_are_found_on_the_frame_of_each_click():
+    at = np.arange(10, 290, 14)
+    assert np.array_equal(ev.onsets(clicks(300, at), SR, HOP), at)
+    # Steady sound has no onsets, however its noise flickers.
+    assert len(ev.onsets(clicks(300, []), SR, HOP)) == 0
+    assert len(ev.onsets(np.zeros(300 * HOP, np.float32), SR, HOP)) == 0
+
+
+def test_motion_beats_are_the_pauses_of_the_smoothed_motion():
+    t = np.arange(300)
+    motion = 1.1 + np.cos(2 * np.pi * t / 20)           # still every 20 frames, from frame 10
+    motion += 0.05 * np.random.default_rng(13).standard_normal(300)
+    beats = ev.motion_beats(motion)
+    assert np.array_equal(beats, np.arange(10, 300, 20))
+
+
+def test_beat_align_score_is_one_on_the_beat_and_low_ten_frames_off():
+    beats = np.arange(10, 300, 20)
+    assert ev.beat_align_score(beats, beats) == pytest.approx(1.0)
+    assert ev.beat_align_score(beats, beats + 10) == pytest.approx(math.exp(-100 / 18))
+    assert ev.beat_align_score(beats, beats + 10) < 0.01
+    assert ev.beat_align_score(beats, beats + 3) == pytest.approx(math.exp(-0.5))
+    assert ev.beat_align_score(beats, []) == 0.0
+    assert ev.beat_align_score([], beats) is None
+    # End to end: clicks on the pauses of the motion align; clicks between them do not.
+    motion = 1.1 + np.cos(2 * np.pi * np.arange(300) / 20)
+    on = ev.onsets(clicks(300, np.arange(10, 290, 20)), SR, HOP)
+    off = ev.onsets(clicks(300, np.arange(20, 290, 20)), SR, HOP)
+    assert ev.beat_align_score(ev.motion_beats(motion), on) > 0.9
+    assert ev.beat_align_score(ev.motion_beats(motion), off) < 0.01
+
+
+def test_beat_hit_and_cover_use_100_ms():
+    true = np.arange(10, 300, 20)
+    assert ev.beat_hit_cover(true, true, FPS) == (1.0, 1.0)
+    assert ev.beat_hit_cover(true + 3, true, FPS) == (1.0, 1.0)     # 100 ms: a hit
+    assert ev.beat_hit_cover(true + 4, true, FPS) == (0.0, 1.0)     # 133 ms: a miss
+    hit, cover = ev.beat_hit_cover(true[::2], true, FPS)
+    assert hit == pytest.approx(8 / 15) and cover == pytest.approx(8 / 15)
+    hit, cover = ev.beat_hit_cover(np.arange(300), true, FPS)       # onsets everywhere
+    assert hit == 1.0 and cover == pytest.approx(20.0)
+    assert ev.beat_hit_cover(true, [], FPS) == (None, None)
+    assert ev.beat_hit_cover([], true, FPS) == (0.0, 0.0)
+
+
+def test_frechet_distance(spectra):
+    rng = np.random.default_rng(14)
+    frames = spectra.log_mel(noise_segments(60, seed=15)).reshape(-1, ev.N_MELS)
+    fit = ev.GaussianFit(ev.N_MELS)
+    for part in np.array_split(frames, 7):     # accumulated a batch at a time
+        fit.add(part)
+    mean, cov = fit.mean_cov()
+    assert np.allclose(mean, frames.mean(axis=0)) and np.allclose(cov, np.cov(frames.T))
+    assert ev.frechet_distance(mean, cov, mean, cov) == pytest.approx(0.0, abs=1e-6)
+    # A shift of every band by 6 dB: 64 * 36 dB^2 and nothing else.
+    assert ev.frechet_distance(mean + 6, cov, mean, cov) == pytest.approx(64 * 36, rel=1e-6)
+    # Known closed form for diagonal covariances: sum (s1 - s2)^2.
+    s1, s2 = rng.uniform(1, 3, 5), rng.uniform(1, 3, 5)
+    assert ev.frechet_distance(np.zeros(5), np.diag(s1 ** 2), np.zeros(5), np.diag(s2 ** 2)) == \
+        pytest.approx(((s1 - s2) ** 2).sum())
+    # Non-commuting covariances: tr sqrt(S1 S2) via sqrt(S1) S2 sqrt(S1), checked by hand.
+    a, b = rng.standard_normal((4, 4)), rng.standard_normal((4, 4))
+    c1, c2 = a @ a.T + np.eye(4), b @ b.T + np.eye(4)
+    w, v = np.linalg.eigh(c1)
+    root = v @ np.diag(np.sqrt(w)) @ v.T
+    cross = np.sqrt(np.linalg.eigvals(root @ c2 @ root).real).sum()
+    assert ev.frechet_distance(np.zeros(4), c1, np.ones(4), c2) == \
+        pytest.approx(4 + np.trace(c1) + np.trace(c2) - 2 * cross)
+
+
+def test_level_error_removes_a_constant_offset():
+    true = np.linspace(-40, -10, 50)
+    offset, error, used = ev.level_offset_error(true - 12.0, true)
+    assert offset == pytest.approx(-12.0) and error == pytest.approx(0.0) and used == 50
+    wobble = np.where(np.arange(50) % 2, 3.0, -3.0)
+    offset, error, _ = ev.level_offset_error(true + 5 + wobble, true)
+    assert abs(offset - 5) <= 3 and error == pytest.approx(3.0, abs=3.0)
+    # Silence in the true audio (a gap in the song) counts for neither.
+    gap = true.copy()
+    gap[:10] = ev.FLOOR_DB
+    offset, error, used = ev.level_offset_error(np.full(50, ev.FLOOR_DB), gap)
+    assert used == 40 and offset < -30
+    assert ev.level_offset_error(true, np.full(50, ev.FLOOR_DB)) == (None, None, 0)
+
+
+def test_takes_pool_by_their_weights():
+    def take(value, weight, ceiling):
+        metrics = {s: dict.fromkeys(ev.METRICS, value) for s in ev.SYSTEMS}
+        return {"metrics": metrics, "reference": dict.fromkeys(ev.REFERENCE, ceiling),
+                "weights": {w: weight for w in set(ev.WEIGHTS.values())}}
+
+    metrics, reference = ev.pool_takes([take(0.2, 1, 0.5), take(0.6, 3, None)])
+    assert metrics["model"]["beat_hit"] == pytest.approx(0.5)
+    assert reference["loudness_ceiling"] == pytest.approx(0.5)
+    assert metrics["model"]["loudness_ceiling_share"] == pytest.approx(1.0)
+    metrics, _ = ev.pool_takes([take(0.2, 1, 0.05)])
+    assert metrics["model"]["loudness_ceiling_share"] is None   # too low a ceiling
+
+
 # ---- the mel filterbank ---------------------------------------------------------------
 
 
@@ -216,6 +377,9 @@ def write_demo_take(root: Path, seconds: float, seed: int) -> Path:
 
 
 def check_schema(metrics: dict) -> None:
+    reference = metrics.pop("reference", None)
+    if reference is not None:   # the command's JSON: the true audio's own values too
+        assert sorted(reference) == sorted(ev.REFERENCE)
     assert list(metrics) == list(ev.SYSTEMS)
     for system, values in metrics.items():
         assert sorted(values) == sorted(ev.METRICS), system
@@ -299,15 +463,17 @@ def test_table_says_who_wins_each_metric(real_takes, capsys):
                "--train-data", str(real_takes["train"]), "--cache", "none") == 0
     lines = capsys.readouterr().out.splitlines()
     header = lines[0].split()
-    assert header == list(ev.METRICS)
+    assert header == ["metric", *ev.SYSTEMS, "true_audio", "best"]
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:] if line.strip()}
-    for system in ev.SYSTEMS:
-        assert len(rows[system]) == len(ev.METRICS)
-    assert rows["baseline_mean"][1] == "n/a"
-    winners = rows["best"]
-    assert len(winners) == len(ev.METRICS)
-    assert all(w.rstrip(",") in ev.SYSTEMS + ("none",) for w in winners)
-    assert winners[1] != "baseline_mean"   # an undefined correlation never wins
+    for metric in ev.METRICS:
+        assert len(rows[metric]) == len(ev.SYSTEMS) + 2, metric
+    assert rows["loudness_corr"][1] == "n/a"          # baseline_mean has no dynamics
+    assert rows["loudness_corr"][4] not in ("-", "n/a")   # the ceiling beside it
+    assert rows["level_offset_db"][-1] == "-"         # reported, never won
+    short = {s.replace("baseline_", "") for s in ev.SYSTEMS}
+    for metric in ev.METRICS:
+        assert all(w in short | {"none", "-"} for w in rows[metric][-1].split(",")), metric
+    assert "mean" not in rows["loudness_corr"][-1]    # an undefined correlation never wins
 
 
 def test_command_line_when_wired(tmp_path):

@@ -1,4 +1,4 @@
-"""``python -m train_host``: train, export and rebuild models on the host.
+"""``python -m train_host``: train, export, evaluate and rebuild models on the host.
 
 Subcommands import TensorFlow only when they run. Errors meant for people print
 one line to stderr and exit 1; ``--debug`` shows the traceback instead.
@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     from train_host.evaluate import add_commands as add_evaluate_commands
 
     add_evaluate_commands(commands)
+    from train_host.crossval import add_commands as add_crossval_commands
+
+    add_crossval_commands(commands)
 
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

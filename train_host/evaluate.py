@@ -51,9 +51,29 @@ log = logging.getLogger(__name__)
 
 SYSTEMS = ("model", "baseline_mean", "baseline_random", "baseline_nearest")
 """The systems compared, in the order tables list them."""
-METRICS = ("log_mel_distance_db", "loudness_corr", "motion_loudness_corr", "similarity_corr")
+METRICS = ("log_mel_distance_db", "frechet_log_mel", "level_offset_db", "level_error_db",
+           "loudness_corr", "loudness_ceiling_share", "motion_loudness_corr",
+           "similarity_corr", "chroma_movement_corr", "chroma_movement_ratio", "beat_align",
+           "beat_hit", "beat_cover")
 """The metrics, in the order tables list them."""
-LOWER_IS_BETTER = frozenset({"log_mel_distance_db"})
+LOWER_IS_BETTER = frozenset({"log_mel_distance_db", "frechet_log_mel", "level_error_db"})
+IDEAL = {"chroma_movement_ratio": 1.0, "beat_cover": 1.0}
+"""Ratios best at 1: the value nearest wins."""
+NO_WINNER = frozenset({"level_offset_db"})
+"""Reported, never won: a take's level offset is the song's mastering, not the dance."""
+REFERENCE = ("loudness_ceiling", "motion_loudness_corr", "similarity_corr", "beat_align")
+"""The true audio's own values, for scale (``loudness_ceiling`` is its
+motion_loudness_corr: what loudness_corr could reach from motion alone)."""
+WEIGHTS = {
+    "log_mel_distance_db": "segments", "frechet_log_mel": "segments",
+    "level_offset_db": "audible_segments", "level_error_db": "audible_segments",
+    "loudness_corr": "segments", "motion_loudness_corr": "segments",
+    "similarity_corr": "takes", "chroma_movement_corr": "chroma_blocks",
+    "chroma_movement_ratio": "chroma_blocks", "beat_align": "motion_beats",
+    "beat_hit": "true_onsets", "beat_cover": "true_onsets",
+    "loudness_ceiling": "segments",
+}
+"""What each per-take value is weighted by when takes are pooled (see ``pool_takes``)."""
 
 N_MELS = 64
 """Mel bands of the log-mel spectrum."""
@@ -65,6 +85,27 @@ MAX_SSM_SEGMENTS = 500
 """Segments per take in a self-similarity matrix (evenly subsampled beyond this)."""
 EXCERPT_SECONDS = 6.0
 """Length of the stretch of one take that the report plots and lets you hear."""
+AUDIBLE_DB = FLOOR_DB + 20.0
+"""Segments whose true level is below this (-60 dBFS: a gap in the music) are left
+out of the level measures: a song's mastering level says nothing about its silences."""
+CEILING_MIN = 0.1
+"""loudness_ceiling_share is undefined where the ceiling is below this: dividing
+by a correlation near 0 gives numbers that mean nothing."""
+MOTION_SMOOTH_FRAMES = 2.0
+"""Sigma (frames) of the Gaussian that smooths the motion amount before its beats are found."""
+BEAT_SIGMA_FRAMES = 3.0
+"""Sigma (frames) of the beat alignment score's Gaussian (AIST++, Bailando: 3)."""
+BEAT_TOLERANCE_S = 0.1
+"""How near (seconds) a generated onset must be to a true one to hit it."""
+ONSET_WAIT_FRAMES = 2
+"""An onset is the largest onset strength within this many frames either side."""
+ONSET_MEAN_S = 0.5
+"""An onset's strength must exceed the mean strength within this many seconds either side..."""
+ONSET_DELTA = 0.07
+"""... by this share of the take's range of strength (librosa's onset_detect default) ..."""
+ONSET_MIN_DB = 3.0
+"""... and be at least this (dB of mean rise per mel band), so noise in a steady
+sound never makes onsets (white noise: at most 2.3 dB over 10 s)."""
 
 _CHUNK = 256            # segments per batch of feature computation
 _SEARCH_CHUNK = 4096    # training windows per block of the nearest-neighbour search
@@ -200,6 +241,266 @@ def similarity_correlation(motion_ssm: np.ndarray, audio_ssm: np.ndarray) -> flo
     return pearson(motion_ssm[upper], audio_ssm[upper])
 
 
+# ---- pitch-class movement ---------------------------------------------------------------
+
+
+CHROMA_BLOCK_S = 0.5
+"""Length of a chroma block (seconds)."""
+CHROMA_MIN_WINDOW_S = 0.18
+"""The chroma STFT's window is the shortest power of two at least this long (4096
+samples, 0.19 s, at 22050 Hz: 5.4 Hz bins, so the notes of the lowest octave kept
+(55 Hz, a semitone 3.3 Hz wide) fall in bins of their own pitch class)."""
+CHROMA_FMIN, CHROMA_FMAX = 55.0, 5000.0
+"""FFT bins from 55 Hz (A1) to 5 kHz count towards the chroma; the lower edge is
+taken half a semitone down, so that the bin nearest A1 itself is in."""
+CHROMA_FLOOR_DB = -60.0
+"""A block whose mean power per frame in the chroma band (full-scale sine = 0 dB) is
+below this has no pitch to speak of: its chroma, and the movement into and out of
+it, are undefined."""
+
+
+def chroma_movement(audio: np.ndarray, sample_rate: int, block_s: float = CHROMA_BLOCK_S
+                    ) -> np.ndarray:
+    """How far the pitch-class profile moves from each block to the next.
+
+    Mono ``audio`` is cut into blocks of ``block_s`` seconds (a partial block at the
+    end is left out). Each block's chroma is the STFT power (periodic Hann, hop a
+    quarter window) of the frames centred in it, in bins from 55 Hz (less half a
+    semitone) to 5 kHz, summed
+    by pitch class ``round(12 log2(f / 440)) mod 12`` (0 is A) and normalised to sum
+    to 1. The movement into block ``b`` is ``0.5 * sum |c_b - c_{b-1}|``: 0 when the
+    profile stays, 1 when it moves to other pitch classes entirely. Returns one value
+    per block, NaN for the first block and wherever either block is quieter than
+    ``CHROMA_FLOOR_DB`` or holds no whole frame.
+    """
+    x = np.asarray(audio, np.float32).ravel()
+    block = int(round(block_s * sample_rate))
+    if block < 1:
+        raise ValueError(f"chroma_movement: block of {block_s} s at {sample_rate} Hz is empty")
+    blocks = len(x) // block
+    movement = np.full(blocks, np.nan)
+    chroma = _block_chroma(x, sample_rate, block, blocks)
+    if blocks > 1:
+        movement[1:] = 0.5 * np.abs(np.diff(chroma, axis=0)).sum(axis=1)
+    return movement
+
+
+def _block_chroma(x: np.ndarray, sample_rate: int, block: int, blocks: int) -> np.ndarray:
+    """(blocks, 12) chroma normalised to sum 1 per block; NaN rows where undefined."""
+    n_fft = 2 ** math.ceil(math.log2(CHROMA_MIN_WINDOW_S * sample_rate))
+    hop = n_fft // 4
+    freqs = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
+    used = np.flatnonzero((freqs >= CHROMA_FMIN * 2 ** (-1 / 24)) & (freqs <= CHROMA_FMAX))
+    pitch_class = np.round(12 * np.log2(freqs[used] / 440.0)).astype(int) % 12
+    to_class = np.zeros((len(used), 12), np.float32)
+    to_class[np.arange(len(used)), pitch_class] = 1.0
+    window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
+    scale = 4.0 / float(window.sum()) ** 2
+    power = np.zeros((blocks, 12))
+    frames = np.zeros(blocks)
+    if len(x) >= n_fft and blocks:
+        framed = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]
+        owner = (np.arange(len(framed)) * hop + n_fft // 2) // block
+        for start in range(0, len(framed), _CHUNK):
+            spectrum = np.fft.rfft(framed[start:start + _CHUNK] * window, axis=-1)[:, used]
+            classes = (np.abs(spectrum) ** 2 * scale).astype(np.float32) @ to_class
+            mine = owner[start:start + _CHUNK]
+            keep = mine < blocks
+            np.add.at(power, mine[keep], classes[keep])
+            np.add.at(frames, mine[keep], 1.0)
+    total = power.sum(axis=1)
+    mean_db = 10 * np.log10(np.maximum(total / np.maximum(frames, 1), 1e-30))
+    defined = (frames > 0) & (mean_db >= CHROMA_FLOOR_DB)
+    chroma = np.full((blocks, 12), np.nan)
+    chroma[defined] = power[defined] / total[defined, None]
+    return chroma
+
+
+def chroma_movement_agreement(generated: np.ndarray, true: np.ndarray, sample_rate: int,
+                              block_s: float = CHROMA_BLOCK_S
+                              ) -> tuple[float | None, float | None]:
+    """(corr, ratio) of two mono signals' ``chroma_movement``: the Pearson correlation
+    of the two movement series, and the generated mean movement over the true mean
+    movement. Only blocks where both are defined count; a longer signal is cut to the
+    shorter one. Either is None where undefined (fewer than two such blocks, a
+    constant series, or a true mean movement of 0)."""
+    return _chroma_agreement(chroma_movement(generated, sample_rate, block_s),
+                             chroma_movement(true, sample_rate, block_s))
+
+
+def _chroma_agreement(a: np.ndarray, b: np.ndarray) -> tuple[float | None, float | None]:
+    n = min(len(a), len(b))
+    a, b = a[:n], b[:n]
+    both = ~np.isnan(a) & ~np.isnan(b)
+    if not both.any():
+        return None, None
+    corr = pearson(a[both], b[both])
+    truth = float(b[both].mean())
+    ratio = float(a[both].mean()) / truth if truth > 0 else None
+    return corr, ratio
+
+
+# ---- beats, distributions, levels -----------------------------------------------------
+
+
+def onset_strength(audio: np.ndarray, sample_rate: int, hop: int) -> np.ndarray:
+    """Spectral flux at frame resolution: one value per ``hop`` samples (a camera frame).
+
+    Frame ``t`` is a periodic Hann window of ``n_fft`` samples (the power of two at
+    least ``hop``) ending where hop ``t`` ends (zeros before the signal's start), so
+    a sound that starts within hop ``t`` is first seen in frame ``t``; its log-mel spectrum is computed as everywhere here (64 bands, floor
+    -80 dB). The strength is the mean over bands of the rise from the frame before,
+    ``max(0, L_t - L_{t-1})`` in dB (librosa's onset_strength, in dB); frame 0 has 0.
+    """
+    x = np.asarray(audio, np.float32).ravel()
+    frames = len(x) // hop
+    if frames < 2:
+        return np.zeros(frames)
+    n_fft = 2 ** math.ceil(math.log2(hop))
+    window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
+    bank = mel_filterbank(sample_rate, n_fft).astype(np.float32)
+    scale = 4.0 / float(window.sum()) ** 2
+    pad = n_fft - hop
+    padded = np.concatenate([np.zeros(pad, np.float32), x])
+    starts = np.arange(frames) * hop    # in the padded signal, frame t ends at hop t's end
+    level = np.empty((frames, bank.shape[0]), np.float32)
+    for first in range(0, frames, _CHUNK):
+        index = starts[first:first + _CHUNK, None] + np.arange(n_fft)
+        spectrum = np.fft.rfft(padded[index] * window, axis=-1)
+        power = (np.abs(spectrum) ** 2 * scale).astype(np.float32) @ bank.T
+        level[first:first + _CHUNK] = 10 * np.log10(np.maximum(power, 10 ** (FLOOR_DB / 10)))
+    strength = np.zeros(frames)
+    strength[1:] = np.maximum(0.0, np.diff(level, axis=0)).mean(axis=1)
+    return strength
+
+
+def pick_onsets(strength: np.ndarray, fps: float) -> np.ndarray:
+    """Frames where ``strength`` peaks: the first largest value within
+    ``ONSET_WAIT_FRAMES`` either side, above the mean within ``ONSET_MEAN_S`` either
+    side by ``ONSET_DELTA`` of the series' range, and at least ``ONSET_MIN_DB``."""
+    o = np.asarray(strength, np.float64)
+    n = len(o)
+    if n < 3:
+        return np.zeros(0, np.intp)
+    w, m = ONSET_WAIT_FRAMES, max(1, round(ONSET_MEAN_S * fps))
+    padded = np.concatenate([np.full(w, -np.inf), o, np.full(w, -np.inf)])
+    around = np.lib.stride_tricks.sliding_window_view(padded, 2 * w + 1)
+    peak = (o >= around.max(axis=1)) & (o > around[:, :w].max(axis=1))
+    sums = np.concatenate([[0.0], np.cumsum(o)])
+    lo, hi = np.maximum(0, np.arange(n) - m), np.minimum(n, np.arange(n) + m + 1)
+    local_mean = (sums[hi] - sums[lo]) / (hi - lo)
+    above = o >= local_mean + ONSET_DELTA * float(np.ptp(o))
+    return np.flatnonzero(peak & above & (o >= ONSET_MIN_DB))
+
+
+def onsets(audio: np.ndarray, sample_rate: int, hop: int) -> np.ndarray:
+    """Onset frames of ``audio`` (``onset_strength`` then ``pick_onsets``) at ``sample_rate / hop`` fps."""
+    return pick_onsets(onset_strength(audio, sample_rate, hop), sample_rate / hop)
+
+
+def gaussian_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
+    """``x`` convolved with a Gaussian of ``sigma`` samples (cut at 4 sigma), its ends
+    extended by reflection so they are not pulled towards 0."""
+    x = np.asarray(x, np.float64)
+    radius = int(math.ceil(4 * sigma))
+    if sigma <= 0 or len(x) < 2:
+        return x.copy()
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    padded = np.pad(x, radius, mode="reflect" if len(x) > radius else "edge")
+    return np.convolve(padded, kernel / kernel.sum(), mode="valid")
+
+
+def motion_beats(motion: np.ndarray, sigma: float = MOTION_SMOOTH_FRAMES) -> np.ndarray:
+    """Frames where the smoothed amount of motion has a strict local minimum: the
+    moments a dancer stops between moves (AIST++'s kinetic beats)."""
+    s = gaussian_smooth(motion, sigma)
+    if len(s) < 3:
+        return np.zeros(0, np.intp)
+    return 1 + np.flatnonzero((s[1:-1] < s[:-2]) & (s[1:-1] < s[2:]))
+
+
+def beat_align_score(motion_beat_frames: np.ndarray, onset_frames: np.ndarray,
+                     sigma: float = BEAT_SIGMA_FRAMES) -> float | None:
+    """Mean over motion beats of ``exp(-d^2 / (2 sigma^2))``, ``d`` the distance
+    (frames) to the nearest onset. None without motion beats; 0 without onsets."""
+    beats = np.asarray(motion_beat_frames, np.float64)
+    if not len(beats):
+        return None
+    if not len(onset_frames):
+        return 0.0
+    d = np.abs(beats[:, None] - np.asarray(onset_frames, np.float64)[None]).min(axis=1)
+    return float(np.exp(-d * d / (2 * sigma * sigma)).mean())
+
+
+def beat_hit_cover(generated: np.ndarray, true: np.ndarray, fps: float,
+                   tolerance_s: float = BEAT_TOLERANCE_S) -> tuple[float | None, float | None]:
+    """(hit, cover) of generated onset frames against true ones: the share of true
+    onsets with a generated onset within ``tolerance_s``, and the generated count
+    over the true count. Both None without true onsets."""
+    if not len(true):
+        return None, None
+    if not len(generated):
+        return 0.0, 0.0
+    d = np.abs(np.asarray(true, np.float64)[:, None] - np.asarray(generated, np.float64)[None])
+    hit = float((d.min(axis=1) <= tolerance_s * fps + 1e-9).mean())
+    return hit, len(generated) / len(true)
+
+
+class GaussianFit:
+    """Mean and covariance of feature vectors, accumulated a batch at a time."""
+
+    def __init__(self, dims: int):
+        self.n = 0
+        self.total = np.zeros(dims)
+        self.outer = np.zeros((dims, dims))
+
+    def add(self, features: np.ndarray) -> None:
+        x = np.asarray(features, np.float64).reshape(-1, len(self.total))
+        self.n += len(x)
+        self.total += x.sum(axis=0)
+        self.outer += x.T @ x
+
+    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+        """The mean and the (n - 1) covariance; zero covariance from fewer than two vectors."""
+        mean = self.total / max(self.n, 1)
+        if self.n < 2:
+            return mean, np.zeros_like(self.outer)
+        return mean, (self.outer - self.n * np.outer(mean, mean)) / (self.n - 1)
+
+
+def frechet_distance(mean1: np.ndarray, cov1: np.ndarray, mean2: np.ndarray,
+                     cov2: np.ndarray) -> float:
+    """Fréchet distance of two Gaussians: ``|m1 - m2|^2 + tr(S1) + tr(S2) - 2 tr
+    sqrt(S1 S2)``, the last term the sum of the square roots of the eigenvalues of
+    ``sqrt(S1) S2 sqrt(S1)`` (symmetric, so ``eigh``; negative round-off clipped to 0)."""
+    cov1 = (cov1 + cov1.T) / 2
+    cov2 = (cov2 + cov2.T) / 2
+    values, vectors = np.linalg.eigh(cov1)
+    root1 = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    inner = np.linalg.eigvalsh(root1 @ cov2 @ root1)
+    cross = float(np.sqrt(np.clip(inner, 0, None)).sum())
+    diff = np.asarray(mean1, np.float64) - np.asarray(mean2, np.float64)
+    return max(0.0, float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * cross))
+
+
+def level_offset_error(generated_db: np.ndarray, true_db: np.ndarray
+                       ) -> tuple[float | None, float | None, int]:
+    """(offset, error, segments used) of a take's segment levels (dB).
+
+    Only segments whose true level is at least ``AUDIBLE_DB`` count. The offset is
+    the median of generated minus true there; the error the median of ``|generated
+    - offset - true|``. The -80 dB floor of ``loudness_db`` bounds what a silent
+    system is charged. (None, None, 0) where no true segment is audible.
+    """
+    g, t = np.asarray(generated_db, np.float64), np.asarray(true_db, np.float64)
+    audible = t >= AUDIBLE_DB
+    if not audible.any():
+        return None, None, 0
+    diff = g[audible] - t[audible]
+    offset = float(np.median(diff))
+    return offset, float(np.median(np.abs(diff - offset))), int(audible.sum())
+
+
 # ---- baselines -----------------------------------------------------------------------
 
 
@@ -286,13 +587,23 @@ class TakeResult:
     """Motion amount of each segment's window."""
     distance: dict[str, np.ndarray]
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
-    """Per system: loudness_corr, motion_loudness_corr, similarity_corr for this take."""
+    """Per system: every metric of ``METRICS`` for this take."""
     reference: dict[str, float | None] = field(default_factory=dict)
-    """The true audio's own motion_loudness_corr and similarity_corr."""
+    """The true audio's own values of ``REFERENCE``."""
+    weights: dict[str, int] = field(default_factory=dict)
+    """What this take's values weigh when takes are pooled (the names in ``WEIGHTS``)."""
 
     @property
     def segments(self) -> int:
         return len(self.motion)
+
+    def scores(self) -> dict:
+        """This take's values as plain JSON: what ``pool_takes`` pools."""
+        return {"take": self.name, "label": self.label, "segments": self.segments,
+                "seconds": round(self.segments * self.seconds_per_segment, 3),
+                "metrics": {s: dict(values) for s, values in self.metrics.items()},
+                "reference": dict(self.reference),
+                "weights": dict(self.weights)}
 
 
 @dataclass
@@ -509,13 +820,14 @@ def _evaluate_take(name: str, examples: Examples, cfg: TrainConfig, systems: _Sy
                    ) -> tuple[TakeResult, Excerpt | None]:
     n, d = len(examples), cfg.data
     kept = _subsample(n, MAX_SSM_SEGMENTS)
-    first, begin, end = _excerpt_range(n, d) if want_excerpt else (0, 0, 0)
     names = ("true",) + SYSTEMS
     loudness = {s: np.empty(n) for s in names}
     distance = {s: np.empty(n) for s in SYSTEMS}
     mel = {s: np.empty((len(kept), N_MELS)) for s in names}
-    excerpt_segments: dict[str, list[np.ndarray]] = {"true": [], "model": [],
-                                                      "baseline_nearest": []}
+    fits = {s: GaussianFit(N_MELS) for s in names}
+    # Each system's whole take as the box plays it: hop k holds the start of segment k.
+    adders = {s: OverlapAdd(d.segment_samples, d.hop_samples) for s in names}
+    streams = {s: np.empty(n * d.hop_samples, np.float32) for s in names}
     for start in range(0, n, _CHUNK):
         stop = min(n, start + _CHUNK)
         truth = examples.audio[start:stop]
@@ -529,33 +841,73 @@ def _evaluate_take(name: str, examples: Examples, cfg: TrainConfig, systems: _Sy
             if system != "true":
                 distance[system][start:stop] = np.abs(spectrum - true_mel).mean(axis=(1, 2))
             mel[system][rows] = spectrum[here - start].mean(axis=1)
-        lo, hi = max(start, first), min(stop, end)
-        if lo < hi:
-            for system in excerpt_segments:
-                excerpt_segments[system].append(np.array(outputs[system][lo - start:hi - start]))
+            fits[system].add(spectrum)
+            adder, stream = adders[system], streams[system]
+            for i, segment in enumerate(segments, start):
+                stream[i * d.hop_samples:(i + 1) * d.hop_samples] = \
+                    adder.push(segment.astype(np.float32))
 
+    # The motion of the frame each segment starts at, and of each whole window.
+    frame_motion = motion_amount(examples.motion[:, -1], params)
     motion = motion_amount(examples.motion, params).mean(axis=1)
     motion_ssm = self_similarity(examples.motion[kept])
     ssm = {s: self_similarity(mel[s]) for s in names}
+    beats = motion_beats(frame_motion)
+    warmup = _warmup(d)
+    found = {}
+    for system in names:
+        strength = onset_strength(streams[system], d.sample_rate, d.hop_samples)
+        strength[:warmup + 1] = 0.0    # the stream fades in over its first hops
+        found[system] = pick_onsets(strength, d.fps)
+    true_gaussian = fits["true"].mean_cov()
+    true_chroma = chroma_movement(streams["true"], d.sample_rate)
     result = TakeResult(name, str(examples.labels[0]), 1.0 / d.fps,
                         (d.window_frames - 1) / d.fps, loudness, motion, distance)
+    audible = 0
     for system in SYSTEMS:
+        offset, error, audible = level_offset_error(loudness[system], loudness["true"])
+        corr, ratio = _chroma_agreement(chroma_movement(streams[system], d.sample_rate),
+                                        true_chroma)
+        hit, cover = beat_hit_cover(found[system], found["true"], d.fps)
         result.metrics[system] = {
+            "log_mel_distance_db": float(distance[system].mean()),
+            "frechet_log_mel": frechet_distance(*fits[system].mean_cov(), *true_gaussian),
+            "level_offset_db": offset, "level_error_db": error,
             "loudness_corr": pearson(loudness[system], loudness["true"]),
             "motion_loudness_corr": pearson(motion, loudness[system]),
             "similarity_corr": similarity_correlation(motion_ssm, ssm[system]),
+            "chroma_movement_corr": corr, "chroma_movement_ratio": ratio,
+            "beat_align": beat_align_score(beats, found[system]),
+            "beat_hit": hit, "beat_cover": cover,
         }
-    result.reference = {"motion_loudness_corr": pearson(motion, loudness["true"]),
-                        "similarity_corr": similarity_correlation(motion_ssm, ssm["true"])}
+    ceiling = pearson(motion, loudness["true"])
+    result.reference = {"loudness_ceiling": ceiling, "motion_loudness_corr": ceiling,
+                        "similarity_corr": similarity_correlation(motion_ssm, ssm["true"]),
+                        "beat_align": beat_align_score(beats, found["true"])}
+    for system in SYSTEMS:
+        result.metrics[system]["loudness_ceiling_share"] = _share(
+            result.metrics[system]["loudness_corr"], ceiling)
+    result.weights = {"segments": n, "takes": 1, "audible_segments": audible,
+                      "chroma_blocks": int(np.count_nonzero(~np.isnan(true_chroma))),
+                      "motion_beats": len(beats), "true_onsets": len(found["true"])}
     excerpt = None
     if want_excerpt:
-        streams = {s: _stream(np.concatenate(parts), d.segment_samples, d.hop_samples,
-                              warmup=begin - first)
-                   for s, parts in excerpt_segments.items()}
-        excerpt = Excerpt(name, result.first_time_s + begin / d.fps, streams,
+        _, begin, end = _excerpt_range(n, d)
+        h = d.hop_samples
+        excerpt = Excerpt(name, result.first_time_s + begin / d.fps,
+                          {s: streams[s][begin * h:end * h].copy()
+                           for s in ("true", "model", "baseline_nearest")},
                           {"motion": motion_ssm, "true": ssm["true"], "model": ssm["model"]},
                           result.first_time_s + kept / d.fps)
     return result, excerpt
+
+
+def _share(value: float | None, ceiling: float | None) -> float | None:
+    """``value`` as a share of ``ceiling``; None where either is undefined or the
+    ceiling is below ``CEILING_MIN``."""
+    if value is None or ceiling is None or ceiling < CEILING_MIN:
+        return None
+    return value / ceiling
 
 
 def _subsample(n: int, most: int) -> np.ndarray:
@@ -579,47 +931,43 @@ def _excerpt_range(n: int, d) -> tuple[int, int, int]:
     return max(0, start - _warmup(d)), start, start + length
 
 
-def _stream(segments: np.ndarray, segment_samples: int, hop_samples: int,
-            warmup: int) -> np.ndarray:
-    """Segments overlap-added as the box plays them; the warm-up hops are dropped."""
-    adder = OverlapAdd(segment_samples, hop_samples)
-    hops = [adder.push(segment.astype(np.float32)).copy() for segment in segments]
-    return np.concatenate(hops[warmup:]) if len(hops) > warmup else np.zeros(0, np.float32)
-
-
 def _combine(takes: list[TakeResult]) -> tuple[dict, dict]:
-    """The per-take results as one value per system and metric.
+    return pool_takes([take.scores() for take in takes])
 
-    log_mel_distance_db: the mean over every segment of every take. The
-    correlations are per take (a take's loudness level depends on how it was
-    recorded, which no motion can tell): loudness_corr and motion_loudness_corr
-    are averaged over the takes where they are defined, weighted by segments;
-    similarity_corr is the plain mean over takes, as Dance2Music reports it.
+
+def pool_takes(scores: list[dict]) -> tuple[dict, dict]:
+    """Per-take results (``TakeResult.scores``) as one value per system and metric,
+    and the true audio's reference values: ``(metrics, reference)``.
+
+    Each value is the mean over the takes where it is defined, weighted as
+    ``WEIGHTS`` says: by segments (log-mel distance, so it is the mean over every
+    segment; the Fréchet distance; the loudness correlations), by audible segments
+    (level offset and error), by blocks with pitch (chroma), by motion beats
+    (beat_align: the mean over every motion beat), by true onsets (beat_hit and
+    beat_cover: pooled counts), or equally (similarity_corr, as Dance2Music
+    reports it). loudness_ceiling_share is the pooled loudness_corr over the pooled
+    ceiling. Correlations are per take because a take's level depends on how it
+    was recorded, which no motion can tell.
     """
     def mean_over_takes(values: list[float | None], weights: list[float]) -> float | None:
-        pairs = [(v, w) for v, w in zip(values, weights) if v is not None]
+        pairs = [(v, w) for v, w in zip(values, weights) if v is not None and w > 0]
         if not pairs:
             return None
         return float(sum(v * w for v, w in pairs) / sum(w for _, w in pairs))
 
-    segments = [take.segments for take in takes]
+    def pooled(key: str, values: list[float | None]) -> float | None:
+        return mean_over_takes(values, [t["weights"][WEIGHTS[key]] for t in scores])
+
+    reference = {key: pooled(key, [t["reference"].get(key) for t in scores])
+                 for key in REFERENCE}
     metrics: dict[str, dict[str, float | None]] = {}
     for system in SYSTEMS:
-        distance = np.concatenate([take.distance[system] for take in takes])
-        values = {"log_mel_distance_db": float(distance.mean())}
-        for metric in ("loudness_corr", "motion_loudness_corr"):
-            values[metric] = mean_over_takes([t.metrics[system][metric] for t in takes],
-                                             segments)
-        values["similarity_corr"] = mean_over_takes(
-            [t.metrics[system]["similarity_corr"] for t in takes], [1.0] * len(takes))
+        values = {key: pooled(key, [t["metrics"][system].get(key) for t in scores])
+                  for key in METRICS if key != "loudness_ceiling_share"}
+        values["loudness_ceiling_share"] = _share(values["loudness_corr"],
+                                                  reference["loudness_ceiling"])
         metrics[system] = {k: _rounded(values[k]) for k in METRICS}
-    reference = {
-        "motion_loudness_corr": _rounded(mean_over_takes(
-            [t.reference["motion_loudness_corr"] for t in takes], segments)),
-        "similarity_corr": _rounded(mean_over_takes(
-            [t.reference["similarity_corr"] for t in takes], [1.0] * len(takes))),
-    }
-    return metrics, reference
+    return metrics, {k: _rounded(v) for k, v in reference.items()}
 
 
 def _rounded(value: float | None) -> float | None:
@@ -628,9 +976,11 @@ def _rounded(value: float | None) -> float | None:
 
 def _winners(values: dict[str, float | None], metric: str) -> list[str]:
     defined = {s: v for s, v in values.items() if v is not None}
-    if not defined:
+    if not defined or metric in NO_WINNER:
         return []
-    best = (min if metric in LOWER_IS_BETTER else max)(defined.values())
+    if metric in IDEAL:
+        defined = {s: abs(v - IDEAL[metric]) for s, v in defined.items()}
+    best = (min if metric in LOWER_IS_BETTER or metric in IDEAL else max)(defined.values())
     return [s for s, v in defined.items() if v == best]
 
 
@@ -638,22 +988,43 @@ def _winners(values: dict[str, float | None], metric: str) -> list[str]:
 
 
 def format_table(evaluation: Evaluation) -> str:
-    """Systems by metrics, the true audio's own values for scale, and each metric's winner."""
-    width = max(len(m) for m in METRICS)
-    name_width = 24
-    lines = ["".ljust(name_width) + "".join(m.rjust(width + 2) for m in METRICS)]
-    for system in SYSTEMS:
-        lines.append(system.ljust(name_width) + "".join(
-            _cell(evaluation.metrics[system][m]).rjust(width + 2) for m in METRICS))
-    lines.append("true audio (reference)".ljust(name_width) + "".join(
-        _cell(evaluation.reference.get(m), blank="-").rjust(width + 2) for m in METRICS))
-    winners = evaluation.winners()
-    lines.append("best".ljust(name_width) + "".join(
-        (", ".join(winners[m]) or "none").rjust(width + 2) for m in METRICS))
+    """Metrics by systems, the true audio's own values for scale, and each metric's winner."""
+    return format_metrics(evaluation.metrics, evaluation.reference, evaluation.winners())
+
+
+REFERENCE_CELL = {"loudness_corr": "loudness_ceiling", "motion_loudness_corr":
+                  "motion_loudness_corr", "similarity_corr": "similarity_corr",
+                  "beat_align": "beat_align"}
+"""Which reference value the true-audio column shows in each metric's row: in
+loudness_corr's row, the ceiling (the true loudness's correlation with motion)."""
+
+
+def format_metrics(metrics: dict, reference: dict, winners: dict | None = None) -> str:
+    """One row per metric, one column per system, then the true audio and the winner."""
+    name_width = max(len(m) for m in METRICS) + 2
+    columns = list(SYSTEMS) + ["true_audio"] + (["best"] if winners is not None else [])
+    width = max(len(c) for c in columns) + 2
+    lines = ["metric".ljust(name_width) + "".join(c.rjust(width) for c in columns)]
+    for metric in METRICS:
+        cells = [_cell(metrics[s][metric]) for s in SYSTEMS]
+        key = REFERENCE_CELL.get(metric)
+        cells.append(_cell(reference.get(key), blank="-") if key else "-")
+        if winners is not None:
+            cells.append(",".join(_short(w) for w in winners[metric]) or
+                         ("-" if metric in NO_WINNER else "none"))
+        lines.append(metric.ljust(name_width) + "".join(c.rjust(width) for c in cells))
     lines.append("")
-    lines.append("log_mel_distance_db: lower is better; correlations: higher is better; "
-                 "n/a: undefined (a constant series), never best.")
+    lines.append("lower is better: log_mel_distance_db, frechet_log_mel, level_error_db; "
+                 "nearest 1 is best: chroma_movement_ratio, beat_cover; level_offset_db is "
+                 "the mastering level, never best; the rest: higher is better. n/a: "
+                 "undefined, never best. true_audio: the real music's own value; in the "
+                 "loudness_corr row, its motion_loudness_corr (the ceiling that "
+                 "loudness_ceiling_share divides by).")
     return "\n".join(lines)
+
+
+def _short(system: str) -> str:
+    return system.replace("baseline_", "")
 
 
 def _cell(value: float | None, blank: str = "n/a") -> str:
@@ -751,25 +1122,27 @@ def _html(evaluation: Evaluation, figures: list[tuple[str, str]], audio: bool) -
     e, m = evaluation, evaluation.bundle.manifest
     esc = html.escape
     winners = e.winners()
-    head = "".join(f"<th>{esc(metric)}</th>" for metric in METRICS)
+    head = "".join(f"<th>{esc(system)}</th>" for system in SYSTEMS)
     body = []
-    for system in SYSTEMS:
+    for metric in METRICS:
         cells = []
-        for metric in METRICS:
+        for system in SYSTEMS:
             text = esc(_cell(e.metrics[system][metric]))
             cells.append(f"<td><b>{text}</b></td>" if system in winners[metric]
                          else f"<td>{text}</td>")
-        body.append(f"<tr><th>{esc(system)}</th>{''.join(cells)}</tr>")
-    body.append("<tr class=ref><th>true audio (reference)</th>" + "".join(
-        f"<td>{esc(_cell(e.reference.get(metric), blank='-'))}</td>" for metric in METRICS)
-        + "</tr>")
+        key = REFERENCE_CELL.get(metric)
+        cells.append(f"<td class=ref>{esc(_cell(e.reference.get(key), blank='-') if key else '-')}"
+                     "</td>")
+        body.append(f"<tr><th>{esc(metric)}</th>{''.join(cells)}</tr>")
+    per_take = ("log_mel_distance_db", "level_offset_db", "level_error_db", "loudness_corr",
+                "chroma_movement_corr", "beat_align", "beat_hit")
     takes = "".join(
         f"<tr><td>{esc(t.name)}</td><td>{esc(t.label)}</td><td>{t.segments}</td>"
         f"<td>{t.segments * t.seconds_per_segment:.1f}</td>"
-        f"<td>{t.distance['model'].mean():.2f}</td>"
-        f"<td>{esc(_cell(t.metrics['model']['loudness_corr']))}</td>"
-        f"<td>{esc(_cell(t.metrics['model']['similarity_corr']))}</td></tr>"
+        + "".join(f"<td>{esc(_cell(t.metrics['model'][k]))}</td>" for k in per_take)
+        + f"<td>{esc(_cell(t.reference.get('loudness_ceiling'), blank='-'))}</td></tr>"
         for t in e.takes)
+    take_head = "".join(f"<th>model {esc(k)}</th>" for k in per_take)
     images = "".join(f'<figure><img src="{esc(name)}" alt="{esc(caption)}">'
                      f"<figcaption>{esc(caption)}</figcaption></figure>"
                      for name, caption in figures)
@@ -787,7 +1160,7 @@ def _html(evaluation: Evaluation, figures: list[tuple[str, str]], audio: bool) -
 <style>
 body {{ font-family: sans-serif; max-width: 70em; margin: 1em auto; padding: 0 1em; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .2em .6em; }}
-td {{ text-align: right; }} tr.ref {{ color: #666; }} img {{ max-width: 100%; }}
+td {{ text-align: right; }} .ref {{ color: #666; }} img {{ max-width: 100%; }}
 pre {{ background: #f6f6f6; padding: .5em; overflow-x: auto; }}
 </style></head><body>
 <h1>Evaluation of model {esc(m.name)}</h1>
@@ -795,18 +1168,26 @@ pre {{ background: #f6f6f6; padding: .5em; overflow-x: auto; }}
 {sum(t.segments for t in e.takes)} evaluation segments from {len(e.takes)} take(s);
 the int8 performer graph run by the box's runtime on every window.</p>
 <h2>Results</h2>
-<table><tr><th>system</th>{head}</tr>{''.join(body)}</table>
-<p><b>Bold</b>: best in its column. log_mel_distance_db: mean absolute difference of
-log-mel spectra (64 bands, dB, floor {FLOOR_DB:g} dB), lower is better. loudness_corr:
-correlation of generated and true segment loudness. motion_loudness_corr: correlation of
-the amount of motion with the generated loudness. similarity_corr: correlation of the
-motion and audio self-similarity matrices (Dance2Music). Correlations are computed per take
-and averaged; higher is better; n/a means undefined (a constant series) and never wins.
-The reference row is the true audio's own value. Definitions: docs/evaluation.md.</p>
+<table><tr><th>metric</th>{head}<th>true audio</th></tr>{''.join(body)}</table>
+<p><b>Bold</b>: best in its row. log_mel_distance_db: mean absolute difference of
+log-mel spectra (64 bands, dB, floor {FLOOR_DB:g} dB), lower is better. frechet_log_mel:
+Fréchet distance of Gaussians fitted to the log-mel frames (dB², lower is better).
+level_offset_db: median level difference from the true audio (the song's mastering level,
+reported, never best); level_error_db: median level error once that offset is removed
+(lower is better). loudness_corr: correlation of generated and true segment loudness; its
+true-audio cell is the ceiling, the true loudness's own correlation with the motion, and
+loudness_ceiling_share the system's loudness_corr as a share of it. motion_loudness_corr:
+correlation of the amount of motion with the generated loudness. similarity_corr:
+correlation of the motion and audio self-similarity matrices (Dance2Music).
+chroma_movement_corr / _ratio: how the pitch-class movement per 0.5 s follows the true
+audio's (ratio best near 1). beat_align: beat alignment score of motion beats and the
+sound's onsets (AIST++); beat_hit / beat_cover: share of true onsets matched within
+100 ms / generated onsets per true onset (best near 1). Per-take values are pooled over
+takes; n/a means undefined and never wins. Definitions: docs/evaluation.md.</p>
 <h2>Evaluation data</h2>
 <p>Roots: {esc(', '.join(e.data_roots))}</p>
-<table><tr><th>take</th><th>label</th><th>segments</th><th>seconds</th>
-<th>model distance (dB)</th><th>model loudness_corr</th><th>model similarity_corr</th></tr>
+<table><tr><th>take</th><th>label</th><th>segments</th><th>seconds</th>{take_head}
+<th>loudness ceiling</th></tr>
 {takes}</table>
 <h2>Baselines' training data</h2>
 <p>Roots: {esc(', '.join(e.train_roots))}</p>
@@ -859,7 +1240,8 @@ def _evaluate_command(args) -> int:
         page = write_report(evaluation, args.report)
         print(f"wrote {page}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
-        print(json.dumps(evaluation.metrics, sort_keys=False))
+        print(json.dumps({**evaluation.metrics, "reference": evaluation.reference},
+                         sort_keys=False))
     else:
         print(format_table(evaluation))
     return 0

@@ -1,0 +1,238 @@
+"""Leave-one-take-out cross-validation: how the model does on each take it never saw.
+
+For every take under the data folders, a model is trained on all the other takes
+(``train.train``, validation split among those as the config says), exported to
+int8 (``export.export``) and evaluated on the held-out take (``evaluate``, with the
+fold's training takes as the baselines' data). Each fold writes its run folder,
+its bundle and, only once complete, its result (``result.json``, written
+atomically) under the output folder; a rerun skips the folds that have a result.
+
+It trains models, so it imports TensorFlow (when a fold runs); it never modifies a take.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from device.errors import DanceSamplerError
+from train_host.dataset import DatasetError, find_takes, prepare_take
+from train_host.evaluate import pool_takes, run_evaluation
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+
+COLUMNS = (   # (heading, system or "reference", key)
+    ("model", "model", "log_mel_distance_db"),
+    ("mean", "baseline_mean", "log_mel_distance_db"),
+    ("nearest", "baseline_nearest", "log_mel_distance_db"),
+    ("offset", "model", "level_offset_db"),
+    ("lvl_err", "model", "level_error_db"),
+    ("loud_r", "model", "loudness_corr"),
+    ("ceiling", "reference", "loudness_ceiling"),
+    ("chroma_r", "model", "chroma_movement_corr"),
+    ("BAS", "model", "beat_align"),
+    ("BAS_true", "reference", "beat_align"),
+    ("hit", "model", "beat_hit"),
+    ("cover", "model", "beat_cover"),
+)
+"""The table's columns after the take: log-mel distance (dB) of the model, the
+mean-spectrum and the nearest-window baselines; the model's level offset and error
+(dB), loudness correlation and the true audio's ceiling, chroma movement
+correlation, beat alignment (and the true audio's), beat hit and cover."""
+
+
+class CrossvalError(DanceSamplerError, ValueError):
+    """Cross-validation cannot run as asked; the message names what is wrong."""
+
+
+def crossval(data_roots: list[str | os.PathLike], cfg, *, out: str | os.PathLike | None = None,
+             init_from=None, cache_dir: str | os.PathLike | None = None) -> dict:
+    """Run (or resume) every fold; return ``{"name", "out", "folds": [...], "pooled":
+    {"metrics", "reference"}}``. ``cfg`` is a ``TrainConfig``; ``init_from`` a
+    ``train.Run`` every fold is fine-tuned from."""
+    from train_host.train import config_hash
+
+    takes = _takes(data_roots, cfg, cache_dir)
+    name = config_hash(cfg)
+    if init_from is not None:
+        name += "-from-" + hashlib.sha256(str(Path(init_from.path).resolve()).encode()) \
+            .hexdigest()[:6]
+    out = Path(out) if out is not None else Path("out") / "crossval" / name
+    bar = _progress_bar(len(takes))
+    folds = []
+    started = time.monotonic()
+    for i, take in enumerate(takes):
+        others = [p for p in takes if p != take]
+        folder = out / f"{i + 1:02d}-{take.name}"
+        result = _finished(folder, take, others, name)
+        if result is None:
+            result = _run_fold(folder, take, others, cfg, name, init_from, cache_dir)
+            done = "done"
+        else:
+            done = "already done"
+        folds.append(result)
+        model = result["metrics"]["model"]
+        if bar is not None:
+            bar.update(i + 1, [("log_mel", model["log_mel_distance_db"])])
+        else:
+            log.info("fold %d/%d, take %s: %s (model log-mel %.2f dB, %.0f s so far)",
+                     i + 1, len(takes), take.name, done, model["log_mel_distance_db"],
+                     time.monotonic() - started)
+    metrics, reference = pool_takes([score for fold in folds for score in fold["scores"]])
+    return {"name": name, "out": str(out), "folds": folds,
+            "pooled": {"metrics": metrics, "reference": reference}}
+
+
+def _takes(roots, cfg, cache_dir) -> list[Path]:
+    """The takes, each long enough to be held out, or one line saying what is wrong."""
+    if not roots:
+        raise CrossvalError("no data: pass folders of takes")
+    try:
+        takes = find_takes(list(roots))
+    except DatasetError as exc:
+        raise CrossvalError(f"data: {exc}") from None
+    where = ", ".join(map(str, roots))
+    if len(takes) < 2:
+        raise CrossvalError(f"cross-validation needs at least 2 takes (one held out, the "
+                            f"rest to train on); found {len(takes)} in {where}")
+    for path in takes:
+        try:
+            prepared = prepare_take(path, cfg, cache_dir=cache_dir)
+        except DanceSamplerError as exc:
+            raise CrossvalError(f"take {path}: {exc}") from None
+        if not prepared.example_count(cfg):
+            raise CrossvalError(
+                f"take {path.name}: {prepared.seconds:.2f} s is too short to be held out (one "
+                f"example needs {cfg.data.window_frames} frames and {cfg.data.segment_seconds:g} "
+                "s of sound); move it out of the data folders")
+    return takes
+
+
+def _finished(folder: Path, take: Path, others: list[Path], name: str) -> dict | None:
+    """A finished fold's result, if it is there and was made the same way."""
+    path = folder / RESULT_FILE
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CrossvalError(f"{path}: cannot read this fold's result ({exc}); delete it to "
+                            "run the fold again") from None
+    if (result.get("name"), result.get("train_takes")) != (name, [str(p) for p in others]):
+        raise CrossvalError(f"{path}: this fold was made with another config or other "
+                            "takes; pass another --out, or delete the folder")
+    return result
+
+
+def _run_fold(folder: Path, take: Path, others: list[Path], cfg, name: str, init_from,
+              cache_dir) -> dict:
+    from train_host.dataset import build_dataset
+    from train_host.export import export
+    from train_host.train import train
+
+    started = time.monotonic()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        train_set, validation, summary = build_dataset(others, cfg, cache_dir=cache_dir)
+    except DatasetError as exc:
+        raise CrossvalError(f"training takes without {take.name}: {exc}") from None
+    # TensorFlow's converter prints to stdout, which is the JSON's alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        run = train(cfg, train_set, validation, folder / "run", data_summary=summary,
+                    init_from=init_from)
+        bundle = export(run, folder / "model.dsb", name=f"crossval-{take.name}")
+    evaluation = run_evaluation(bundle, [take], others, cache_dir=cache_dir, seed=cfg.seed,
+                                keep_excerpt=False)
+    result = {"name": name, "take": take.name, "path": str(take),
+              "train_takes": [str(p) for p in others],
+              "validation_takes": summary["validation_sessions"],
+              "seconds": round(time.monotonic() - started, 1),
+              "metrics": evaluation.metrics, "reference": evaluation.reference,
+              "scores": [t.scores() for t in evaluation.takes]}
+    tmp = folder / (RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, folder / RESULT_FILE)
+    return result
+
+
+def _progress_bar(folds: int):
+    """A bar over the folds on a terminal; None otherwise (a log line per fold then)."""
+    if not sys.stderr.isatty():
+        return None
+    import keras
+
+    return keras.utils.Progbar(folds, stateful_metrics=["log_mel"])
+
+
+def format_crossval(result: dict) -> str:
+    """A row per held-out take and the pooled row."""
+    width = max([len("pooled")] + [len(f["take"]) for f in result["folds"]]) + 2
+    lines = ["take".ljust(width) + "".join(h.rjust(10) for h, _, _ in COLUMNS)]
+
+    def row(label: str, metrics: dict, reference: dict) -> str:
+        cells = [_cell((reference if system == "reference" else metrics[system]).get(key))
+                 for _, system, key in COLUMNS]
+        return label.ljust(width) + "".join(c.rjust(10) for c in cells)
+
+    for fold in result["folds"]:
+        lines.append(row(fold["take"], fold["metrics"], fold["reference"]))
+    pooled = result["pooled"]
+    lines.append(row("pooled", pooled["metrics"], pooled["reference"]))
+    lines.append("")
+    lines.append("model, mean, nearest: log-mel distance (dB) of the model and the mean-spectrum "
+                 "and nearest-window baselines; offset, lvl_err: the model's level offset and "
+                 "error (dB); loud_r: its loudness_corr, ceiling: the true audio's "
+                 "motion_loudness_corr; chroma_r: chroma_movement_corr; BAS: beat_align "
+                 "(BAS_true: the true audio's); hit, cover: beat_hit, beat_cover. Pooled as "
+                 "docs/evaluation.md says. Folds in " + result["out"])
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+def add_commands(subparsers) -> None:
+    """Add ``crossval`` to a ``python -m train_host`` parser."""
+    parser = subparsers.add_parser(
+        "crossval", help="train on all takes but one, evaluate on that one, for every take")
+    parser.add_argument("data", nargs="+", metavar="DATA",
+                        help="folders of takes, or take folders")
+    parser.add_argument("--config", help="training config (default: config/train.yaml)")
+    parser.add_argument("--init-from", metavar="RUN_OR_BUNDLE",
+                        help="fine-tune this run (or the run a bundle came from) in every fold")
+    parser.add_argument("--out", help="folder of the folds (default: out/crossval/<name>)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object: the folds and the pooled metrics")
+    parser.add_argument("--seed", type=int, help="the config's seed, overridden")
+    parser.add_argument("--cache", metavar="DIR",
+                        help="where prepared takes are kept between runs (default: "
+                             "out/dataset-cache; 'none': no cache)")
+    parser.set_defaults(func=_crossval_command)
+
+
+def _crossval_command(args) -> int:
+    from device.config import load_train_config, resolve_path, with_overrides
+    from train_host.train import find_run
+
+    cfg = load_train_config(args.config)
+    if args.seed is not None:
+        cfg = with_overrides(cfg, {"seed": args.seed})
+    cache_dir = (resolve_path("out/dataset-cache") if args.cache is None
+                 else None if args.cache == "none" else Path(args.cache))
+    init_from = find_run(args.init_from) if args.init_from else None
+    result = crossval(args.data, cfg, out=args.out, init_from=init_from, cache_dir=cache_dir)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_crossval(result))
+    return 0
+
