@@ -101,6 +101,7 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
         scale = float(1.0 / max(train_set.motion.std(), 1e-4))
     model = vae_mod.build(window_frames=data.window_frames, features=cfg.motiongram.features,
                           segment_samples=data.segment_samples,
+                          hop_samples=data.hop_samples,
                           latent_size=cfg.model.latent_size,
                           hidden_units=cfg.model.hidden_units, input_scale=scale)
     if init_from is not None:
@@ -316,6 +317,7 @@ def load_run(path: str | Path) -> Run:
     model = vae_mod.build(window_frames=cfg.data.window_frames,
                           features=cfg.motiongram.features,
                           segment_samples=cfg.data.segment_samples,
+                          hop_samples=cfg.data.hop_samples,
                           latent_size=cfg.model.latent_size,
                           hidden_units=cfg.model.hidden_units, input_scale=info["input_scale"])
     _load_weights(model, path / "weights")
