@@ -86,6 +86,15 @@ model:
     ])
 
 
+def test_sensitivity_and_motion_gain_out_of_range_name_their_key(tmp_path):
+    assert error_of(write(tmp_path, "motion: {sensitivity: 50}\n")).endswith(
+        "1 problem(s): motion.sensitivity: expected a number from 0.05 to 20, got 50")
+    message = error_of(write(tmp_path, "motion_gain: {reference: -0.1, time_s: 0}\n"),
+                       TrainConfig)
+    assert "motion_gain.reference: expected a number from 0 to 1, got -0.1" in message
+    assert "motion_gain.time_s: expected a number from 0.1 to 600, got 0" in message
+
+
 def test_structure_mistakes_name_their_key(tmp_path):
     message = error_of(write(tmp_path, "camera: [1, 2]\nvideo: {}\naudio: {volum: 0.5}\n"))
     assert "camera: expected a mapping of keys, got a list" in message

@@ -201,6 +201,35 @@ def test_a_version_1_bundle_still_plays_and_a_manifest_that_lies_is_refused(tiny
         read_bundle(unknown)
 
 
+def test_the_motion_gain_travels_in_the_bundle_and_a_version_2_bundle_hears_motion_as_measured(
+        tiny_bundle, tmp_path):
+    import dataclasses
+
+    from device.bundle import write_bundle
+    from device.engine import Engine
+    from device.errors import BundleError
+    from device.motiongram import MotionGainParams
+
+    bundle = read_bundle(tiny_bundle)
+    manifest, graphs = bundle.manifest, dict(bundle.graphs)
+    assert manifest.format_version == 3 and manifest.motion_gain == MotionGainParams()
+    assert "gain        to 0.008 over 8 s" in manifest.describe()
+    faint = np.zeros(112, np.float32)
+    faint[20:30] = faint[70:80] = 0.002             # a small dancer far away
+    assert Engine(bundle).gain.push(faint)[:64].mean() == pytest.approx(0.008, rel=1e-5)
+
+    v2 = read_bundle(write_bundle(tmp_path / "v2.dsb", dataclasses.replace(
+        manifest, format_version=2, motion_gain=None), graphs))
+    assert v2.manifest.motion_gain is None and "gain        none" in v2.manifest.describe()
+    np.testing.assert_array_equal(Engine(v2).gain.push(faint), faint)
+
+    bad = dataclasses.replace(manifest, motion_gain=dataclasses.replace(
+        manifest.motion_gain, max_gain=-1.0))
+    with pytest.raises(BundleError, match=r"bad.dsb: motion_gain.max_gain is -1.0; expected a "
+                                          r"number from 1 to 1000"):
+        read_bundle(write_bundle(tmp_path / "bad.dsb", bad, graphs))
+
+
 def test_gptq_puts_weights_on_the_int8_grid_and_keeps_the_layer_output_closer():
     from train_host.export import gptq
 
