@@ -53,10 +53,8 @@ class Timing:
         return cls(round(float(np.median(ms)), 3), round(float(np.percentile(ms, 99)), 3))
 
 
-def measure_compute(bundle: Bundle, cfg: DeviceConfig, *, frames: int) -> dict[str, Timing]:
-    """Each stage of the loop, timed per frame over ``frames`` synthetic frames."""
-    engine = Engine(bundle, runtime=cfg.model.runtime, threads=cfg.model.threads,
-                    sensitivity=cfg.motion.sensitivity)
+def measure_compute(engine: Engine, cfg: DeviceConfig, *, frames: int) -> dict[str, Timing]:
+    """Each stage of ``engine``'s loop, timed per frame over ``frames`` synthetic frames."""
     dancer = SyntheticDancer(fps=cfg.camera.fps, width=cfg.motiongram.width,
                              height=cfg.motiongram.height, seed=cfg.camera.seed)
     stages: dict[str, list[float]] = {k: [] for k in
@@ -97,12 +95,11 @@ def structure_ms(cfg: DeviceConfig, fps: float, sample_rate: int) -> dict[str, f
 
 
 def report(bundle: Bundle, cfg: DeviceConfig, *, frames: int) -> dict:
-    compute = measure_compute(bundle, cfg, frames=frames)
-    from device.runtime import interpreter_class
-
+    engine = Engine(bundle, runtime=cfg.model.runtime, threads=cfg.model.threads,
+                    sensitivity=cfg.motion.sensitivity)
+    compute = measure_compute(engine, cfg, frames=frames)
     # The runtime really loaded ('auto' names none): the figures are that runtime's.
-    runtime = interpreter_class(cfg.model.runtime).__module__.split(".")[0]
-    out = {"model": bundle.manifest.name, "runtime": runtime,
+    out = {"model": bundle.manifest.name, "runtime": engine.performer.runtime,
            "frames_measured": frames,
            "compute_ms": {k: vars(v) for k, v in compute.items()},
            "targets_ms": TARGETS, "seed_prototype_ms": SEED_PROTOTYPE_MS, "end_to_end_ms": {}}

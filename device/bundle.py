@@ -95,6 +95,12 @@ class Manifest:
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
+    @property
+    def gain(self) -> MotionGainParams:
+        """The motion gain the model heard: its own, or none (``reference`` 0) for a
+        bundle from before the gain (format 1 or 2), which heard motion as measured."""
+        return self.motion_gain or MotionGainParams(reference=0.0)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 

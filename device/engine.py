@@ -31,7 +31,7 @@ import numpy as np
 from device.bundle import Bundle
 from device.errors import BundleError
 from device.camera import Camera, Frame
-from device.motiongram import MotionGain, MotionGainParams, MotiongramStream
+from device.motiongram import MotionGain, MotiongramStream
 from device.overlap_add import OverlapAdd
 from device.runtime import Performer
 
@@ -96,7 +96,7 @@ class Engine:
         self._incoming: tuple[Bundle, Performer] | None = None
         self._faded = 0
         self.motiongram = MotiongramStream(m.motiongram)
-        self.gain = MotionGain(_gain_params(bundle), m.motiongram, fps=m.fps,
+        self.gain = MotionGain(m.gain, m.motiongram, fps=m.fps,
                                sensitivity=sensitivity)
         self.window = MotionWindow(m.window_frames, m.motiongram.features)
         self.overlap_add = OverlapAdd(m.audio.segment_samples, m.audio.hop_samples)
@@ -138,7 +138,7 @@ class Engine:
                 self.bundle, self.performer = incoming
                 self._incoming = None
                 # The dancer's level carries on; the new model's gain settings apply.
-                self.gain.retune(_gain_params(self.bundle))
+                self.gain.retune(self.bundle.manifest.gain)
                 log.info("model: now playing %s", self.bundle.manifest.name)
         hop = self.overlap_add.push(segment)
         # No clipping here: a file sink clips in to_int16, and live sound goes
@@ -171,9 +171,3 @@ class Engine:
             stats.samples += len(hop)
         stats.wall_s = time.monotonic() - started
         return stats
-
-
-def _gain_params(bundle: Bundle) -> MotionGainParams:
-    """The bundle's motion gain; a bundle from before it (format 1 or 2) heard the
-    motion as measured."""
-    return bundle.manifest.motion_gain or MotionGainParams(reference=0.0)

@@ -91,10 +91,9 @@ def ticks_motiongram(frames: np.ndarray, index: np.ndarray,
     distinct frames at a time: an hour of frames at once needs gigabytes.
     """
     index = np.asarray(index, np.intp)
-    out = np.zeros((len(index), params.features), np.float32)
     if not len(index):
-        return out
-    new = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
+        return np.zeros((0, params.features), np.float32)
+    new = np.r_[True, index[1:] != index[:-1]]     # ticks that show a new frame
     distinct = index[new]
     motion = np.empty((len(distinct), params.features), np.float32)
     for start in range(0, len(distinct), chunk):
@@ -105,8 +104,7 @@ def ticks_motiongram(frames: np.ndarray, index: np.ndarray,
         motion[start:stop] = motiongram(np.asarray(frames[distinct[start - lead:stop]]),
                                         params)[lead:]
     # Each tick takes the motion of the newest distinct frame at or before it.
-    out[:] = motion[np.cumsum(np.r_[True, index[1:] != index[:-1]]) - 1]
-    return out
+    return motion[np.cumsum(new) - 1]
 
 
 class MotiongramStream:
@@ -141,7 +139,7 @@ class MotiongramStream:
             self._motion = np.zeros(self.params.features, np.float32)
         else:
             self._motion = _features(np.abs(current - previous), self.params)
-        return self._motion.copy()
+        return self._motion     # a fresh array; only a repeat hands out a copy of it
 
 
 def motion_amount(features: np.ndarray, params: MotiongramParams) -> np.ndarray:

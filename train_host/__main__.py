@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--data", nargs="+", metavar="DIR",
                        help="folders of takes, or take folders, to train on; validation "
                             "holds out whole takes (default: the synthetic demo takes)")
-    train.add_argument("--cache", metavar="DIR",
-                       help="where prepared takes are kept between runs (default: "
-                            "out/dataset-cache; 'none': no cache)")
+    from train_host.dataset import add_cache_option
+
+    add_cache_option(train)
     train.set_defaults(func=_train)
 
     export = commands.add_parser("export", help="write the int8 bundle of a trained run")
@@ -94,16 +94,13 @@ def _run_folder(out: Path | None, cfg) -> Path:
 
 def _train_sessions(config_path, roots: list[str], cache: str | None, out: Path | None,
                     init_from=None):
-    from device.config import load_train_config, resolve_path
-    from train_host.dataset import build_dataset
+    from device.config import load_train_config
+    from train_host.dataset import build_dataset, cache_dir_option
     from train_host.train import train
 
     cfg = load_train_config(config_path)
-    # The cache holds only derived arrays; out/ is the project's git-ignored scratch.
-    cache_dir = (resolve_path("out/dataset-cache") if cache is None
-                 else None if cache == "none" else Path(cache))
     train_set, validation, summary = build_dataset([Path(root) for root in roots], cfg,
-                                                   cache_dir=cache_dir)
+                                                   cache_dir=cache_dir_option(cache))
     log.info("data: %d take(s), %.1f min; validation: %s", summary["takes"],
              summary["seconds"] / 60, ", ".join(summary["validation_sessions"]) or "none")
     return train(cfg, train_set, validation, _run_folder(out, cfg), data_summary=summary,

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from device.errors import DanceSamplerError
-from train_host.dataset import DatasetError, find_takes, prepare_take
+from train_host.dataset import (DatasetError, add_cache_option, cache_dir_option, find_takes,
+                                prepare_take)
 from train_host.evaluate import pool_takes, run_evaluation
 
 log = logging.getLogger(__name__)
@@ -213,21 +214,18 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object: the folds and the pooled metrics")
     parser.add_argument("--seed", type=int, help="the config's seed, overridden")
-    parser.add_argument("--cache", metavar="DIR",
-                        help="where prepared takes are kept between runs (default: "
-                             "out/dataset-cache; 'none': no cache)")
+    add_cache_option(parser)
     parser.set_defaults(func=_crossval_command)
 
 
 def _crossval_command(args) -> int:
-    from device.config import load_train_config, resolve_path, with_overrides
+    from device.config import load_train_config, with_overrides
     from train_host.train import find_run
 
     cfg = load_train_config(args.config)
     if args.seed is not None:
         cfg = with_overrides(cfg, {"seed": args.seed})
-    cache_dir = (resolve_path("out/dataset-cache") if args.cache is None
-                 else None if args.cache == "none" else Path(args.cache))
+    cache_dir = cache_dir_option(args.cache)
     init_from = find_run(args.init_from) if args.init_from else None
     result = crossval(args.data, cfg, out=args.out, init_from=init_from, cache_dir=cache_dir)
     if args.json:

@@ -33,7 +33,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -135,6 +134,12 @@ def make_examples(motion: np.ndarray, audio: np.ndarray, *, window_frames: int,
     return Examples(x, y, labels, np.full(len(ends), take))
 
 
+def gained_motion(motion: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """A take's motion (T, features) scaled by ``cfg``'s motion gain from a fresh
+    level, as the box scales it live: what the model hears in training."""
+    return MotionGain(cfg.motion_gain, cfg.motiongram, fps=cfg.data.fps).apply(motion)
+
+
 # ---- one take ----------------------------------------------------------------------
 
 
@@ -191,14 +196,10 @@ class PreparedTake:
         """How much of the take the examples are cut from."""
         return len(self.motion) / self.fps
 
-    def gained_motion(self, cfg: TrainConfig) -> np.ndarray:
-        """The take's motion scaled by ``cfg``'s motion gain, as the box scales it live."""
-        return MotionGain(cfg.motion_gain, cfg.motiongram, fps=cfg.data.fps).apply(self.motion)
-
     def examples(self, cfg: TrainConfig, *, take: int, stride: int = 1) -> Examples:
         """The take's examples, every one labelled with the take's label."""
         data = cfg.data
-        return make_examples(self.gained_motion(cfg), self.audio,
+        return make_examples(gained_motion(self.motion, cfg), self.audio,
                              window_frames=data.window_frames,
                              segment_samples=data.segment_samples,
                              hop_samples=data.hop_samples,
@@ -304,6 +305,24 @@ def _retime(session: Session, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray,
 
 
 # ---- the cache ---------------------------------------------------------------------
+
+
+def add_cache_option(parser) -> None:
+    """The ``--cache DIR`` option of the commands that build datasets."""
+    parser.add_argument("--cache", metavar="DIR",
+                        help="where prepared takes are kept between runs (default: "
+                             "out/dataset-cache; 'none': no cache)")
+
+
+def cache_dir_option(value: str | None) -> Path | None:
+    """The cache folder a ``--cache`` value names: ``out/dataset-cache`` in the
+    project (its git-ignored scratch; the cache holds only derived arrays) when
+    not given, no cache for ``none``."""
+    from device.config import resolve_path
+
+    if value is None:
+        return resolve_path("out/dataset-cache")
+    return None if value == "none" else Path(value)
 
 
 def _cache_key(info: SessionInfo, cfg: TrainConfig) -> tuple[str, str]:

@@ -29,8 +29,8 @@ from typing import Sequence
 import numpy as np
 
 from device.camera.synthetic import DancerState, SyntheticDancer
-from device.motiongram import MotionGain, motiongram
-from train_host.dataset import Examples, make_examples
+from device.motiongram import motiongram
+from train_host.dataset import Examples, gained_motion, make_examples
 
 log = logging.getLogger(__name__)
 
@@ -351,8 +351,7 @@ def demo_examples(cfg) -> tuple[Examples, Examples, dict]:
         take = make_demo_take(seconds, seed=cfg.demo.seed + i, fps=data.fps,
                               sample_rate=data.sample_rate, width=cfg.motiongram.width,
                               height=cfg.motiongram.height)
-        gain = MotionGain(cfg.motion_gain, cfg.motiongram, fps=data.fps)
-        motion = gain.apply(motiongram(take.frames, cfg.motiongram))
+        motion = gained_motion(motiongram(take.frames, cfg.motiongram), cfg)
         parts.append(make_examples(motion, take.audio,
                                    window_frames=data.window_frames,
                                    segment_samples=data.segment_samples,

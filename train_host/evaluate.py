@@ -40,12 +40,12 @@ import numpy as np
 from device.bundle import Bundle, read_bundle
 from device.config import TrainConfig, with_overrides
 from device.errors import ConfigError, DanceSamplerError
-from device.motiongram import MotionGainParams, motion_amount
+from device.motiongram import motion_amount
 from device.overlap_add import OverlapAdd
 from device.runtime import Performer
 from device.session import session_info
-from train_host.dataset import DatasetError, Examples, build_dataset, find_takes, \
-    session_examples
+from train_host.dataset import DatasetError, Examples, add_cache_option, build_dataset, \
+    cache_dir_option, find_takes, session_examples
 
 log = logging.getLogger(__name__)
 
@@ -664,9 +664,7 @@ def evaluation_config(bundle: Bundle) -> TrainConfig:
         "data.window_frames": m.window_frames, "data.validation_fraction": 0.0,
         "motiongram.width": m.motiongram.width, "motiongram.height": m.motiongram.height,
         "motiongram.threshold": m.motiongram.threshold,
-        # A bundle from before the motion gain heard the motion as measured.
-        **{f"motion_gain.{k}": v for k, v in
-           dataclasses.asdict(m.motion_gain or MotionGainParams(reference=0.0)).items()},
+        **{f"motion_gain.{k}": v for k, v in dataclasses.asdict(m.gain).items()},
     }
     try:
         cfg = with_overrides(TrainConfig(), overrides)
@@ -1221,20 +1219,15 @@ def add_commands(subparsers) -> None:
                         help="print one JSON object: system -> metric -> value or null")
     parser.add_argument("--report", metavar="DIR",
                         help="write DIR/index.html with the table and plots")
-    parser.add_argument("--cache", metavar="DIR",
-                        help="where prepared takes are kept between runs (default: "
-                             "out/dataset-cache; 'none': no cache)")
+    add_cache_option(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random baseline and the mean baseline's phase")
     parser.set_defaults(func=_evaluate_command)
 
 
 def _evaluate_command(args) -> int:
-    from device.config import resolve_path
-
-    cache_dir = (resolve_path("out/dataset-cache") if args.cache is None
-                 else None if args.cache == "none" else Path(args.cache))
-    evaluation = run_evaluation(args.bundle, args.data, args.train_data, cache_dir=cache_dir,
+    evaluation = run_evaluation(args.bundle, args.data, args.train_data,
+                                cache_dir=cache_dir_option(args.cache),
                                 seed=args.seed, keep_excerpt=bool(args.report))
     if args.report:
         page = write_report(evaluation, args.report)
