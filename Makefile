@@ -34,6 +34,12 @@ else \
 fi
 endef
 
+# $(call q,VALUE): VALUE as one shell word, whatever it holds; $(call qs,VALUES):
+# each whitespace-separated word as its own. What a person types after make never
+# runs as shell (make deploy PI='x; cmd' asks for a box called "x;").
+q  = '$(subst ','\'',$(1))'
+qs = $(foreach w,$(1),$(call q,$(w)))
+
 SECONDS ?=
 NAME    ?= mymodel
 CONFIG  ?= config/train.yaml
@@ -46,7 +52,7 @@ help:  ## print this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 run: $(VENV_OK).device  ## play live: Pi camera and ALSA where present, else synthetic dancer into a WAV (SECONDS=N to stop)
-	$(PY) -m device run $(if $(SECONDS),--seconds $(SECONDS),)
+	$(PY) -m device run $(if $(SECONDS),--seconds $(call q,$(SECONDS)),)
 
 test: $(VENV_OK).all test-packages  ## run the whole test suite (what CI runs)
 	$(PY) -m pytest
@@ -56,34 +62,34 @@ test-hw: $(VENV_OK).device  ## on a Raspberry Pi: the tests that need its camera
 
 DATA ?=
 train: $(VENV_OK).all  ## train runs/NAME on the takes in DATA=DIR… (none: the synthetic demo takes; CONFIG=…)
-	$(PY) -m train_host train --config $(CONFIG) --out runs/$(NAME) $(if $(DATA),--data $(DATA),)
+	$(PY) -m train_host train --config $(call q,$(CONFIG)) --out $(call q,runs/$(NAME)) $(if $(DATA),--data $(call qs,$(DATA)),)
 
 export: $(VENV_OK).all  ## write the int8 bundle models/NAME.dsb from runs/NAME
-	$(PY) -m train_host export runs/$(NAME) --out models/$(NAME).dsb
+	$(PY) -m train_host export $(call q,runs/$(NAME)) --out $(call q,models/$(NAME).dsb)
 
 default-model: $(VENV_OK).all  ## rebuild the shipped factory model models/default.dsb, reproducibly
 	$(PY) -m train_host default-model --config config/train.yaml --out models/default.dsb
 
 PI ?=
 pull-data: $(VENV_OK).device  ## copy new takes from the box PI=user@host into sessions/, verified (DELETE=1: then remove them there)
-	@test -n "$(PI)" || { echo "make: say which box: make pull-data PI=user@host" >&2; exit 2; }
-	$(PY) -m firmware_tools pull-data $(PI) $(if $(DELETE),--delete-after,)
+	@test -n $(call q,$(PI)) || { echo "make: say which box: make pull-data PI=user@host" >&2; exit 2; }
+	$(PY) -m firmware_tools pull-data $(call q,$(PI)) $(if $(DELETE),--delete-after,)
 
 BUNDLE ?= models/$(NAME).dsb
 wheels: $(VENV_OK).device  ## fetch the box's aarch64/CPython 3.11 wheels into out/ (needs PyPI; again when the pins change)
 	$(PY) -m firmware_tools release --wheels
 
 deploy: $(VENV_OK).device  ## put this tree on the box PI=user@host (several: PI="a b"); rolls back if it does not come up
-	@test -n "$(PI)" || { echo "make: say which box: make deploy PI=user@host" >&2; exit 2; }
-	$(PY) -m firmware_tools deploy $(PI)
+	@test -n $(call q,$(PI)) || { echo "make: say which box: make deploy PI=user@host" >&2; exit 2; }
+	$(PY) -m firmware_tools deploy $(call qs,$(PI))
 
 flash-model: $(VENV_OK).device  ## copy BUNDLE=models/NAME.dsb to the box PI=user@host, checked there first
-	@test -n "$(PI)" || { echo "make: say which box: make flash-model BUNDLE=… PI=user@host" >&2; exit 2; }
-	$(PY) -m firmware_tools flash-model $(BUNDLE) $(PI)
+	@test -n $(call q,$(PI)) || { echo "make: say which box: make flash-model BUNDLE=… PI=user@host" >&2; exit 2; }
+	$(PY) -m firmware_tools flash-model $(call q,$(BUNDLE)) $(call qs,$(PI))
 
 provision: $(VENV_OK).device  ## make a fresh Pi PI=user@host ready for deploys (READ_ONLY=1: overlay root)
-	@test -n "$(PI)" || { echo "make: say which box: make provision PI=user@host" >&2; exit 2; }
-	$(PY) -m firmware_tools provision $(PI) $(if $(READ_ONLY),--read-only-root,)
+	@test -n $(call q,$(PI)) || { echo "make: say which box: make provision PI=user@host" >&2; exit 2; }
+	$(PY) -m firmware_tools provision $(call qs,$(PI)) $(if $(READ_ONLY),--read-only-root,)
 
 bench: $(VENV_OK).device  ## measure each stage's share of the delay from a move to its sound
 	$(PY) -m device bench

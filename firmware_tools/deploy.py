@@ -14,19 +14,35 @@ On the box, under ``/opt/dancesampler`` (docs/deploy.md):
    restarted, and the deploy fails naming the unit's state and its last journal
    lines. The three most recently deployed releases are kept.
 
-A release that is already current is left alone: no copy, no restart.
+The release that last passed that check is written in ``releases/.good``; a
+rollback goes back to it. A deploy interrupted after the switch (Ctrl-C in the
+health wait rolls back at once; a lost connection cannot) leaves ``current``
+on a release that was never checked: the next deploy sees that it is not
+``.good``, checks it, and rolls back to the good one if it does not come up.
+
+One deploy at a time: each holds a lock on the box (``flock`` on
+``/opt/dancesampler/.deploy.lock``, held by a shell that lives as long as this
+deploy's ssh connection, so a deploy that is killed or cut off never leaves it
+held), and a second is refused naming who holds it.
+
+A release that is already current, checked and running is left alone: no copy,
+no restart.
 This never changes anything outside ``/opt/dancesampler``, the unit file,
 ``/etc/dancesampler/device.yaml`` (only written when missing) and the service.
 """
 
 from __future__ import annotations
 
+import getpass
 import logging
 import posixpath
+import select
 import shlex
+import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from firmware_tools.release import Release
@@ -41,6 +57,7 @@ JOURNAL_LINES = 20
 # the wheels themselves; the room check asks for this plus twice the release.
 VENV_ROOM_BYTES = 200 * 2**20
 RESTART_TIMEOUT_S = 90     # TimeoutStartSec=60 in the unit, plus the stop
+LOCK_TIMEOUT_S = 60        # for the box to answer whether the deploy lock is free
 
 DEFAULT_MAKE_VENV = (
     "python3 -m venv --system-site-packages .venv && "
@@ -53,6 +70,10 @@ DEFAULT_PYTHON = ("cd {current} && DANCESAMPLER_CONFIG=/etc/dancesampler/device.
 
 class DeployFailed(RemoteError):
     """The release did not come up on the box (and was rolled back where possible)."""
+
+
+class DeployBusy(RemoteError):
+    """Another deploy holds the box's deploy lock."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +124,8 @@ class BoxState:
     incoming: list[str]
     history: list[str]
     free_bytes: int | None
+    good: str | None = None
+    """The release that last passed the health check (``releases/.good``)."""
 
 
 @dataclass
@@ -119,12 +142,25 @@ def deploy(remote: Remote, release: Release, box: Box = Box(), *,
            rsync: Callable[..., None] | None = None) -> DeployResult:
     """Put ``release`` on the box behind ``remote`` and make it the running one."""
     rsync = rsync or rsync_to
-    with remote.connection():
+    with remote.connection(), _deploy_lock(remote, box):
         state = _state(remote, box)
         rid = release.id
+        # Where a failure goes back to: the release last seen healthy (boxes
+        # deployed before ``.good`` existed: the current one).
+        previous = state.good if state.good in state.releases else (
+            state.current if state.current in state.releases else None)
         if state.current == rid and rid in state.releases:
-            report(f"{remote}: already running {rid}")
-            return DeployResult(rid, changed=False, previous=rid)
+            props = _show(remote, box)
+            if props.get("ActiveState") == "active" and state.good in (rid, None):
+                _mark_good(remote, box, rid)
+                report(f"{remote}: already running {rid}")
+                return DeployResult(rid, changed=False, previous=rid)
+            why = "was never checked" if state.good != rid else _describe(props)
+            report(f"{remote}: {rid} is current but {why}: checking it again")
+            if previous == rid:
+                previous = None
+            status = _start_checked(remote, box, rid, previous, report)
+            return DeployResult(rid, changed=True, previous=previous, status=status)
 
         if rid not in state.releases:
             needed = 2 * release.size + VENV_ROOM_BYTES
@@ -146,28 +182,95 @@ def deploy(remote: Remote, release: Release, box: Box = Box(), *,
                               f"{shlex.quote(posixpath.join(box.releases, rid))}",
                  f"putting release {rid} in place")
 
-        previous = state.current if state.current in state.releases else None
         _switch(remote, box, rid)
-        try:
-            status = _restart_and_check(remote, box)
-        except DeployFailed as failure:
-            journal = _journal(remote, box)
-            if previous is None:
-                raise DeployFailed(f"{failure}; no earlier release to roll back to"
-                                   f"{journal}") from None
-            _switch(remote, box, previous)
-            try:
-                _restart_and_check(remote, box)
-                after = f"rolled back to {previous}, which is running again"
-            except DeployFailed as again:
-                after = f"rolled back to {previous}, which did not come up either ({again})"
-            raise DeployFailed(f"{failure}; {after}{journal}") from None
-        report(f"{remote}: running {rid} ({status})")
+        status = _start_checked(remote, box, rid, previous, report)
         removed = _prune(remote, box, rid)
         for name in removed:
             report(f"{remote}: removed old release {name}")
         return DeployResult(rid, changed=True, previous=previous, removed=removed,
                             status=status)
+
+
+def _start_checked(remote: Remote, box: Box, rid: str, previous: str | None,
+                   report: Callable[[str], None]) -> str:
+    """Restart the current release ``rid`` and check it; on failure (or Ctrl-C)
+    switch back to ``previous`` and restart that. Returns the status line."""
+    try:
+        status = _restart_and_check(remote, box)
+    except DeployFailed as failure:
+        journal = _journal(remote, box)
+        if previous is None:
+            raise DeployFailed(f"{failure}; no earlier release to roll back to"
+                               f"{journal}") from None
+        _switch(remote, box, previous)
+        try:
+            _restart_and_check(remote, box)
+            after = f"rolled back to {previous}, which is running again"
+        except DeployFailed as again:
+            after = f"rolled back to {previous}, which did not come up either ({again})"
+        raise DeployFailed(f"{failure}; {after}{journal}") from None
+    except KeyboardInterrupt:
+        # Stopped in the health wait: never leave an unchecked release playing.
+        if previous is not None:
+            report(f"{remote}: interrupted before {rid} was checked: rolling back "
+                   f"to {previous}")
+            _switch(remote, box, previous)
+            _run(remote, box, f"systemctl restart {UNIT}", "restarting the service",
+                 check=False, timeout=RESTART_TIMEOUT_S)
+        raise
+    _mark_good(remote, box, rid)
+    report(f"{remote}: running {rid} ({status})")
+    return status
+
+
+_LOCK = r"""
+mkdir -p {base}
+exec 9>>{base}/.deploy.lock
+if ! flock -n 9; then
+  echo "busy $(cat {base}/.deploy.who 2>/dev/null)"
+  exit 0
+fi
+echo {who} "since $(date -u '+%Y-%m-%d %H:%M:%SZ')" > {base}/.deploy.who
+echo locked
+cat >/dev/null
+"""
+
+
+@contextmanager
+def _deploy_lock(remote: Remote, box: Box) -> Iterator[None]:
+    """Hold the box's deploy lock for the block.
+
+    The lock is held by a shell on the box that waits on this end of its ssh
+    connection: when the block ends, or this process dies, or the connection
+    drops, the shell ends and the lock is free.
+    """
+    who = f"{getpass.getuser()}@{socket.gethostname()}"
+    script = _LOCK.format(base=shlex.quote(box.base), who=shlex.quote(who))
+    proc = subprocess.Popen(remote.ssh_command(box.wrap(script)), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], LOCK_TIMEOUT_S)
+        answer = proc.stdout.readline().strip() if ready else ""
+        if answer != "locked":
+            if answer.startswith("busy"):
+                holder = answer[4:].strip() or "another deploy"
+                raise DeployBusy(f"{remote}: another deploy is under way on this box "
+                                 f"({holder}); try again when it has finished")
+            proc.kill()
+            _, stderr = proc.communicate(timeout=30)
+            if proc.returncode == 255:
+                raise remote._ssh_error(stderr, "taking the deploy lock")
+            raise remote._command_error(proc.returncode or 1, stderr or "no answer",
+                                        "taking the deploy lock")
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.stdin.close()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def rsync_to(remote: Remote, box: Box, source: str, dest: str,
@@ -207,6 +310,7 @@ for d in "$base"/releases/* "$base"/releases/.incoming-*; do
   [ -d "$d" ] && [ ! -L "$d" ] && echo "release=$(basename "$d")"
 done
 [ -f "$base/releases/.history" ] && sed 's/^/history=/' "$base/releases/.history"
+[ -f "$base/releases/.good" ] && echo "good=$(cat "$base/releases/.good")"
 echo "df=$(df -Pk "$base/releases" | tail -n 1)"
 """
 
@@ -214,7 +318,7 @@ echo "df=$(df -Pk "$base/releases" | tail -n 1)"
 def _state(remote: Remote, box: Box) -> BoxState:
     out = _run(remote, box, _STATE.format(base=shlex.quote(box.base)),
                "reading the releases on the box").stdout
-    current, releases, incoming, history, free = None, [], [], [], None
+    current, releases, incoming, history, free, good = None, [], [], [], None, None
     for line in out.splitlines():
         key, _, value = line.partition("=")
         if key == "current" and value:
@@ -223,11 +327,13 @@ def _state(remote: Remote, box: Box) -> BoxState:
             (incoming if value.startswith(".incoming-") else releases).append(value)
         elif key == "history" and value:
             history.append(value)
+        elif key == "good" and value:
+            good = value
         elif key == "df":
             fields = value.split()
             if len(fields) >= 6 and fields[-3].isdigit():
                 free = int(fields[-3]) * 1024
-    return BoxState(current, sorted(releases), sorted(incoming), history, free)
+    return BoxState(current, sorted(releases), sorted(incoming), history, free, good)
 
 
 _SWITCH = r"""
@@ -257,6 +363,14 @@ def _switch(remote: Remote, box: Box, rid: str) -> None:
         base=shlex.quote(box.base), target=shlex.quote(f"releases/{rid}"), rid=shlex.quote(rid),
         unit_dir=shlex.quote(box.path("etc/systemd/system")), config=shlex.quote(config),
         config_dir=shlex.quote(posixpath.dirname(config))), f"switching to release {rid}")
+
+
+def _mark_good(remote: Remote, box: Box, rid: str) -> None:
+    """Write ``rid`` as the release a failed deploy goes back to."""
+    good = posixpath.join(box.releases, ".good")
+    _run(remote, box, f"echo {shlex.quote(rid)} > {shlex.quote(good + '.new')} && "
+                      f"mv -f {shlex.quote(good + '.new')} {shlex.quote(good)}",
+         "recording the checked release")
 
 
 def _restart_and_check(remote: Remote, box: Box) -> str:
@@ -316,6 +430,8 @@ def _prune(remote: Remote, box: Box, current: str) -> list[str]:
     ranked = [r for r in order if r in state.releases] + \
              [r for r in state.releases if r not in order]   # never deployed: oldest
     keep = {current, *ranked[:KEEP_RELEASES]}
+    if state.good:
+        keep.add(state.good)
     victims = [r for r in ranked if r not in keep]
     if victims:
         _run(remote, box, "cd {} && rm -rf {} && grep -vxF {} .history > .history.new; "

@@ -425,3 +425,151 @@ def test_provisioning_twice_does_each_step_once(remote, sshd, tmp_path):
     script = provision_script(read_only_root=True)
     assert script.startswith("set -eu") and "mountpoint -q" in script
     assert "do_overlayfs" not in provision_script()
+
+
+# ---- one deploy at a time, and never left on an unchecked release ----------------
+
+def test_a_second_deploy_is_refused_while_one_is_under_way(
+        remote, box, stubs, project, tmp_path):
+    import threading
+
+    first = new_release(project, tmp_path, 1)
+    copying, go_on = threading.Event(), threading.Event()
+
+    def slow_rsync(*args, **kwargs):
+        copying.set()
+        go_on.wait(30)
+        rsync_to(*args, **kwargs)
+
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(
+        result=run_deploy(remote, first, box, rsync=slow_rsync)))
+    worker.start()
+    try:
+        assert copying.wait(30)
+        second = new_release(project, tmp_path, 2)
+        with pytest.raises(RemoteError) as busy:
+            run_deploy(remote, second, box)
+        message = str(busy.value)
+        assert "\n" not in message
+        assert "another deploy is under way on this box" in message
+        assert "@" in message and "since" in message, "the holder is not named"
+    finally:
+        go_on.set()
+        worker.join(60)
+    assert outcome["result"][0].changed and current(box) == f"releases/{first.id}"
+    result, _ = run_deploy(remote, second, box)   # the lock is free again
+    assert result.changed and current(box) == f"releases/{second.id}"
+
+
+def test_a_killed_deploy_never_leaves_the_lock_held(sshd, remote, box, tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from firmware_tools.deploy import Box, _deploy_lock\n"
+         "from firmware_tools.ssh import Remote\n"
+         f"remote = Remote({sshd.target!r}, port={sshd.port}, identity={str(sshd.identity)!r}, "
+         f"options={list(sshd.client_options)!r})\n"
+         f"with _deploy_lock(remote, Box(root={box.root!r})):\n"
+         "    print('held', flush=True)\n"
+         "    time.sleep(120)\n"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        from firmware_tools.deploy import DeployBusy, _deploy_lock
+        with pytest.raises(DeployBusy):
+            with _deploy_lock(remote, box):
+                pass
+        holder.kill()             # as a power cut or kill -9 of the deploying host would
+        holder.wait(10)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with _deploy_lock(remote, box):
+                    break
+            except DeployBusy:
+                assert time.monotonic() < deadline, "the lock outlived the killed deploy"
+                time.sleep(0.2)
+    finally:
+        holder.kill()
+
+
+def test_ctrl_c_in_the_health_wait_rolls_back(remote, box, stubs, project, tmp_path,
+                                              monkeypatch):
+    import firmware_tools.deploy as deploy_module
+
+    good = new_release(project, tmp_path, 1)
+    run_deploy(remote, good, box)
+    new = new_release(project, tmp_path, 2)
+
+    def ctrl_c(remote, box):    # pressed while the deploy watches the unit settle
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(deploy_module, "_show", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_deploy(remote, new, box)
+    monkeypatch.undo()
+    assert current(box) == f"releases/{good.id}"
+    assert len(calls(stubs)) == 3          # the good one, the new one, the good one again
+    assert (Path(box.root) / "opt/dancesampler/releases/.good").read_text().strip() == good.id
+
+
+def test_a_release_left_unchecked_is_checked_by_the_next_deploy_and_rolled_back(
+        remote, box, stubs, project, tmp_path, monkeypatch):
+    import firmware_tools.deploy as deploy_module
+
+    good = new_release(project, tmp_path, 1)
+    run_deploy(remote, good, box)
+    bad = new_release(project, tmp_path, 2)
+
+    def killed(remote, box):   # the deploying host died right after the switch
+        raise SystemExit(137)
+
+    monkeypatch.setattr(deploy_module, "_restart_and_check", killed)
+    with pytest.raises(SystemExit):
+        run_deploy(remote, bad, box)
+    monkeypatch.undo()
+    assert current(box) == f"releases/{bad.id}"
+    (stubs / "bad").write_text(bad.id + "\n")
+
+    # The same deploy again does not take the failing release for a running one.
+    with pytest.raises(DeployFailed) as failed:
+        run_deploy(remote, bad, box)
+    assert f"rolled back to {good.id}, which is running again" in str(failed.value)
+    assert current(box) == f"releases/{good.id}"
+
+    # And a new release that fails goes back to the good one, not the bad.
+    monkeypatch.setattr(deploy_module, "_restart_and_check", killed)
+    with pytest.raises(SystemExit):
+        run_deploy(remote, bad, box)
+    monkeypatch.undo()
+    worse = new_release(project, tmp_path, 3)
+    (stubs / "bad").write_text(f"{bad.id}\n{worse.id}\n")
+    with pytest.raises(DeployFailed) as failed:
+        run_deploy(remote, worse, box)
+    assert f"rolled back to {good.id}" in str(failed.value)
+    assert current(box) == f"releases/{good.id}"
+
+
+def test_make_passes_what_a_person_typed_as_arguments_never_as_shell(tmp_path):
+    for name in ("ok", "ok.device", "ok.all"):   # stand for the venv being ready
+        (tmp_path / name).write_text("")
+    show_argv = f"{shlex.quote(sys.executable)} -c 'import json, sys; print(json.dumps(sys.argv[2:]))'"
+
+    def make(*args):
+        result = subprocess.run(["make", "-s", "-C", str(ROOT), f"PY={show_argv}",
+                                 f"VENV_OK={tmp_path / 'ok'}", f"VENV={tmp_path / 'venv'}", *args],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        import json
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    planted = tmp_path / "planted"
+    assert make("deploy", f"PI=x; touch {planted}") == \
+        ["firmware_tools", "deploy", "x;", "touch", str(planted)]
+    assert make("deploy", "PI=pi@box1 pi@box2") == ["firmware_tools", "deploy", "pi@box1", "pi@box2"]
+    assert make("flash-model", f"BUNDLE=it's `touch {planted}`.dsb", "PI=pi@box") == \
+        ["firmware_tools", "flash-model", f"it's `touch {planted}`.dsb", "pi@box"]
+    assert make("train", "NAME=a b", "CONFIG=c'd") == \
+        ["train_host", "train", "--config", "c'd", "--out", "runs/a b"]
+    assert not planted.exists()
