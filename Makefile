@@ -45,7 +45,7 @@ NAME    ?= mymodel
 CONFIG  ?= config/train.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-hw train export default-model pull-data wheels deploy flash-model provision bench check-bundle system-packages test-packages clean
+.PHONY: help run test test-hw test-arm64 train export default-model pull-data wheels deploy flash-model provision bench check-bundle system-packages test-packages clean
 
 help:  ## print this help
 	@echo "dancesampler — make TARGET"
@@ -56,6 +56,18 @@ run: $(VENV_OK).device  ## play live: Pi camera and ALSA where present, else syn
 
 test: $(VENV_OK).all test-packages  ## run the whole test suite (what CI runs)
 	$(PY) -m pytest
+
+# Debian packages the arm64 platform test uses: a bookworm root, entered with
+# systemd-nspawn, its programs run by qemu-user through binfmt_misc.
+ARM64_PACKAGES := debootstrap systemd-container qemu-user-static binfmt-support
+
+test-arm64: $(VENV_OK).all  ## the release on Debian bookworm arm64 under qemu: device tests, check-bundle, a short run
+	@$(call ensure_packages,$(ARM64_PACKAGES),required)
+	@[ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
+	@command -v update-binfmts >/dev/null && update-binfmts --enable qemu-aarch64 2>/dev/null || true
+	$(PY) -m firmware_tools release --wheels
+	$(PY) -m tests.platform.wheels
+	$(PY) -m pytest -m arm64 -s -p no:cacheprovider tests/platform
 
 test-hw: $(VENV_OK).device  ## on a Raspberry Pi: the tests that need its camera, sound card and GPIO
 	$(PY) -m pytest -m hw tests/hw

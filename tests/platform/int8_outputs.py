@@ -1,0 +1,29 @@
+"""``python -m tests.platform.int8_outputs BUNDLE WINDOWS OUT``: the raw int8
+outputs (shape and level tensors) of a bundle's graph in tflite-runtime for each
+motion window in the ``.npy`` file WINDOWS, saved to the ``.npz`` file OUT. Run
+on this machine and inside the arm64 root, to compare the two platforms."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from device.bundle import read_bundle
+from device.runtime import Performer
+
+
+def main(bundle: str, windows: str, out: str) -> int:
+    performer = Performer.of(read_bundle(bundle), runtime="tflite_runtime")
+    interpreter = performer._interpreter
+    shapes, levels = [], []
+    for window in np.load(windows):
+        performer(window)
+        shapes.append(interpreter.get_tensor(performer._out["index"])[0].copy())
+        levels.append(interpreter.get_tensor(performer._level["index"])[0].copy())
+    np.savez(out, shape=np.stack(shapes), level=np.stack(levels))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))

@@ -1,0 +1,101 @@
+"""Debian bookworm roots for the box's platform tests, built once and cached.
+
+``bookworm_root(arch)`` makes (with debootstrap, from Debian's own mirror) a
+minimal bookworm root for ``arch`` under ``out/``, once: the root is built in a
+temporary folder and renamed into place only when complete. ``run_in`` runs a
+command inside a root with systemd-nspawn; a foreign architecture's programs run
+under qemu-user through the kernel's binfmt_misc (Debian's qemu-user-static
+registers it with the F flag, so the root needs no copy of qemu).
+
+Each helper says, as a pytest skip reason, what this machine lacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from firmware_tools.provision import APT_PACKAGES
+from tests.conftest import ROOT
+
+MIRROR = "http://deb.debian.org/debian"
+SUITE = "bookworm"
+# What provisioning installs on a box, less picamera2 (Raspberry Pi OS's own
+# archive; the tests' camera is the synthetic dancer).
+PACKAGES = ("python3", *(p for p in APT_PACKAGES if p != "python3-picamera2"))
+BINFMT = {"arm64": "/proc/sys/fs/binfmt_misc/qemu-aarch64"}
+NATIVE = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+def require_tools(arch: str) -> None:
+    """Skip, saying why, unless this machine can build and enter an ``arch`` root."""
+    if os.geteuid() != 0:
+        pytest.skip("building and entering a Debian root needs root")
+    for program, package in (("debootstrap", "debootstrap"),
+                             ("systemd-nspawn", "systemd-container")):
+        if shutil.which(program) is None:
+            pytest.skip(f"{program} is not installed (Debian package {package}; "
+                        "make test-arm64 installs it)")
+    if NATIVE.get(platform.machine()) != arch:
+        binfmt = Path(BINFMT[arch])
+        if not binfmt.exists() or "enabled" not in binfmt.read_text():
+            pytest.skip(f"this kernel cannot run {arch} programs ({binfmt} is not "
+                        "registered: Debian package qemu-user-static, binfmt_misc mounted)")
+        if "flags: " not in binfmt.read_text() or "F" not in binfmt.read_text().split(
+                "flags: ", 1)[1].split()[0]:
+            pytest.skip(f"{binfmt} lacks the F flag: qemu would have to be inside the root")
+
+
+def bookworm_root(arch: str) -> Path:
+    """A minimal bookworm root for ``arch`` with ``PACKAGES``, cached under out/."""
+    key = hashlib.sha256(" ".join((SUITE, arch, *PACKAGES)).encode()).hexdigest()[:10]
+    root = ROOT / "out" / f"rootfs-{SUITE}-{arch}-{key}"
+    if (root / "usr" / "bin" / "python3").exists():
+        return root
+    building = root.with_name(root.name + ".building")
+    shutil.rmtree(building, ignore_errors=True)
+    result = subprocess.run(
+        ["debootstrap", f"--arch={arch}", "--variant=minbase",
+         f"--include={','.join(PACKAGES)}", SUITE, str(building), MIRROR],
+        capture_output=True, text=True, timeout=3600)
+    if result.returncode != 0:
+        tail = " / ".join(result.stdout.strip().splitlines()[-3:] +
+                          result.stderr.strip().splitlines()[-3:])
+        pytest.fail(f"debootstrap of {SUITE} {arch} failed: {tail}")
+    building.rename(root)
+    return root
+
+
+def run_in(root: Path, command: str, *, binds: tuple[tuple[Path, str], ...] = (),
+           env: dict[str, str] | None = None, timeout: float = 1800
+           ) -> subprocess.CompletedProcess:
+    """Run the shell ``command`` inside ``root`` (systemd-nspawn, no network),
+    with host folders bound in, read-only, as ``(host path, path inside)``."""
+    argv = ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--pipe", "--private-network",
+            "--directory", str(root), "--setenv=LANG=C.UTF-8"]
+    for key, value in (env or {}).items():
+        argv.append(f"--setenv={key}={value}")
+    for host, inside in binds:
+        argv.append(f"--bind-ro={host}:{inside}")
+    argv += ["--", "/bin/sh", "-c", command]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def check(result: subprocess.CompletedProcess, what: str) -> str:
+    """``result``'s output, or fail naming ``what`` and the end of its output."""
+    if result.returncode != 0:
+        out = (result.stdout + result.stderr).strip().splitlines()
+        pytest.fail(f"{what} failed (exit {result.returncode}):\n" + "\n".join(out[-40:]))
+    return result.stdout
+
+
+def quote(path: str | os.PathLike) -> str:
+    return shlex.quote(os.fspath(path))
