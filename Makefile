@@ -12,9 +12,11 @@ VENV_FLAGS := $(shell $(PYTHON) -c "import picamera2" >/dev/null 2>&1 && echo --
 # Debian packages the build needs: pyalsaaudio compiles against libasound2.
 SYSTEM_PACKAGES := libasound2-dev gcc
 # Debian packages the tests of pull and deploy use: a real OpenSSH server on
-# loopback, and rsync. Installed when run as root (CI); elsewhere named, and those
+# loopback, and rsync; and debootstrap and systemd-nspawn, which boot the box
+# in a container with real systemd (tests/platform/test_box.py). Installed
+# when run as root (CI); elsewhere named, and those
 # tests skip saying why (installing openssh-server starts an sshd on port 22).
-TEST_PACKAGES := rsync openssh-client openssh-server
+TEST_PACKAGES := rsync openssh-client openssh-server debootstrap systemd-container
 
 # $(call ensure_packages,PACKAGES,required|optional): apt-get install the missing
 # ones as root; otherwise name them (and fail, when required).
@@ -55,6 +57,7 @@ run: $(VENV_OK).device  ## play live: Pi camera and ALSA where present, else syn
 	$(PY) -m device run $(if $(SECONDS),--seconds $(call q,$(SECONDS)),)
 
 test: $(VENV_OK).all test-packages  ## run the whole test suite (what CI runs)
+	$(PY) -m tests.platform.prepare box
 	$(PY) -m pytest
 
 # Debian packages the arm64 platform test uses: a bookworm root, entered with
@@ -66,7 +69,7 @@ test-arm64: $(VENV_OK).all  ## the release on Debian bookworm arm64 under qemu: 
 	@[ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
 	@command -v update-binfmts >/dev/null && update-binfmts --enable qemu-aarch64 2>/dev/null || true
 	$(PY) -m firmware_tools release --wheels
-	$(PY) -m tests.platform.wheels
+	$(PY) -m tests.platform.prepare arm64
 	$(PY) -m pytest -m arm64 -s -p no:cacheprovider tests/platform
 
 test-hw: $(VENV_OK).device  ## on a Raspberry Pi: the tests that need its camera, sound card and GPIO

@@ -263,6 +263,11 @@ class AudioConfig:
     """Level above which the limiter bends peaks down so nothing reaches full scale."""
     wav_path: str = field(default="out/run.wav", metadata=_PATH)
     """Where the sound is written when output is 'auto' and there is no sound card."""
+    clock: str = field(default="auto", metadata={"choices": ("auto", "card", "system")})
+    """What keeps the sound to time: 'card' (the ALSA device's own clock: its
+    blocking writes), 'system' (this computer's clock: for an ALSA device with
+    none of its own, such as the file PCM over null), 'auto' (the card's for an
+    ALSA device, the system's for a WAV file)."""
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from firmware_tools.ssh import Remote
 
 log = logging.getLogger(__name__)
 
-APT_PACKAGES = ("python3-picamera2", "python3-venv", "python3-pip", "python3-dev",
+CAMERA_PACKAGE = "python3-picamera2"
+APT_PACKAGES = (CAMERA_PACKAGE, "python3-venv", "python3-pip", "python3-dev",
                 "libasound2-dev", "gcc", "rsync")
 GROUPS = ("video", "audio", "gpio")
 USER = "dancesampler"
@@ -38,14 +39,25 @@ _SCRIPT = r"""set -eu
 R={root}
 say() {{ echo "provision: $*"; }}
 
-# 1. apt packages (only the missing ones; no apt-get update when none is)
+# 1. apt packages (only the missing ones; no apt-get update when none is).
+# picamera2 is in Raspberry Pi OS's own archive: a box whose archives lack it
+# (plain Debian) has no Pi camera, and is provisioned without it.
 missing=""
 for p in {packages}; do
   dpkg-query -W -f='${{Status}}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
-  say "installing$missing"
   apt-get update -qq
+  case " $missing " in
+    *" {camera} "*)
+      if ! apt-cache show {camera} >/dev/null 2>&1; then
+        say "{camera} is not in this box's archives (not Raspberry Pi OS): no Pi camera"
+        missing=$(echo "$missing" | sed 's/ {camera}//')
+      fi ;;
+  esac
+fi
+if [ -n "$missing" ]; then
+  say "installing$missing"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
 else
   say "apt packages: all present"
@@ -112,6 +124,7 @@ def provision_script(*, root: str = "/", read_only_root: bool = False) -> str:
         raise ValueError("the unit file holds the heredoc's end marker")
     script = _SCRIPT.format(
         root=shlex.quote(root.rstrip("/")), packages=" ".join(APT_PACKAGES),
+        camera=CAMERA_PACKAGE,
         groups=" ".join(GROUPS), group_list=",".join(GROUPS), user=USER,
         alsa_pin=shlex.quote(PYALSAAUDIO), alsa_version=PYALSAAUDIO.split("==")[1],
         unit=unit if unit.endswith("\n") else unit + "\n")

@@ -369,3 +369,33 @@ def test_alsa_sink_gives_up_on_a_device_that_stays_broken(alsa_file_device):
     with pytest.raises(AudioError, match="underran twice"):
         sink.write(np.zeros(735, np.float32))
     sink.close()
+
+
+def test_the_config_clock_chooses_what_keeps_the_sound_to_time(alsa_file_device):
+    """An ALSA device with no clock of its own (the file PCM over null) plays in
+    real time with `audio.clock: system`; `auto` trusts an ALSA device's writes."""
+    import time
+
+    from device.config import DeviceConfig, with_overrides
+
+    device, raw = alsa_file_device
+    sr, hop = 22050, 735
+    chosen = {}
+    for clock in ("auto", "card", "system"):
+        audio = with_overrides(DeviceConfig(), {"audio.clock": clock}).audio
+        sink = open_sink(f"alsa:{device}", sample_rate=sr, period_size=128, periods=2)
+        chosen[clock] = AudioStream.from_config(sink, audio, hop_samples=hop).pace
+        sink.close()
+    assert chosen == {"auto": False, "card": False, "system": True}
+
+    audio = with_overrides(DeviceConfig(), {"audio.clock": "system"}).audio
+    sink = open_sink(f"alsa:{device}", sample_rate=sr, period_size=128, periods=2)
+    stream = AudioStream.from_config(sink, audio, hop_samples=hop)
+    stream.start()
+    started = time.monotonic()
+    while time.monotonic() - started < 1.0:
+        stream.push(sine(hop, sr=sr))
+        time.sleep(hop / sr)
+    stream.stop()
+    played_s = len(raw.read_bytes()) / 2 / sr
+    assert 0.7 < played_s < 1.5, f"{played_s:.2f} s of sound written in 1 s"

@@ -375,6 +375,7 @@ PROVISION_STUBS = {
     "dpkg-query": 'p=$(eval echo \\${$#}); [ -e "$S/pkg-$p" ] && printf "install ok installed"',
     "apt-get": 'shift 0; for a; do case "$a" in -*|install|update) ;; *) touch "$S/pkg-$a";; '
                'esac; done',
+    "apt-cache": 'true',
     "getent": '[ "$2" != gpio ] || [ -e "$S/group-gpio" ]',
     "groupadd": 'touch "$S/group-$(eval echo \\${$#})"',
     "id": '[ -e "$S/user" ]',

@@ -226,7 +226,9 @@ class AudioStream:
     @classmethod
     def from_config(cls, sink: Sink, audio, *, hop_samples: int, **kwargs) -> AudioStream:
         """The stream the device config's ``audio`` section describes: one hop of
-        prefill plus ``margin_ms``, its ring, fades, limiter and volume."""
+        prefill plus ``margin_ms``, its ring, fades, limiter, volume and clock."""
+        if kwargs.get("pace") is None:
+            kwargs["pace"] = {"auto": None, "card": False, "system": True}[audio.clock]
         return cls(sink, hop_samples=hop_samples, capacity_hops=audio.queue_hops,
                    prefill_hops=1, margin_ms=audio.margin_ms, volume=audio.volume,
                    fade_ms=audio.fade_ms, limiter_threshold=audio.limiter_threshold, **kwargs)

@@ -1,13 +1,14 @@
 """Debian bookworm roots for the box's platform tests, built once and cached.
 
-``bookworm_root(arch)`` makes (with debootstrap, from Debian's own mirror) a
-minimal bookworm root for ``arch`` under ``out/``, once: the root is built in a
-temporary folder and renamed into place only when complete. ``run_in`` runs a
+``build_root(name)`` makes (with debootstrap, from Debian's own mirror) one of
+the minimal bookworm roots of ``ROOTS`` under ``out/``, once. ``run_in`` runs a
 command inside a root with systemd-nspawn; a foreign architecture's programs run
 under qemu-user through the kernel's binfmt_misc (Debian's qemu-user-static
 registers it with the F flag, so the root needs no copy of qemu).
 
-Each helper says, as a pytest skip reason, what this machine lacks.
+The roots are built before the tests (``python -m tests.platform.prepare``, at
+install time, from Debian's mirror); a test finds its root with
+``prepared_root``, which skips saying what this machine lacks.
 """
 
 from __future__ import annotations
@@ -34,42 +35,72 @@ BINFMT = {"arm64": "/proc/sys/fs/binfmt_misc/qemu-aarch64"}
 NATIVE = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
-def require_tools(arch: str) -> None:
-    """Skip, saying why, unless this machine can build and enter an ``arch`` root."""
+ROOTS = {
+    # name: (architecture, packages)
+    "box": ("amd64", ("systemd", "systemd-sysv", "dbus", "openssh-server", *PACKAGES)),
+    "arm64": ("arm64", PACKAGES),
+}
+"""The roots the platform tests use: the box booted with systemd on this machine's
+architecture, and the release on the Pi's."""
+
+
+def cannot_build(arch: str) -> str | None:
+    """Why this machine cannot build and enter an ``arch`` root, or None."""
     if os.geteuid() != 0:
-        pytest.skip("building and entering a Debian root needs root")
+        return "building and entering a Debian root needs root"
     for program, package in (("debootstrap", "debootstrap"),
                              ("systemd-nspawn", "systemd-container")):
         if shutil.which(program) is None:
-            pytest.skip(f"{program} is not installed (Debian package {package}; "
-                        "make test-arm64 installs it)")
+            return f"{program} is not installed (Debian package {package})"
     if NATIVE.get(platform.machine()) != arch:
         binfmt = Path(BINFMT[arch])
-        if not binfmt.exists() or "enabled" not in binfmt.read_text():
-            pytest.skip(f"this kernel cannot run {arch} programs ({binfmt} is not "
-                        "registered: Debian package qemu-user-static, binfmt_misc mounted)")
-        if "flags: " not in binfmt.read_text() or "F" not in binfmt.read_text().split(
-                "flags: ", 1)[1].split()[0]:
-            pytest.skip(f"{binfmt} lacks the F flag: qemu would have to be inside the root")
+        text = binfmt.read_text() if binfmt.exists() else ""
+        if "enabled" not in text:
+            return (f"this kernel cannot run {arch} programs ({binfmt} is not registered: "
+                    "Debian package qemu-user-static, binfmt_misc mounted)")
+        flags = text.split("flags: ", 1)[1].split()[0] if "flags: " in text else ""
+        if "F" not in flags:
+            return f"{binfmt} lacks the F flag: qemu would have to be inside the root"
+    return None
 
 
-def bookworm_root(arch: str) -> Path:
-    """A minimal bookworm root for ``arch`` with ``PACKAGES``, cached under out/."""
-    key = hashlib.sha256(" ".join((SUITE, arch, *PACKAGES)).encode()).hexdigest()[:10]
-    root = ROOT / "out" / f"rootfs-{SUITE}-{arch}-{key}"
+def root_path(name: str) -> Path:
+    arch, packages = ROOTS[name]
+    key = hashlib.sha256(" ".join((SUITE, arch, *packages)).encode()).hexdigest()[:10]
+    return ROOT / "out" / f"rootfs-{SUITE}-{arch}-{key}"
+
+
+def build_root(name: str) -> Path:
+    """Build the root ``name`` of ``ROOTS`` with debootstrap, once (it is built in a
+    temporary folder and renamed into place only when complete)."""
+    arch, packages = ROOTS[name]
+    root = root_path(name)
     if (root / "usr" / "bin" / "python3").exists():
         return root
     building = root.with_name(root.name + ".building")
     shutil.rmtree(building, ignore_errors=True)
     result = subprocess.run(
         ["debootstrap", f"--arch={arch}", "--variant=minbase",
-         f"--include={','.join(PACKAGES)}", SUITE, str(building), MIRROR],
+         f"--include={','.join(packages)}", SUITE, str(building), MIRROR],
         capture_output=True, text=True, timeout=3600)
     if result.returncode != 0:
         tail = " / ".join(result.stdout.strip().splitlines()[-3:] +
                           result.stderr.strip().splitlines()[-3:])
-        pytest.fail(f"debootstrap of {SUITE} {arch} failed: {tail}")
+        raise SystemExit(f"debootstrap of {SUITE} {arch} into {building} failed: {tail}")
     building.rename(root)
+    return root
+
+
+def prepared_root(name: str) -> Path:
+    """The root ``name``, built by ``python -m tests.platform.prepare``; skip,
+    saying why, where this machine cannot have it."""
+    why = cannot_build(ROOTS[name][0])
+    if why:
+        pytest.skip(why)
+    root = root_path(name)
+    if not (root / "usr" / "bin" / "python3").exists():
+        pytest.skip(f"{root} is not built: python -m tests.platform.prepare {name} builds it "
+                    "(make test does; it needs Debian's mirror)")
     return root
 
 

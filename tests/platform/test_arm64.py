@@ -28,12 +28,11 @@ from firmware_tools.deploy import DEFAULT_MAKE_VENV
 from firmware_tools.provision import PYALSAAUDIO
 from firmware_tools.release import DEFAULT_WHEEL_CACHE, build_release
 from tests.conftest import REALDATA, ROOT
-from tests.platform.rootfs import bookworm_root, check, require_tools, run_in
+from tests.platform.prepare import DEST as TEST_WHEELS
+from tests.platform.rootfs import check, prepared_root, run_in
 
 pytestmark = pytest.mark.arm64
 
-TEST_WHEELS = ROOT / "out" / "wheels-aarch64-test"
-"""pytest's wheels and pyalsaaudio's source, fetched by make test-arm64."""
 BOX = "/opt/dancesampler"
 # The device tests that need neither a Pi nor TensorFlow (train_host): the box's
 # own code paths. Tests in them that need the host stack skip there.
@@ -52,15 +51,14 @@ ASOUNDRC = """pcm.!default {
 @pytest.fixture(scope="module")
 def box(tmp_path_factory):
     """An arm64 bookworm root with the release installed as deploy installs it."""
-    require_tools("arm64")
+    root = prepared_root("arm64")
     wheels = ROOT / DEFAULT_WHEEL_CACHE
     if not list(wheels.glob("*aarch64*.whl")):
         pytest.skip(f"no aarch64 wheels in {wheels}: run make wheels (needs PyPI)")
     alsa_source = sorted(TEST_WHEELS.glob("pyalsaaudio-*.tar.gz"))
     if not alsa_source or not list(TEST_WHEELS.glob("pytest-*.whl")):
         pytest.skip(f"{TEST_WHEELS} lacks pytest's wheels or pyalsaaudio's source: "
-                    "make test-arm64 fetches them")
-    root = bookworm_root("arm64")
+                    "python -m tests.platform.prepare arm64 fetches them (make test-arm64)")
     release = build_release(ROOT, tmp_path_factory.mktemp("release"), wheels=wheels)
 
     # Provisioning's pyalsaaudio wheel, built once on the box from its source.
