@@ -75,12 +75,27 @@ def with_overrides(cfg: T, overrides: Mapping[str, Any]) -> T:
     return _validate(type(cfg), data, "override", problems)
 
 
+BOX_STATE_DIR = "/var/lib/dancesampler"
+"""The box's own folder for takes, models and music: the unit's
+``StateDirectory=dancesampler``, which systemd makes and gives the service as
+``$STATE_DIRECTORY``. Deploy, provision, flash-model and pull-data use it."""
+
+
+def data_home() -> Path:
+    """Where relative paths in the device config are taken from: under the
+    service, the state folder systemd gives it (``$STATE_DIRECTORY``; the
+    release it runs from is read-only); elsewhere the project root, so ``make
+    run`` and the commands on a laptop use the checkout's models and takes
+    whatever the working directory."""
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(state) if state else PROJECT_ROOT
+
+
 def resolve_path(value: str) -> Path:
-    """A path from the config as an absolute Path. Relative paths are taken from
-    the project root, not the working directory, so ``make run`` and the systemd
-    service (which start in different directories) find the same files."""
+    """A path from the config as an absolute Path; a relative one is taken from
+    ``data_home()``."""
     path = Path(value).expanduser()
-    return path if path.is_absolute() else PROJECT_ROOT / path
+    return path if path.is_absolute() else data_home() / path
 
 
 def _validate(cls: type[T], data: Any, where: str, problems: list[str] | None = None) -> T:

@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from device.config import BOX_STATE_DIR, DeviceConfig
 from firmware_tools.release import Release
 from firmware_tools.ssh import Remote, RemoteError, _program
 
@@ -65,7 +66,7 @@ DEFAULT_MAKE_VENV = (
     "--find-links wheels --find-links {local_wheels} -r requirements.txt && "
     ".venv/bin/python -m compileall -q device")
 DEFAULT_PYTHON = ("cd {current} && DANCESAMPLER_CONFIG=/etc/dancesampler/device.yaml "
-                  "PYTHONDONTWRITEBYTECODE=1 .venv/bin/python")
+                  f"STATE_DIRECTORY={BOX_STATE_DIR} PYTHONDONTWRITEBYTECODE=1 .venv/bin/python")
 
 
 class DeployFailed(RemoteError):
@@ -354,6 +355,17 @@ if [ ! -e {config} ]; then
   cp current/config/device.yaml {config}.new
   mv -f {config}.new {config}
 fi
+# The release's bundles join the box's own in its one models folder (made by
+# provision), each copied beside and renamed into place.
+if [ -d {models} ]; then
+  for b in current/models/*.dsb; do
+    [ -f "$b" ] || continue
+    n=$(basename "$b")
+    cmp -s "$b" {models}/"$n" && continue
+    cp "$b" {models}/".$n.new" && chmod 0644 {models}/".$n.new"
+    mv -f {models}/".$n.new" {models}/"$n"
+  done
+fi
 """
 
 
@@ -362,7 +374,9 @@ def _switch(remote: Remote, box: Box, rid: str) -> None:
     _run(remote, box, _SWITCH.format(
         base=shlex.quote(box.base), target=shlex.quote(f"releases/{rid}"), rid=shlex.quote(rid),
         unit_dir=shlex.quote(box.path("etc/systemd/system")), config=shlex.quote(config),
-        config_dir=shlex.quote(posixpath.dirname(config))), f"switching to release {rid}")
+        config_dir=shlex.quote(posixpath.dirname(config)),
+        models=shlex.quote(box.path(BOX_STATE_DIR, DeviceConfig().model.models_dir))),
+        f"switching to release {rid}")
 
 
 def _mark_good(remote: Remote, box: Box, rid: str) -> None:

@@ -1,7 +1,8 @@
 """Putting one model bundle on a box (``flash-model``), checked before it is used.
 
 The bundle is read and verified here first (a damaged file never leaves this
-machine), copied into ``/var/lib/dancesampler/models/.incoming/``, its SHA-256
+machine), copied into the box's models folder's ``.incoming/``
+(``/var/lib/dancesampler/models``, ``device.config.BOX_STATE_DIR``), its SHA-256
 checked on the box against this machine's, and run through the box's own
 ``python -m device check-bundle`` (the box's config, the box's runtime). Only
 then is it renamed into ``models/``, in one step. A bundle refused at any stage
@@ -18,13 +19,14 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
+from device.config import BOX_STATE_DIR, DeviceConfig
 from device.errors import BundleError
 from firmware_tools.deploy import Box, _run, rsync_to
 from firmware_tools.ssh import Remote, RemoteCommandFailed, RemoteError
 
 log = logging.getLogger(__name__)
 
-MODELS_DIR = "var/lib/dancesampler/models"
+MODELS_DIR = posixpath.join(BOX_STATE_DIR, DeviceConfig().model.models_dir)
 SERVICE_USER = "dancesampler"
 
 

@@ -22,6 +22,7 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
+from device.config import BOX_STATE_DIR, DeviceConfig
 from firmware_tools.deploy import Box, _run
 from firmware_tools.ssh import Remote
 
@@ -71,15 +72,15 @@ if id -u {user} >/dev/null 2>&1; then
   say "user {user}: present"
 else
   say "adding user {user}"
-  useradd --system --user-group --home-dir /var/lib/dancesampler --shell /usr/sbin/nologin {user}
+  useradd --system --user-group --home-dir {state} --shell /usr/sbin/nologin {user}
 fi
 usermod -a -G {group_list} {user}
 
 # 3. folders
 mkdir -p "$R/opt/dancesampler/releases" "$R/opt/dancesampler/wheels" "$R/etc/dancesampler" \
-         "$R/var/lib/dancesampler/models" "$R/var/lib/dancesampler/sessions"
-chown -R {user}:{user} "$R/var/lib/dancesampler"
-chmod 0750 "$R/var/lib/dancesampler"
+         "$R{state}/{models}" "$R{state}/{sessions}" "$R{state}/{music}"
+chown -R {user}:{user} "$R{state}"
+chmod 0750 "$R{state}"
 
 # 4. pyalsaaudio: no wheels on PyPI, so build one here, once
 if ls "$R/opt/dancesampler/wheels"/pyalsaaudio-{alsa_version}-*.whl >/dev/null 2>&1; then
@@ -104,8 +105,8 @@ systemctl is-enabled --quiet dancesampler 2>/dev/null || {{ say "enabling the un
 
 _READ_ONLY = r"""
 # 6. read-only root (overlay file system): takes must live on their own mount
-if ! mountpoint -q "$R/var/lib/dancesampler"; then
-  echo "provision: --read-only-root needs /var/lib/dancesampler on its own writable partition (it is not a mount point): takes would be lost at every reboot" >&2
+if ! mountpoint -q "$R{state}"; then
+  echo "provision: --read-only-root needs {state} on its own writable partition (it is not a mount point): takes would be lost at every reboot" >&2
   exit 3
 fi
 if [ "$(raspi-config nonint get_overlay_now 2>/dev/null || echo 1)" = 0 ]; then
@@ -120,15 +121,17 @@ fi
 def provision_script(*, root: str = "/", read_only_root: bool = False) -> str:
     """The shell script that provisions a box whose ``/`` is ``root``."""
     unit = UNIT.read_text()
+    defaults = DeviceConfig()
     if "DANCESAMPLER_UNIT_END" in unit:
         raise ValueError("the unit file holds the heredoc's end marker")
     script = _SCRIPT.format(
         root=shlex.quote(root.rstrip("/")), packages=" ".join(APT_PACKAGES),
-        camera=CAMERA_PACKAGE,
+        camera=CAMERA_PACKAGE, state=BOX_STATE_DIR, models=defaults.model.models_dir,
+        sessions=defaults.recorder.sessions_dir, music=defaults.recorder.music_dir,
         groups=" ".join(GROUPS), group_list=",".join(GROUPS), user=USER,
         alsa_pin=shlex.quote(PYALSAAUDIO), alsa_version=PYALSAAUDIO.split("==")[1],
         unit=unit if unit.endswith("\n") else unit + "\n")
-    return script + (_READ_ONLY if read_only_root else "")
+    return script + (_READ_ONLY.format(state=BOX_STATE_DIR) if read_only_root else "")
 
 
 def provision(remote: Remote, box: Box = Box(), *, read_only_root: bool = False,

@@ -210,3 +210,16 @@ def test_relative_paths_resolve_from_the_project_root(tmp_path):
     assert resolve_path("models/default.dsb") == PROJECT_ROOT / "models" / "default.dsb"
     assert resolve_path(str(tmp_path)) == tmp_path
     assert (PROJECT_ROOT / "device" / "config.py").is_file()
+
+
+def test_relative_paths_live_in_the_state_folder_under_the_service(monkeypatch, tmp_path):
+    """On the box, systemd gives the service $STATE_DIRECTORY: takes, models and
+    music are there, not in the read-only release; elsewhere, in the checkout."""
+    from device.config import PROJECT_ROOT, resolve_path
+
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    assert resolve_path("sessions") == PROJECT_ROOT / "sessions"
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
+    assert resolve_path("sessions") == tmp_path / "sessions"
+    assert resolve_path("models/default.dsb") == tmp_path / "models" / "default.dsb"
+    assert resolve_path("/srv/music") == Path("/srv/music")

@@ -194,9 +194,13 @@ def test_aarch64_wheel_set_resolves(tmp_path):
 def test_first_deploy_switches_to_the_release_and_a_second_changes_nothing(
         remote, box, stubs, project, tmp_path):
     release = new_release(project, tmp_path, 1)
+    state_models = Path(box.root) / "var/lib/dancesampler/models"
+    state_models.mkdir(parents=True)          # made by provision
     result, lines = run_deploy(remote, release, box)
 
     assert result.changed and result.release == release.id and result.previous is None
+    # The release's bundles are in the box's one models folder, beside flashed ones.
+    assert (state_models / "default.dsb").read_bytes() == MODEL.read_bytes()
     assert current(box) == f"releases/{release.id}"
     here = Path(box.root) / "opt/dancesampler/releases" / release.id
     for name, digest in release.files.items():

@@ -227,6 +227,26 @@ def test_provision_and_deploy_make_a_box_that_plays_under_systemd(box):
     assert denied.returncode != 0 and "Read-only file system" in denied.stderr, denied.stderr
 
 
+def test_the_box_keeps_its_models_and_takes_in_its_state_folder(box, tmp_path):
+    # The service is given its state folder, and plays the factory bundle from there.
+    environ = box.ssh("tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value "
+                      "dancesampler)/environ").stdout.splitlines()
+    assert "STATE_DIRECTORY=/var/lib/dancesampler" in environ
+    journal = box.ssh("journalctl -u dancesampler --no-pager -o cat").stdout
+    assert "model:  default (/var/lib/dancesampler/models/default.dsb" in journal, journal
+    for folder in ("sessions", "models", "music"):
+        owner = box.ssh(f"stat -c %U /var/lib/dancesampler/{folder}").stdout.strip()
+        assert owner == "dancesampler", folder
+
+    second = tmp_path / "second.dsb"
+    shutil.copy2(ROOT / "models" / "default.dsb", second)
+    flashed = firmware_tools("flash-model", str(second), "root@127.0.0.1", *box.options)
+    assert flashed.returncode == 0, flashed.stderr
+    assert "/var/lib/dancesampler/models/second.dsb" in flashed.stdout
+    listed = box.ssh("ls /var/lib/dancesampler/models").stdout.split()
+    assert {"default.dsb", "second.dsb"} <= set(listed)
+
+
 def test_a_release_that_never_comes_up_is_rolled_back(box, tmp_path):
     good = box.ssh("readlink /opt/dancesampler/current").stdout.strip().rsplit("/", 1)[-1]
     project = tmp_path / "project"
