@@ -49,6 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     sessions.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     sessions.set_defaults(func=_sessions)
 
+    ctl = commands.add_parser("ctl", help="ask the running box to act, as its buttons do",
+                              description="Send one command to the box running here over its "
+                                          "control channel (docs/control.md).")
+    ctl.add_argument("action", choices=("record", "stop", "delete-last", "next-model", "status"),
+                     help="record: start a take; stop: end it; delete-last: delete the last "
+                          "take; next-model: play the next bundle; status: what it is doing")
+    ctl.add_argument("--json", action="store_true", help="print the box's reply as JSON")
+    ctl.add_argument("--socket", help="the box's control socket (default: "
+                                      "$RUNTIME_DIRECTORY/control.sock, /run/dancesampler/"
+                                      "control.sock, or out/control.sock in the checkout)")
+    ctl.set_defaults(func=_ctl)
+
     bench = commands.add_parser("bench", help="measure each stage's share of the delay "
                                               "from a move to its sound")
     bench.add_argument("--bundle", help="model bundle (default: from config)")
@@ -108,7 +120,9 @@ def _run(args) -> int:
     except DanceSamplerError as exc:   # e.g. a missing track: play on, without the record button
         log.error("record button disabled: %s", exc)
         recorder = None
-    performance = Performance(cfg, recorder=recorder)
+    from device.control import socket_path
+
+    performance = Performance(cfg, recorder=recorder, control=socket_path())
     max_frames = round(args.seconds * cfg.camera.fps) if args.seconds else None
     try:
         stats = performance.run(stop, max_frames=max_frames,
@@ -133,6 +147,22 @@ def _record(args) -> int:
     from device.recorder import main_record
 
     return main_record(args, _config(args))
+
+
+def _ctl(args) -> int:
+    import json
+
+    from device.control import ControlError, request
+
+    reply = request(args.action, args.socket)
+    if args.json:
+        print(json.dumps(reply))
+    if not reply.get("ok"):
+        raise ControlError(f"the box refused {args.action}: {reply.get('error', 'no reason')}")
+    if not args.json:
+        note = f" ({reply['note']})" if reply.get("note") else ""
+        print(f"{reply.get('status') or reply.get('state')}{note}")
+    return 0
 
 
 def _sessions(args) -> int:

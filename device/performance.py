@@ -12,11 +12,14 @@ promises a gallery relies on:
   playing one kept;
 - the record button starts and stops a take through the recorder hook, with the
   status light blinking while it records; a long press deletes the last take;
+- the control channel (``device.control``, ``python -m device ctl``) asks for
+  the same actions as the buttons, carried out the same way;
 - systemd hears READY once sound flows, WATCHDOG only while frames arrive and
   audio is written, and a STATUS line a technician can read.
 
 Everything here runs in the model thread except the button callbacks (gpiozero's
-threads), which only post to a queue.
+threads) and the control channel's, which only post to a queue (and the
+channel waits for the answer).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from device.audio.wav import WavSink
 from device.bundle import Bundle, check_compatible, read_bundle
 from device.camera import Camera, Frame, open_camera
 from device.config import DeviceConfig, resolve_path
+from device.control import TIMEOUT_S, ControlError, ControlServer
 from device.engine import Engine, RunStats
 from device.errors import AudioError, CameraError, ControlsError, DanceSamplerError
 from device.service import HealthWatchdog, Notifier, status_line
@@ -80,12 +84,16 @@ class Performance:
     """One show: model, sound output, camera, buttons and systemd health together."""
 
     def __init__(self, cfg: DeviceConfig, *, notifier: Notifier | None = None,
-                 recorder: Recorder | None = None, pin_factory=None):
+                 recorder: Recorder | None = None, pin_factory=None,
+                 control: Path | None = None):
         self.cfg = cfg
         self.notifier = notifier or Notifier.from_environment()
         self.recorder = recorder
         self._pin_factory = pin_factory
-        self._events: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._control_path = control
+        self.control: ControlServer | None = None
+        # (action, its _Request or None): from the buttons and the control channel.
+        self._events: queue.SimpleQueue[tuple[str, _Request | None]] = queue.SimpleQueue()
         self._prepared: queue.SimpleQueue = queue.SimpleQueue()
         self._loading = threading.Lock()
         self.engine: Engine | None = None
@@ -148,13 +156,30 @@ class Performance:
         try:
             self.controls = Controls(
                 self.cfg.controls, pin_factory=self._pin_factory,
-                on_record_toggle=lambda: self._events.put("record"),
-                on_record_delete_last=lambda: self._events.put("delete-last"),
-                on_next_model=lambda: self._events.put("next-model"))
+                on_record_toggle=lambda: self._events.put(("record-toggle", None)),
+                on_record_delete_last=lambda: self._events.put(("delete-last", None)),
+                on_next_model=lambda: self._events.put(("next-model", None)))
         except ControlsError as exc:
             # Buttons are a convenience; the music is the point. Play without them.
             log.error("controls: %s; playing without buttons", exc)
             self.controls = None
+        if self._control_path is not None:
+            try:
+                self.control = ControlServer(self._control_path, self._act).start()
+            except ControlError as exc:
+                log.error("%s; playing without the control channel", exc)
+
+    def _act(self, command: str) -> dict:
+        """The control channel's thread: have the model thread carry ``command`` out,
+        as it does a button's, and return the reply."""
+        if command == "status":
+            return {"ok": True, **self._state()}
+        request = _Request()
+        self._events.put((command, request))
+        if not request.done.wait(TIMEOUT_S):
+            return {"ok": False, "error": f"the box did not act within {TIMEOUT_S:g} s "
+                                          "(no camera frames?)"}
+        return request.reply
 
     def _light(self, state: str) -> None:
         if self.controls is not None:
@@ -248,9 +273,13 @@ class Performance:
         self.health.frame_arrived()
         while True:
             try:
-                self._handle(self._events.get_nowait())
+                action, request = self._events.get_nowait()
             except queue.Empty:
                 break
+            reply = self._handle(action)
+            if request is not None:
+                request.reply = reply
+                request.done.set()
         try:
             self.engine.swap(self._prepared.get_nowait())
         except queue.Empty:
@@ -273,20 +302,38 @@ class Performance:
                            underruns=underruns,
                            state="recording" if self._recording else "playing")
 
-    def _handle(self, event: str) -> None:
-        if event == "next-model":
+    def _state(self) -> dict:
+        if self.engine is None:
+            return {"state": "starting"}
+        return {"state": "recording" if self._recording else "playing",
+                "model": self.engine.bundle.manifest.name, "status": self.status_text()}
+
+    def _handle(self, action: str) -> dict:
+        """Carry out one action, from a button or the control channel; the reply."""
+        if action == "next-model":
             threading.Thread(target=self._load_next_model, name="model-loader",
                              daemon=True).start()
-        elif self.recorder is None:
-            log.warning("controls: %s pressed, but this box has no recorder set up", event)
-        elif event == "record":
+            return {"ok": True, **self._state(), "note": "loading the next model"}
+        if self.recorder is None:
+            log.warning("controls: %s asked for, but this box has no recorder set up", action)
+            return {"ok": False, "error": "this box has no recorder set up"}
+        if action == "record-toggle":   # the record button: one press starts or stops
+            action = "stop" if self.recorder.recording else "record"
+        note = None
+        if action == "record":
             if self.recorder.recording:
-                self.recorder.stop()
+                note = "already recording"
             else:
                 self.recorder.start()   # the light follows in _on_frame, as it does for a
                                         # take that ends by itself
-        elif event == "delete-last":
+        elif action == "stop":
+            if self.recorder.recording:
+                self.recorder.stop()
+            else:
+                note = "not recording"
+        elif action == "delete-last":
             self.recorder.delete_last()
+        return {"ok": True, **self._state(), **({"note": note} if note else {})}
 
     def _load_next_model(self) -> None:
         """Off the audio thread: find the next bundle, check it, prepare it."""
@@ -311,7 +358,8 @@ class Performance:
     def close(self, reason: str = "stopping") -> None:
         """Fade out and release everything; each part is closed even if another fails."""
         self.notifier.stopping(reason)
-        for name, part, method in (("recorder", self.recorder, "close"),
+        for name, part, method in (("control channel", self.control, "close"),
+                                   ("recorder", self.recorder, "close"),
                                    ("audio", self.stream, "stop"),
                                    ("sound output", None if self.stream else self.sink, "close"),
                                    ("camera", self.camera, "close"),
@@ -323,7 +371,15 @@ class Performance:
                 getattr(part, method)()
             except Exception as exc:  # noqa: BLE001 - report it, close the rest
                 log.error("stopping the %s failed: %s", name, exc)
-        self.stream = self.camera = self.controls = self.health = None
+        self.stream = self.camera = self.controls = self.health = self.control = None
+
+
+class _Request:
+    """A control channel's action waiting for the model thread's reply."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.reply: dict = {}
 
 
 def next_bundle(folder: Path, current: Path) -> Path | None:

@@ -88,7 +88,7 @@ def test_model_button_crossfades_to_the_next_bundle(tmp_path, models):
 def test_a_bad_bundle_is_refused_and_the_playing_one_kept(tmp_path, models, caplog):
     (models / "tiny.dsb").write_bytes((models / "tiny.dsb").read_bytes()[:-300])
     with _Show(_config(tmp_path), pin_factory=MockFactory()) as performance:
-        performance._events.put("next-model")
+        performance._events.put(("next-model", None))
         assert _wait_for(lambda: "keeping default" in caplog.text)
         time.sleep(0.2)
         assert performance.engine.bundle.manifest.name == "default"

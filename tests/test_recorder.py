@@ -509,13 +509,13 @@ def test_the_record_button_records_takes_during_the_performance(tmp_path, defaul
 
     try:
         assert frames_after(5)
-        performance._events.put("record")
+        performance._events.put(("record-toggle", None))
         assert frames_after(performance.engine.stats.frames + 20) and recorder.recording
-        performance._events.put("record")
+        performance._events.put(("record-toggle", None))
         assert frames_after(performance.engine.stats.frames + 5) and not recorder.recording
         info = recorder.wait()
         assert info.clean and info.frames >= 18
-        performance._events.put("delete-last")
+        performance._events.put(("delete-last", None))
         assert frames_after(performance.engine.stats.frames + 5)
         assert not info.path.exists()
         assert max(performance.engine.stats.compute_ms) < 1000   # the show never waited

@@ -50,6 +50,7 @@ ASOUND = f"""pcm.!default {{
   type file
   slave.pcm {{ type null }}
   file "{SOUND}"
+  infile "/dev/zero"
   format "raw"
 }}
 """
@@ -245,6 +246,25 @@ def test_the_box_keeps_its_models_and_takes_in_its_state_folder(box, tmp_path):
     assert "/var/lib/dancesampler/models/second.dsb" in flashed.stdout
     listed = box.ssh("ls /var/lib/dancesampler/models").stdout.split()
     assert {"default.dsb", "second.dsb"} <= set(listed)
+
+
+def test_a_take_recorded_through_the_control_channel_comes_home_verified(box, tmp_path):
+    ctl = "cd /opt/dancesampler/current && .venv/bin/python -m device ctl"
+    started = box.ssh(f"{ctl} record")
+    assert started.stdout.startswith("recording default"), started.stdout
+    time.sleep(3)
+    box.ssh(f"{ctl} stop")
+    time.sleep(1)
+    assert box.ssh(f"{ctl} status").stdout.startswith("playing default")
+    takes = box.ssh("ls /var/lib/dancesampler/sessions").stdout.split()
+    assert len(takes) == 1, takes
+
+    home = tmp_path / "sessions"
+    pulled = firmware_tools("pull-data", "root@127.0.0.1", "--out", str(home), *box.options)
+    assert pulled.returncode == 0, pulled.stderr
+    from device.session import read_session
+    take = read_session(home / takes[0])
+    assert take.info.clean and len(take.timestamps) >= 60   # about 3 s at 30 fps
 
 
 def test_a_release_that_never_comes_up_is_rolled_back(box, tmp_path):

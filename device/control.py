@@ -1,0 +1,213 @@
+"""The control channel of a running box: one UNIX socket, one small protocol.
+
+What the buttons do, a technician (``python -m device ctl``), and later other
+front ends, ask for here; the performance carries out both through the same
+actions. The protocol is versioned and specified in docs/control.md: one JSON
+object per line each way, one request per connection.
+
+    request:  {"v": 1, "cmd": "record"}
+    reply:    {"v": 1, "ok": true, "state": "recording", "model": "default",
+               "status": "recording default (30 fps, compute 0.6 ms, 0 underruns)"}
+    refusal:  {"v": 1, "ok": false, "error": "this box has no recorder set up"}
+
+The socket lives in the service's runtime folder (``$RUNTIME_DIRECTORY``,
+``/run/dancesampler``), mode 0660: the service's user and group only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import stat
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from device.config import PROJECT_ROOT
+from device.errors import DanceSamplerError
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = 1
+COMMANDS = ("record", "stop", "delete-last", "next-model", "status")
+"""record: start a take; stop: end it; delete-last: delete the last take;
+next-model: crossfade to the next bundle; status: what the box is doing."""
+SOCKET_NAME = "control.sock"
+BOX_RUNTIME_DIR = Path("/run/dancesampler")
+"""The unit's ``RuntimeDirectory=dancesampler``."""
+MAX_LINE = 4096
+"""Longest request or reply line, in bytes."""
+TIMEOUT_S = 5.0
+"""How long either end waits for the other's line."""
+
+
+class ControlError(DanceSamplerError, OSError):
+    """The control channel could not be used; the message says why."""
+
+
+def socket_path() -> Path:
+    """Where the running box listens: the runtime folder systemd gives the service;
+    for a command run beside it, the box's runtime folder if it is there; else
+    (``make run`` on a laptop) ``out/`` in the checkout."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime:
+        return Path(runtime) / SOCKET_NAME
+    box = BOX_RUNTIME_DIR / SOCKET_NAME
+    if box.exists():
+        return box
+    return PROJECT_ROOT / "out" / SOCKET_NAME
+
+
+class ControlServer:
+    """Listens on ``path`` in a thread; ``act(command)`` carries out a command and
+    returns the reply's fields (``ok`` and ``error`` or the box's state)."""
+
+    def __init__(self, path: Path, act: Callable[[str], dict]):
+        self.path, self.act = Path(path), act
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> ControlServer:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._remove_stale()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(self.path))
+            os.chmod(self.path, 0o660)
+            sock.listen(8)
+        except OSError as exc:
+            sock.close()
+            raise ControlError(f"control: cannot listen on {self.path}: {exc.strerror or exc}"
+                               ) from None
+        self._sock = sock
+        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
+        self._thread.start()
+        log.info("control: listening on %s", self.path)
+        return self
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+        try:
+            if stat.S_ISSOCK(self.path.lstat().st_mode):
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def _remove_stale(self) -> None:
+        """A socket file left by a box that died; refuse to take over a live one."""
+        try:
+            mode = self.path.lstat().st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise ControlError(f"control: {self.path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(self.path))
+        except OSError:
+            self.path.unlink()
+            return
+        finally:
+            probe.close()
+        raise ControlError(f"control: another box is listening on {self.path}")
+
+    def _serve(self) -> None:
+        while self._sock is not None:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return   # closed
+            threading.Thread(target=self._answer, args=(conn,), name="control-client",
+                             daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(TIMEOUT_S)
+            try:
+                reply = self._reply(_read_line(conn))
+            except ControlError as exc:
+                reply = {"ok": False, "error": str(exc)}
+            try:
+                conn.sendall(_encode({"v": PROTOCOL, **reply}))
+            except OSError:
+                pass   # the client went away
+
+    def _reply(self, line: bytes) -> dict:
+        try:
+            request = json.loads(line)
+        except ValueError:
+            raise ControlError("the request is not one JSON object on one line") from None
+        if not isinstance(request, dict):
+            raise ControlError("the request is not a JSON object")
+        if request.get("v") != PROTOCOL:
+            raise ControlError(f"protocol version {request.get('v')!r} is not spoken here "
+                               f"(this box speaks {PROTOCOL})")
+        command = request.get("cmd")
+        if command not in COMMANDS:
+            raise ControlError(f"unknown command {command!r} (expected one of "
+                               f"{', '.join(COMMANDS)})")
+        try:
+            return self.act(command)
+        except Exception as exc:  # noqa: BLE001 - a bad request must never stop the show
+            log.exception("control: %s failed", command)
+            return {"ok": False, "error": f"{command} failed: {exc}"}
+
+
+def request(command: str, path: Path | None = None, *, timeout: float = TIMEOUT_S + 5) -> dict:
+    """Send ``command`` to the box listening on ``path`` (default: ``socket_path()``)
+    and return its reply; raises ``ControlError`` naming the socket when none answers."""
+    path = Path(path) if path is not None else socket_path()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(str(path))
+        except FileNotFoundError:
+            raise ControlError(f"no box is running here: {path} does not exist") from None
+        except ConnectionRefusedError:
+            raise ControlError(f"no box is running here: nothing listens on {path}") from None
+        except PermissionError:
+            raise ControlError(f"{path}: permission denied (run as root or as a member of "
+                               "the service's group)") from None
+        sock.sendall(_encode({"v": PROTOCOL, "cmd": command}))
+        reply = json.loads(_read_line(sock))
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ControlError):
+            raise
+        raise ControlError(f"{path}: no answer from the box ({exc})") from None
+    finally:
+        sock.close()
+    if not isinstance(reply, dict) or reply.get("v") != PROTOCOL:
+        raise ControlError(f"{path}: the box answered in another protocol: {reply!r}")
+    return reply
+
+
+def _encode(message: dict) -> bytes:
+    return (json.dumps(message, separators=(",", ":")) + "\n").encode()
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\n" not in data:
+        try:
+            chunk = sock.recv(MAX_LINE)
+        except TimeoutError:
+            raise ControlError(f"no whole line within {TIMEOUT_S:g} s") from None
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_LINE:
+            raise ControlError(f"a line longer than {MAX_LINE} bytes")
+    line = data.split(b"\n", 1)[0]
+    if not line:
+        raise ControlError("an empty request")
+    return line

@@ -1,0 +1,124 @@
+"""The control channel of a running box: a real UNIX socket, a real show with a
+real take recorder; `device ctl` as a technician runs it."""
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from device.config import load_device_config, with_overrides
+from device.control import ControlError, request
+from device.performance import Performance
+from device.recorder import TakeRecorder
+from tests.conftest import ROOT, one_line_error
+from tests.test_recorder import SR, _write_wav
+
+
+@pytest.fixture
+def show(tmp_path, default_bundle):
+    """A performance playing with a recorder and its control channel at ctl.sock."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("a.dsb", "b.dsb"):
+        (models / name).write_bytes(default_bundle.read_bytes())
+    cfg = with_overrides(load_device_config(), {
+        "camera.source": "synthetic", "audio.output": f"wav:{tmp_path / 'out.wav'}",
+        "model.bundle": str(models / "a.dsb"), "model.models_dir": str(models),
+        "controls.pin_factory": "mock"})
+    line = _write_wav(tmp_path / "line.wav", 0.1 * np.ones(30 * SR, np.float32))
+    recorder = TakeRecorder.from_config(cfg, audio_in=f"wav:{line}", root=tmp_path / "takes")
+    path = tmp_path / "run" / "ctl.sock"
+    performance = Performance(cfg, recorder=recorder, pin_factory=MockFactory(), control=path)
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: performance.run(stop), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not path.exists() or performance.engine is None or \
+            performance.engine.stats.frames < 5:
+        assert time.monotonic() < deadline, "the show did not start"
+        time.sleep(0.02)
+    yield performance, path, recorder
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert not path.exists(), "the socket was left behind"
+
+
+def ctl(*args):
+    return subprocess.run([sys.executable, "-m", "device", "ctl", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_ctl_records_stops_and_deletes_a_take_as_the_button_does(show, tmp_path):
+    performance, path, recorder = show
+    assert stat.S_IMODE(path.stat().st_mode) == 0o660
+
+    started = ctl("record", "--socket", str(path), "--json")
+    assert started.returncode == 0, started.stderr
+    reply = json.loads(started.stdout)
+    assert reply["v"] == 1 and reply["ok"] and reply["model"] == "default"
+    deadline = time.monotonic() + 10
+    while not recorder.recording:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    status = request("status", path)
+    assert status["state"] == "recording" and status["status"].startswith("recording default")
+    assert request("record", path)["note"] == "already recording"
+    time.sleep(1.0)
+
+    stopped = ctl("stop", "--socket", str(path))
+    assert stopped.returncode == 0, stopped.stderr
+    info = recorder.wait()
+    assert info.clean and info.frames >= 20 and info.path.parent == tmp_path / "takes"
+    assert request("stop", path)["note"] == "not recording"
+    assert request("status", path)["state"] == "playing"
+
+    assert request("delete-last", path)["ok"]
+    assert not info.path.exists()
+
+
+def test_ctl_next_model_crossfades_to_the_next_bundle(show):
+    performance, path, _ = show
+    reply = request("next-model", path)
+    assert reply["ok"] and reply["note"] == "loading the next model"
+    deadline = time.monotonic() + 15
+    while performance.engine.bundle.path.name != "b.dsb":
+        assert time.monotonic() < deadline, "the next model never played"
+        time.sleep(0.05)
+    assert ctl("status", "--socket", str(path)).stdout.startswith("playing default")
+
+
+def test_a_malformed_request_is_answered_and_the_show_goes_on(show):
+    performance, path, _ = show
+    for line, expected in ((b'{"v": 1, "cmd": "dance"}\n', "unknown command 'dance'"),
+                           (b'{"v": 7, "cmd": "status"}\n', "protocol version 7"),
+                           (b"not json\n", "not one JSON object")):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(path))
+            s.sendall(line)
+            reply = json.loads(s.makefile().readline())
+        assert reply == {"v": 1, "ok": False, "error": reply["error"]}
+        assert expected in reply["error"]
+    frames = performance.engine.stats.frames
+    time.sleep(0.3)
+    assert performance.engine.stats.frames > frames
+
+
+def test_ctl_without_a_running_box_is_one_line(tmp_path):
+    missing = tmp_path / "nothing.sock"
+    one_line_error(ctl("status", "--socket", str(missing)), "no box is running here",
+                   str(missing))
+    with pytest.raises(ControlError, match="nothing listens"):
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(str(tmp_path / "stale.sock"))
+        stale.close()
+        request("status", tmp_path / "stale.sock")
+    assert os.path.exists(tmp_path / "stale.sock")
