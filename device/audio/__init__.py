@@ -47,7 +47,7 @@ def sound_card_present() -> bool:
         return False
 
 
-def open_sink(spec: str, *, sample_rate: int, period_size: int = 256, periods: int = 4,
+def open_sink(spec: str, *, sample_rate: int, period_size: int = 128, periods: int = 2,
               default_wav: str | Path = "out/run.wav") -> Sink:
     """Open the sink ``spec`` names: ``auto``, ``alsa``, ``alsa:DEVICE`` or ``wav:PATH``.
 

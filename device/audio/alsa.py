@@ -34,8 +34,8 @@ class AlsaSink:
     asked for; ``underruns`` counts the interruptions recovered from.
     """
 
-    def __init__(self, device: str = "default", *, sample_rate: int, period_size: int = 256,
-                 periods: int = 4):
+    def __init__(self, device: str = "default", *, sample_rate: int, period_size: int = 128,
+                 periods: int = 2):
         import alsaaudio
 
         self._alsa = alsaaudio
