@@ -47,7 +47,7 @@ NAME    ?= mymodel
 CONFIG  ?= config/train.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-hw test-arm64 train export default-model pull-data wheels deploy flash-model provision bench check-bundle system-packages test-packages clean
+.PHONY: help run test test-hw test-arm64 test-box train export default-model pull-data wheels deploy flash-model provision bench check-bundle system-packages test-packages clean
 
 help:  ## print this help
 	@echo "dancesampler — make TARGET"
@@ -59,6 +59,10 @@ run: $(VENV_OK).device  ## play live: Pi camera and ALSA where present, else syn
 test: $(VENV_OK).all test-packages  ## run the whole test suite (what CI runs)
 	$(PY) -m tests.platform.prepare box
 	$(PY) -m pytest
+
+test-box: $(VENV_OK).all test-packages  ## only the box in a container with real systemd (part of make test)
+	$(PY) -m tests.platform.prepare box
+	$(PY) -m pytest -s -p no:cacheprovider tests/platform/test_box.py
 
 # Debian packages the arm64 platform test uses: a bookworm root, entered with
 # systemd-nspawn, its programs run by qemu-user through binfmt_misc.
