@@ -88,21 +88,19 @@ class Container:
 
     def power_cut(self) -> None:
         """As a power cut: no shutdown, no sync; the container is gone at once."""
-        self.ssh("systemctl poweroff --force --force", check=False, timeout=20)
+        self._power_off("systemctl poweroff --force --force")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self._power_off("systemctl poweroff")
+
+    def _power_off(self, command: str) -> None:
+        self.ssh(command, check=False, timeout=20)
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.ssh("systemctl poweroff", check=False, timeout=20)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
 
     def ssh(self, command: str, *, check: bool = True, timeout: float = 60
             ) -> subprocess.CompletedProcess:
