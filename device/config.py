@@ -468,6 +468,10 @@ class TrainingConfig:
     loudness_weight: float = field(default=1.0, metadata={"min": 0, "max": 100})
     """Weight of the loudness loss: the distance of each generated segment's log
     RMS from the true segment's (``train_host.vae.loudness_loss``)."""
+    mel_weight: float = field(default=0.0, metadata={"min": 0, "max": 100})
+    """Weight of the log-mel loss: the mean absolute difference, in tens of dB, of
+    the generated and true segments' log-mel spectra, as ``evaluate`` measures
+    them (``train_host.vae.log_mel_loss``)."""
     motion_weight: float = field(default=0.1, metadata={"min": 0, "max": 100})
     """Weight of the motion reconstruction loss (keeps the latent about motion)."""
     motion_noise: float = field(default=1.0, metadata={"min": 0, "max": 10})

@@ -1,5 +1,6 @@
 """Training runs: step budget, best-epoch weights, fine-tuning, finding a bundle's run."""
 
+import numpy as np
 import pytest
 
 from device.config import load_train_config, with_overrides
@@ -148,3 +149,20 @@ def test_the_product_of_experts_gives_back_a_lone_expert_and_weights_by_precisio
     own1, own2 = m.numpy() * (1 + p1) / p1, m2.numpy() * (1 + p2) / p2
     assert np.allclose(joint.numpy(), (own1 * p1 + own2 * p2) / (1 + p1 + p2), atol=1e-6)
     assert np.allclose(joint_logvar.numpy(), -np.log(1 + p1 + p2), atol=1e-6)
+
+
+def test_the_log_mel_loss_is_the_distance_evaluate_reports():
+    """Training's log-mel term (training.mel_weight) measures a segment exactly as
+    `evaluate` does: same spectra, and the loss is the distance in tens of dB."""
+    tf = pytest.importorskip("tensorflow")
+    from train_host.evaluate import Spectra, log_mel_distance
+    from train_host.vae import LogMel, log_mel_loss
+
+    rng = np.random.default_rng(3)
+    true = (0.1 * rng.standard_normal((4, 2205))).astype(np.float32)
+    made = (0.05 * rng.standard_normal((4, 2205))).astype(np.float32)
+    spectra, log_mel = Spectra(22050, 2205), LogMel(22050, 2205)
+    np.testing.assert_allclose(log_mel(tf.constant(true)).numpy(), spectra.log_mel(true),
+                               atol=1e-3)
+    loss = float(log_mel_loss(log_mel, tf.constant(true), tf.constant(made)))
+    assert loss == pytest.approx(log_mel_distance(made, true, spectra).mean() / 10, rel=1e-4)

@@ -110,6 +110,7 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
         log.info("fine-tuning %s", init_from.path)
     variables = model.trainable_variables
     optimizer = tf.keras.optimizers.Adam(t.learning_rate)
+    log_mel = vae_mod.LogMel(data.sample_rate, data.segment_samples) if t.mel_weight else None
 
     def losses(x, y, beta, seed, training):
         # In training the motion encoder sees the window with noise on it (in
@@ -138,6 +139,8 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
             total += weight * (t.spectral_weight * spectral + t.waveform_weight * waveform
                                + t.loudness_weight * vae_mod.loudness_loss(y, audio)
                                + t.motion_weight * motion_error + beta * kl
+                               + (t.mel_weight * vae_mod.log_mel_loss(log_mel, y, audio)
+                                  if log_mel is not None else 0.0)
                                + _SHAPE_WEIGHT * vae_mod.shape_level_penalty(shape))
             terms[f"{name}_spectral"] = spectral
             terms[f"{name}_kl"] = kl

@@ -225,6 +225,33 @@ def loudness_loss(target, generated):
     return tf.reduce_mean(tf.abs(log_rms(generated) - log_rms(target)))
 
 
+class LogMel:
+    """The log-mel spectra of segments as ``train_host.evaluate.Spectra`` measures
+    them (same STFT, window, power scale, filterbank and floor), in TensorFlow."""
+
+    def __init__(self, sample_rate: int, segment_samples: int):
+        from train_host.evaluate import FLOOR_DB, Spectra
+
+        spectra = Spectra(sample_rate, segment_samples)
+        self.n_fft, self.hop = spectra.n_fft, spectra.hop
+        self.scale = float(spectra._power_scale)
+        self.filterbank = tf.constant(spectra.filterbank.T)
+        self.floor = float(10.0 ** (FLOOR_DB / 10))
+
+    def __call__(self, audio):
+        """(N, frames, n_mels) band power in dB, floored."""
+        spectrum = tf.signal.stft(audio, self.n_fft, self.hop, window_fn=tf.signal.hann_window)
+        power = tf.square(tf.abs(spectrum)) * self.scale
+        mel = tf.tensordot(power, self.filterbank, axes=1)
+        return 10.0 * tf.math.log(tf.maximum(mel, self.floor)) / tf.math.log(10.0)
+
+
+def log_mel_loss(log_mel: LogMel, target, generated):
+    """The mean absolute difference of the two segments' log-mel spectra, in tens
+    of dB: ``evaluate``'s log-mel distance, divided by ten."""
+    return tf.reduce_mean(tf.abs(log_mel(generated) - log_mel(target))) / 10.0
+
+
 def spectral_loss(target, generated):
     """Multi-resolution STFT loss: spectral convergence plus log-magnitude L1.
 
