@@ -40,12 +40,14 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: recorder.audio_in)")
     record.add_argument("--label", help="name of the take (default: take)")
     record.add_argument("--out", help="folder for the take (default: recorder.sessions_dir)")
-    record.add_argument("--seconds", type=float, help="stop after this many seconds of frames")
+    record.add_argument("--seconds", type=float,
+                        help="stop after this many seconds of frames (default: Ctrl-C, "
+                             "SIGTERM, the camera's end or the track's end)")
     record.set_defaults(func=_record)
 
     sessions = commands.add_parser("sessions", help="list the recorded takes")
     sessions.add_argument("root", nargs="?",
-                          help="folder of takes (default: sessions/ in the project)")
+                          help="folder of takes (default: recorder.sessions_dir)")
     sessions.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     sessions.set_defaults(func=_sessions)
 
@@ -144,9 +146,58 @@ def _run(args) -> int:
 
 
 def _record(args) -> int:
-    from device.recorder import main_record
+    """Record one take from the camera and ``--audio-in`` and say what was recorded."""
+    import threading
+    from pathlib import Path
 
-    return main_record(args, _config(args))
+    from device.audio import open_configured_sink
+    from device.audio.stream import AudioStream
+    from device.camera import open_camera
+    from device.config import resolve_path
+    from device.errors import ConfigError, SessionError
+    from device.recorder import PeriodSink, TakeRecorder, record_from
+    from device.service import install_stop_signals
+
+    cfg = _config(args)
+    if args.seconds is not None and not args.seconds > 0:
+        raise ConfigError(f"--seconds must be above 0, not {args.seconds:g}")
+    stop = threading.Event()
+    signals = install_stop_signals(stop, deadline_s=5.0)
+    camera = stream = None
+    try:
+        recorder = TakeRecorder.from_config(
+            cfg, audio_in=args.audio_in, label=args.label,
+            root=Path(args.out) if args.out else resolve_path(cfg.recorder.sessions_dir),
+            stream=lambda: stream)
+        camera = open_camera(cfg.camera.source, fps=cfg.camera.fps,
+                             width=cfg.motiongram.width, height=cfg.motiongram.height,
+                             paced=True, seed=cfg.camera.seed)
+        if recorder.kind == "track":
+            sink = open_configured_sink(cfg.audio)
+            if getattr(sink, "period_size", None) is None:
+                sink = PeriodSink(sink, cfg.audio.period_size)
+            stream = AudioStream.from_config(sink, cfg.audio, hop_samples=recorder.hop)
+        recorder.start(wait=True)
+        print(f"recording {recorder.take_path} from {camera.name} with {recorder.audio_source}"
+              f"{'' if args.seconds else '; Ctrl-C stops'}", flush=True)
+        max_frames = round(args.seconds * cfg.camera.fps) if args.seconds else None
+        info = record_from(camera, recorder, stop=stop, max_frames=max_frames, stream=stream)
+    finally:
+        if camera is not None:
+            camera.close()
+        if stream is not None:
+            stream.stop()
+        if signals.received is None:
+            signals.restore()
+    if info is None:
+        raise SessionError(f"{recorder.take_path}: the take could not be closed")
+    print(f"take:     {info.path}\nlabel:    {info.label}\n"
+          f"duration: {info.duration_s:.2f} s ({info.frames} frames, "
+          f"{recorder.dropped_frames} dropped)\n"
+          f"audio:    {info.audio_s:.2f} s ({info.audio_source})")
+    if recorder.stopped_reason:
+        print(f"ended:    {recorder.stopped_reason}")
+    return 0
 
 
 def _ctl(args) -> int:
@@ -166,9 +217,12 @@ def _ctl(args) -> int:
 
 
 def _sessions(args) -> int:
-    from device.session import main_sessions
+    """List the takes in ``args.root``, else in the config's ``recorder.sessions_dir``."""
+    from device.config import resolve_path
+    from device.session import sessions_command
 
-    return main_sessions(args)
+    root = args.root or resolve_path(_config(args).recorder.sessions_dir)
+    return sessions_command(root, as_json=args.json)
 
 
 def _bench(args) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import posixpath
 import re
 import sys
 import typing
@@ -25,7 +26,6 @@ import yaml
 
 from device.errors import ConfigError
 from device.motiongram import MotionGainParams, MotiongramParams
-from device.recorder import RecorderConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 """The checkout's root: config paths that are not absolute are relative to it."""
@@ -96,6 +96,14 @@ def resolve_path(value: str) -> Path:
     ``data_home()``."""
     path = Path(value).expanduser()
     return path if path.is_absolute() else data_home() / path
+
+
+def box_path(value: str) -> str:
+    """Where a path from the config is on the box, as the service resolves it
+    (``resolve_path`` with ``$STATE_DIRECTORY`` set to ``BOX_STATE_DIR``): what the
+    tools that reach a box from another machine use (deploy, flash-model,
+    pull-data, provision)."""
+    return posixpath.join(BOX_STATE_DIR, posixpath.normpath(value))
 
 
 def _validate(cls: type[T], data: Any, where: str, problems: list[str] | None = None) -> T:
@@ -369,6 +377,38 @@ class MotionConfig:
     """Multiplies the motion gain: above 1 the box plays louder and busier for the
     same dance, below 1 calmer. The gain already brings a far and a close dancer
     to the same level; this is for the room's taste."""
+
+
+_AUDIO_IN = {"pattern": r"alsa(:.+)?|wav:.+|track:.+",
+             "pattern_help": "'alsa', 'alsa:DEVICE', 'wav:PATH' or 'track:PATH'"}
+
+
+@dataclass(frozen=True)
+class RecorderConfig:
+    """Recording takes: where they go and where their sound comes from."""
+
+    sessions_dir: str = field(default="sessions", metadata=_PATH)
+    """Folder the takes are written to."""
+    music_dir: str = field(default="music", metadata=_PATH)
+    """Folder of WAV tracks for 'track:NAME' (a path that exists as given is used as is)."""
+    audio_in: str = field(default="alsa", metadata=_AUDIO_IN)
+    """Sound of a take: 'alsa' (the default capture device), 'alsa:DEVICE',
+    'track:NAME' (the box plays the track and records it with the frames), or
+    'wav:PATH' (a file standing in for the line input)."""
+    min_free_mb: int = field(default=200, metadata={"min": 0, "max": 1_000_000})
+    """Megabytes the card must keep free; below it a take stops (cleanly)."""
+    queue_frames: int = field(default=120, metadata={"min": 2, "max": 10_000})
+    """Frames that may wait for the writer; past that, frames are dropped and counted."""
+    capture_periods: int = field(default=16, metadata={"min": 2, "max": 1024})
+    """ALSA periods (of audio.period_size) in the capture buffer. Capture delay
+    does not matter, overruns do: 16 x 128 at 22050 Hz rides out 93 ms stalls."""
+    track_cushion_ms: float = field(default=100.0, metadata={"min": 0, "max": 1000})
+    """Extra track queued ahead of the sound output in track mode, so a late
+    camera frame does not leave a gap in the music."""
+    camera_delay_ms: float = field(default=0.0, metadata={"min": 0, "max": 500})
+    """How long before its earliest delivery a camera frame was exposed (about a
+    frame on the Pi camera); taken off every frame's moment in alsa and track
+    takes. Measure it with a clap in front of the camera (docs/session.md)."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 ``TakeRecorder`` is what the record button drives during the performance (the
 ``Recorder`` protocol of device/performance.py) and what ``python -m device
-record`` runs on its own. Each take is written with ``device.session.SessionWriter``
+record`` runs on its own (through ``record_from``); its settings are the
+config's ``recorder`` section (``device.config.RecorderConfig``). Each take is written with ``device.session.SessionWriter``
 by a writer thread of the take's own; the sound comes from ``audio_in``:
 
 - ``alsa[:DEVICE]``: the line input, captured by ``AlsaCapture``. Each frame's
@@ -44,17 +45,14 @@ clock.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import queue
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -83,45 +81,6 @@ _FRAME_CLOCK_WINDOW_S = 2.0
 _FRAME_CLOCK_JUMP_S = 0.5
 """A frame read this much later than its camera time says is a camera clock that
 jumped (or a stall): the mapping starts again from it."""
-
-_AUDIO_IN = {"pattern": r"alsa(:.+)?|wav:.+|track:.+",
-             "pattern_help": "'alsa', 'alsa:DEVICE', 'wav:PATH' or 'track:PATH'"}
-
-
-@dataclass(frozen=True)
-class RecorderConfig:
-    """Recording takes: where they go and where their sound comes from."""
-
-    sessions_dir: str = field(default="sessions", metadata={"pattern": r"\S.*",
-                                                            "pattern_help": "a path"})
-    """Folder the takes are written to."""
-    music_dir: str = field(default="music", metadata={"pattern": r"\S.*",
-                                                      "pattern_help": "a path"})
-    """Folder of WAV tracks for 'track:NAME' (a path that exists as given is used as is)."""
-    audio_in: str = field(default="alsa", metadata=_AUDIO_IN)
-    """Sound of a take: 'alsa' (the default capture device), 'alsa:DEVICE',
-    'track:NAME' (the box plays the track and records it with the frames), or
-    'wav:PATH' (a file standing in for the line input)."""
-    min_free_mb: int = field(default=200, metadata={"min": 0, "max": 1_000_000})
-    """Megabytes the card must keep free; below it a take stops (cleanly)."""
-    queue_frames: int = field(default=120, metadata={"min": 2, "max": 10_000})
-    """Frames that may wait for the writer; past that, frames are dropped and counted."""
-    capture_periods: int = field(default=16, metadata={"min": 2, "max": 1024})
-    """ALSA periods (of audio.period_size) in the capture buffer. Capture delay
-    does not matter, overruns do: 16 x 128 at 22050 Hz rides out 93 ms stalls."""
-    track_cushion_ms: float = field(default=100.0, metadata={"min": 0, "max": 1000})
-    """Extra track queued ahead of the sound output in track mode, so a late
-    camera frame does not leave a gap in the music."""
-    camera_delay_ms: float = field(default=0.0, metadata={"min": 0, "max": 500})
-    """How long before its earliest delivery a camera frame was exposed (about a
-    frame on the Pi camera); taken off every frame's moment in alsa and track
-    takes. Measure it with a clap in front of the camera (docs/session.md)."""
-
-
-def recorder_settings(cfg: Any) -> RecorderConfig:
-    """The config's ``recorder`` section, or the defaults where it has none."""
-    return getattr(cfg, "recorder", None) or RecorderConfig()
-
 
 def parse_audio_in(spec: str) -> tuple[str, str]:
     """``(kind, argument)`` of an ``--audio-in`` spec; ConfigError if it is none of them."""
@@ -213,7 +172,7 @@ class TakeRecorder:
         camera, audio and motiongram settings); arguments given override it."""
         from device.config import resolve_path
 
-        rc = recorder_settings(cfg)
+        rc = cfg.recorder
         hop = cfg.audio.sample_rate // cfg.camera.fps
         settings = dict(
             audio_in=audio_in or rc.audio_in, label=label or DEFAULT_LABEL,
@@ -766,7 +725,7 @@ def record_from(camera: Camera, recorder: TakeRecorder, *, stop: threading.Event
     return info
 
 
-class _Periods:
+class PeriodSink:
     """A sink with no periods (a WAV file) taking the card's period size, so that a
     stream pacing it renders period-sized blocks and its playback clock, which
     frames are stamped from, ticks every period rather than once a frame."""
@@ -781,97 +740,3 @@ class _Periods:
 
     def close(self) -> None:
         self._sink.close()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``record`` command's options."""
-    parser.add_argument("--camera", help="auto, pi, synthetic or video:PATH "
-                                         "(default: from config)")
-    parser.add_argument("--audio-in", dest="audio_in",
-                        help="alsa, alsa:DEVICE, wav:PATH or track:PATH "
-                             "(default: recorder.audio_in from config)")
-    parser.add_argument("--label", help=f"name of the take (default: {DEFAULT_LABEL})")
-    parser.add_argument("--out", help="folder for the take (default: recorder.sessions_dir)")
-    parser.add_argument("--seconds", type=float,
-                        help="stop after this many seconds of frames (default: Ctrl-C, "
-                             "SIGTERM, the camera's end or the track's end)")
-
-
-def main_record(args, cfg) -> int:
-    """``python -m device record``: record one take and say what was recorded."""
-    from device.audio import open_configured_sink
-    from device.audio.stream import AudioStream
-    from device.camera import open_camera
-    from device.config import resolve_path
-    from device.service import install_stop_signals
-
-    rc = recorder_settings(cfg)
-    if args.seconds is not None and not args.seconds > 0:
-        raise ConfigError(f"--seconds must be above 0, not {args.seconds:g}")
-    stop = threading.Event()
-    signals = install_stop_signals(stop, deadline_s=5.0)
-    camera = stream = None
-    try:
-        recorder = TakeRecorder.from_config(
-            cfg, audio_in=args.audio_in, label=args.label,
-            root=Path(args.out) if args.out else resolve_path(rc.sessions_dir),
-            stream=lambda: stream)
-        camera = open_camera(args.camera or cfg.camera.source, fps=cfg.camera.fps,
-                             width=cfg.motiongram.width, height=cfg.motiongram.height,
-                             paced=True, seed=cfg.camera.seed)
-        if recorder.kind == "track":
-            a = cfg.audio
-            sink = open_configured_sink(a)
-            if getattr(sink, "period_size", None) is None:
-                sink = _Periods(sink, a.period_size)
-            stream = AudioStream.from_config(sink, a, hop_samples=recorder.hop)
-        recorder.start(wait=True)
-        print(f"recording {recorder.take_path} from {camera.name} with {recorder.audio_source}"
-              f"{'' if args.seconds else '; Ctrl-C stops'}", flush=True)
-        max_frames = round(args.seconds * cfg.camera.fps) if args.seconds else None
-        info = record_from(camera, recorder, stop=stop, max_frames=max_frames, stream=stream)
-    finally:
-        if camera is not None:
-            camera.close()
-        if stream is not None:
-            stream.stop()
-        if signals.received is None:
-            signals.restore()
-    if info is None:
-        raise SessionError(f"{recorder.take_path}: the take could not be closed")
-    print(f"take:     {info.path}\nlabel:    {info.label}\n"
-          f"duration: {info.duration_s:.2f} s ({info.frames} frames, "
-          f"{recorder.dropped_frames} dropped)\n"
-          f"audio:    {info.audio_s:.2f} s ({info.audio_source})")
-    if recorder.stopped_reason:
-        print(f"ended:    {recorder.stopped_reason}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m device.recorder``: the record command on its own (as ``python -m
-    device record``), with the same error handling."""
-    parser = argparse.ArgumentParser(prog="python -m device.recorder",
-                                     description="record one take: frames and sound")
-    parser.add_argument("--config", help="device config file")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        from device.config import load_device_config, with_overrides
-
-        cfg = load_device_config(args.config)
-        if args.camera:
-            cfg = with_overrides(cfg, {"camera.source": args.camera})
-        return main_record(args, cfg)
-    except DanceSamplerError as exc:
-        if args.debug:
-            raise
-        print(f"dancesampler: error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

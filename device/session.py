@@ -788,10 +788,6 @@ def _broken_info(path: Path, message: str) -> SessionInfo:
 
 # ---- the sessions command ------------------------------------------------------------
 
-DEFAULT_ROOT = "sessions"
-"""Where the box keeps its takes, relative to the project root."""
-
-
 def sessions_command(root: str | os.PathLike, *, as_json: bool, out: TextIO = sys.stdout) -> int:
     """List the takes under ``root``: a table for people, or JSON for programs."""
     infos = list_sessions(root)
@@ -817,19 +813,6 @@ def sessions_command(root: str | os.PathLike, *, as_json: bool, out: TextIO = sy
     print(f"{len(infos)} take(s) in {root}, {_minutes(total)} of dance"
           + (f", {unclean} not cleanly stopped" if unclean else ""), file=out)
     return 0
-
-
-def main_sessions(args) -> int:
-    """``python -m device sessions [ROOT] [--json]``.
-
-    Reads ``args.root`` (None: the project's ``sessions/``) and ``args.json``.
-    """
-    root = getattr(args, "root", None)
-    if root is None:
-        from device.config import resolve_path
-
-        root = resolve_path(DEFAULT_ROOT)
-    return sessions_command(root, as_json=bool(getattr(args, "json", False)))
 
 
 def _minutes(seconds: float) -> str:

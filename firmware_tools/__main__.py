@@ -19,6 +19,10 @@ _PROJECT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The box's folders, for the help texts: where the service finds them.
+    from device.config import BOX_STATE_DIR, DeviceConfig, box_path
+
+    defaults = DeviceConfig()
     parser = argparse.ArgumentParser(prog="python -m firmware_tools",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -32,9 +36,11 @@ def main(argv: list[str] | None = None) -> int:
                     "it stopped. Nothing on the box changes unless --delete-after is given.")
     pull.add_argument("host", metavar="HOST", help="the box, as user@host or host")
     pull.add_argument("--remote-dir", default=None,
-                      help="folder of takes on the box (default: /var/lib/dancesampler/sessions)")
+                      help="folder of takes on the box (default: "
+                           f"{box_path(defaults.recorder.sessions_dir)})")
     pull.add_argument("--out", default=None,
-                      help="folder of takes here (default: sessions/ in the project)")
+                      help="folder of takes here (default: recorder.sessions_dir in the "
+                           "project)")
     pull.add_argument("--delete-after", action="store_true",
                       help="delete each take on the box once its copy here is verified")
     _ssh_options(pull)
@@ -71,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
     flash = commands.add_parser(
         "flash-model", help="copy a model bundle to boxes, checked there before use",
-        description="Copy BUNDLE into /var/lib/dancesampler/models/ on each HOST: verified "
+        description=f"Copy BUNDLE into {box_path(defaults.model.models_dir)}/ on each "
+                    "HOST: verified "
                     "here, its SHA-256 checked on the box and run through the box's own "
                     "check-bundle before it is renamed into place.")
     flash.add_argument("bundle", metavar="BUNDLE", help="a .dsb bundle file")
@@ -87,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     provision.add_argument("hosts", metavar="HOST", nargs="+", help="a box, as user@host or host")
     provision.add_argument("--read-only-root", action="store_true",
                            help="also turn on the overlay read-only root (needs "
-                                "/var/lib/dancesampler on its own partition)")
+                                f"{BOX_STATE_DIR} on its own partition)")
     _box_options(provision)
     provision.set_defaults(func=_provision)
 
@@ -110,14 +117,13 @@ def _pull_data(args) -> int:
     from firmware_tools.pull import DEFAULT_REMOTE_DIR, pull
 
     if args.out is None:
-        from device.config import resolve_path
-        from device.session import DEFAULT_ROOT
+        from device.config import DeviceConfig, resolve_path
 
-        out = resolve_path(DEFAULT_ROOT)
+        out = resolve_path(DeviceConfig().recorder.sessions_dir)
     else:
         out = Path(args.out)
-    pull(_remote(args.host, args), args.remote_dir or DEFAULT_REMOTE_DIR, out, delete_after=args.delete_after,
-         report=lambda line: print(line, flush=True))
+    pull(_remote(args.host, args), args.remote_dir or DEFAULT_REMOTE_DIR, out,
+         delete_after=args.delete_after, report=lambda line: print(line, flush=True))
     return 0
 
 

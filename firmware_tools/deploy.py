@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from device.config import BOX_STATE_DIR, DeviceConfig
+from device.config import BOX_STATE_DIR, DeviceConfig, box_path
 from firmware_tools.release import Release
 from firmware_tools.ssh import Remote, RemoteError, _program
 
@@ -375,7 +375,7 @@ def _switch(remote: Remote, box: Box, rid: str) -> None:
         base=shlex.quote(box.base), target=shlex.quote(f"releases/{rid}"), rid=shlex.quote(rid),
         unit_dir=shlex.quote(box.path("etc/systemd/system")), config=shlex.quote(config),
         config_dir=shlex.quote(posixpath.dirname(config)),
-        models=shlex.quote(box.path(BOX_STATE_DIR, DeviceConfig().model.models_dir))),
+        models=shlex.quote(box.path(box_path(DeviceConfig().model.models_dir)))),
         f"switching to release {rid}")
 
 

@@ -19,14 +19,14 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
-from device.config import BOX_STATE_DIR, DeviceConfig
+from device.config import DeviceConfig, box_path
 from device.errors import BundleError
 from firmware_tools.deploy import Box, _run, rsync_to
 from firmware_tools.ssh import Remote, RemoteCommandFailed, RemoteError
 
 log = logging.getLogger(__name__)
 
-MODELS_DIR = posixpath.join(BOX_STATE_DIR, DeviceConfig().model.models_dir)
+MODELS_DIR = box_path(DeviceConfig().model.models_dir)
 SERVICE_USER = "dancesampler"
 
 

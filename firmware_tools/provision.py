@@ -22,7 +22,7 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
-from device.config import BOX_STATE_DIR, DeviceConfig
+from device.config import BOX_STATE_DIR, DeviceConfig, box_path
 from firmware_tools.deploy import Box, _run
 from firmware_tools.ssh import Remote
 
@@ -78,7 +78,7 @@ usermod -a -G {group_list} {user}
 
 # 3. folders
 mkdir -p "$R/opt/dancesampler/releases" "$R/opt/dancesampler/wheels" "$R/etc/dancesampler" \
-         "$R{state}/{models}" "$R{state}/{sessions}" "$R{state}/{music}"
+         "$R{models}" "$R{sessions}" "$R{music}"
 chown -R {user}:{user} "$R{state}"
 chmod 0750 "$R{state}"
 
@@ -126,8 +126,9 @@ def provision_script(*, root: str = "/", read_only_root: bool = False) -> str:
         raise ValueError("the unit file holds the heredoc's end marker")
     script = _SCRIPT.format(
         root=shlex.quote(root.rstrip("/")), packages=" ".join(APT_PACKAGES),
-        camera=CAMERA_PACKAGE, state=BOX_STATE_DIR, models=defaults.model.models_dir,
-        sessions=defaults.recorder.sessions_dir, music=defaults.recorder.music_dir,
+        camera=CAMERA_PACKAGE, state=BOX_STATE_DIR, models=box_path(defaults.model.models_dir),
+        sessions=box_path(defaults.recorder.sessions_dir),
+        music=box_path(defaults.recorder.music_dir),
         groups=" ".join(GROUPS), group_list=",".join(GROUPS), user=USER,
         alsa_pin=shlex.quote(PYALSAAUDIO), alsa_version=PYALSAAUDIO.split("==")[1],
         unit=unit if unit.endswith("\n") else unit + "\n")

@@ -34,15 +34,15 @@ from pathlib import Path
 
 import yaml
 
-from device.config import BOX_STATE_DIR
+from device.config import DeviceConfig, box_path
 from device.errors import SessionError
-from device.session import DEFAULT_ROOT as DEFAULT_SESSIONS
 from device.session import fsync_dir, is_take_name, session_info
 from firmware_tools.ssh import HostUnreachable, LoginRefused, Remote, RemoteError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REMOTE_DIR = posixpath.join(BOX_STATE_DIR, DEFAULT_SESSIONS)
+DEFAULT_REMOTE_DIR = box_path(DeviceConfig().recorder.sessions_dir)
+"""Where the box keeps its takes (``recorder.sessions_dir`` in its state folder)."""
 STAGING = ".pulling"
 QUIET_S = 10.0
 """A take not cleanly stopped counts as still recording if written to this recently.

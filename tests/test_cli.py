@@ -1,8 +1,12 @@
 """The device's command line as a person uses it: what it prints, how it fails."""
 
+import json
+import os
 import subprocess
 import sys
 import zipfile
+
+import numpy as np
 
 from tests.conftest import ROOT, one_line_error, real_video
 
@@ -110,3 +114,21 @@ def test_under_systemd_each_log_line_carries_its_journal_priority(tmp_path):
     assert any(line.startswith("<4>device.camera:") for line in lines)      # a warning
     assert any(line.startswith("<6>device.performance:") for line in lines)  # info
     assert not any("WARNING" in line or "INFO " in line for line in lines)
+
+
+def test_record_and_sessions_use_the_state_folder_under_the_service(tmp_path):
+    """With systemd's $STATE_DIRECTORY, a take goes to its sessions/ (not the
+    read-only release) and the sessions command lists it there."""
+    from tests.test_recorder import _write_wav
+
+    line = _write_wav(tmp_path / "line.wav", np.zeros(22050, np.float32))
+    env = {**os.environ, "STATE_DIRECTORY": str(tmp_path / "state")}
+    recorded = device("record", "--camera", "synthetic", "--audio-in", f"wav:{line}",
+                      "--label", "here", "--seconds", "0.5", env=env)
+    assert recorded.returncode == 0, recorded.stderr
+    assert f"take:     {tmp_path / 'state' / 'sessions'}/" in recorded.stdout
+    listed = device("sessions", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    [take] = json.loads(listed.stdout)
+    assert take["label"] == "here" and take["clean"]
+    assert take["path"].startswith(str(tmp_path / "state" / "sessions"))

@@ -223,3 +223,12 @@ def test_relative_paths_live_in_the_state_folder_under_the_service(monkeypatch, 
     assert resolve_path("sessions") == tmp_path / "sessions"
     assert resolve_path("models/default.dsb") == tmp_path / "models" / "default.dsb"
     assert resolve_path("/srv/music") == Path("/srv/music")
+
+
+def test_the_box_path_of_a_config_path_is_where_the_service_finds_it(monkeypatch):
+    from device.config import BOX_STATE_DIR, box_path, resolve_path
+
+    monkeypatch.setenv("STATE_DIRECTORY", BOX_STATE_DIR)
+    for value in ("sessions", "models/default.dsb", "./music/", "/srv/music"):
+        assert box_path(value) == str(resolve_path(value)), value
+    assert box_path("/srv/music") == "/srv/music"

@@ -23,7 +23,13 @@ from tests.test_recorder import SR, _write_wav
 
 
 @pytest.fixture
-def show(tmp_path, default_bundle):
+def pins():
+    """The show's simulated GPIO pins: its buttons, pressed from a test."""
+    return MockFactory()
+
+
+@pytest.fixture
+def show(tmp_path, default_bundle, pins):
     """A performance playing with a recorder and its control channel at ctl.sock."""
     models = tmp_path / "models"
     models.mkdir()
@@ -36,7 +42,7 @@ def show(tmp_path, default_bundle):
     line = _write_wav(tmp_path / "line.wav", 0.1 * np.ones(30 * SR, np.float32))
     recorder = TakeRecorder.from_config(cfg, audio_in=f"wav:{line}", root=tmp_path / "takes")
     path = tmp_path / "run" / "ctl.sock"
-    performance = Performance(cfg, recorder=recorder, pin_factory=MockFactory(), control=path)
+    performance = Performance(cfg, recorder=recorder, pin_factory=pins, control=path)
     stop = threading.Event()
     thread = threading.Thread(target=lambda: performance.run(stop), daemon=True)
     thread.start()
@@ -79,10 +85,49 @@ def test_ctl_records_stops_and_deletes_a_take_as_the_button_does(show, tmp_path)
     info = recorder.wait()
     assert info.clean and info.frames >= 20 and info.path.parent == tmp_path / "takes"
     assert request("stop", path)["note"] == "not recording"
-    assert request("status", path)["state"] == "playing"
+    status = ctl("status", "--socket", str(path), "--json")
+    assert status.returncode == 0, status.stderr
+    reply = json.loads(status.stdout)
+    assert reply["ok"] and reply["state"] == "playing" and reply["model"] == "default"
+    assert reply["status"].startswith("playing default (30 fps")
 
     assert request("delete-last", path)["ok"]
     assert not info.path.exists()
+
+
+def test_the_button_and_the_channel_act_on_the_same_take(show, pins):
+    """A take started by the record button is stopped by ``ctl stop``, and one
+    started by ``ctl record`` by the button: one recorder, one way of acting."""
+    performance, path, recorder = show
+    button = pins.pin(performance.cfg.controls.record_pin)
+
+    def press():
+        button.drive_low()            # pull-up: pressed is low
+        time.sleep(0.2)
+        button.drive_high()
+
+    def until(condition):
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+    press()
+    until(lambda: recorder.recording)
+    assert request("status", path)["state"] == "recording"
+    time.sleep(0.5)
+    assert request("stop", path)["ok"]
+    first = recorder.wait()
+    assert first.clean and first.frames > 0
+
+    assert request("record", path)["ok"]
+    until(lambda: recorder.recording)
+    time.sleep(0.5)
+    press()
+    until(lambda: not recorder.recording)
+    second = recorder.wait()
+    assert second.clean and second.path != first.path
+    assert request("status", path)["state"] == "playing"
 
 
 def test_ctl_next_model_crossfades_to_the_next_bundle(show):

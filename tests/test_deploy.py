@@ -414,7 +414,8 @@ def test_provisioning_twice_does_each_step_once(remote, sshd, tmp_path):
     assert (root / "etc/systemd/system/dancesampler.service").read_bytes() == \
         (ROOT / "systemd/dancesampler.service").read_bytes()
     for folder in ("opt/dancesampler/releases", "opt/dancesampler/wheels",
-                   "var/lib/dancesampler/models", "etc/dancesampler"):
+                   "var/lib/dancesampler/models", "var/lib/dancesampler/sessions",
+                   "var/lib/dancesampler/music", "etc/dancesampler"):
         assert (root / folder).is_dir()
     assert "provision: building the pyalsaaudio wheel" in first
 
@@ -578,3 +579,26 @@ def test_make_passes_what_a_person_typed_as_arguments_never_as_shell(tmp_path):
     assert make("train", "NAME=a b", "CONFIG=c'd") == \
         ["train_host", "train", "--config", "c'd", "--out", "runs/a b"]
     assert not planted.exists()
+
+
+def test_the_tools_look_where_the_service_keeps_takes_models_and_music(monkeypatch):
+    """One home for the box's folders: what the shipped config names, resolved as
+    the service resolves it (from $STATE_DIRECTORY), is where pull-data fetches
+    takes, flash-model puts bundles and provision makes the folders."""
+    from device.config import BOX_STATE_DIR, load_device_config, resolve_path
+    from device.recorder import TakeRecorder
+    from firmware_tools.flash import MODELS_DIR
+    from firmware_tools.provision import provision_script
+    from firmware_tools.pull import DEFAULT_REMOTE_DIR
+
+    monkeypatch.setenv("STATE_DIRECTORY", BOX_STATE_DIR)
+    cfg = load_device_config(ROOT / "config" / "device.yaml")
+    takes = TakeRecorder.from_config(cfg).root          # where the record button writes
+    models = resolve_path(cfg.model.models_dir)         # what the model button steps through
+    music = resolve_path(cfg.recorder.music_dir)        # where track takes find their music
+    assert takes == Path(BOX_STATE_DIR, "sessions") == Path(DEFAULT_REMOTE_DIR)
+    assert models == Path(BOX_STATE_DIR, "models") == Path(MODELS_DIR)
+    assert resolve_path(cfg.model.bundle).parent == models
+    script = provision_script()
+    for folder in (takes, models, music):
+        assert f'"$R{folder}"' in script

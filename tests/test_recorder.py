@@ -15,7 +15,6 @@ take puts the flash's frame within one frame period of the click:
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -32,7 +31,8 @@ from device.camera import Frame
 from device.config import load_device_config, with_overrides
 from device.errors import AudioError
 from device.motiongram import MotiongramParams, motion_amount, motiongram
-from device.recorder import TakeRecorder, add_arguments, main, main_record, record_from
+from device.__main__ import main as device_main
+from device.recorder import TakeRecorder, record_from
 from device.session import INFO_FILE, SessionWriter, list_sessions, read_session
 from tests.conftest import ROOT
 
@@ -131,10 +131,9 @@ def alsa_devices(tmp_path, monkeypatch):
     return {"in": raw_in, "out": raw_out}
 
 
-def _record_args(*argv):
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args(list(argv))
+def record(*argv, config=None) -> int:
+    """``python -m device record ARGV``, in this process."""
+    return device_main([*(["--config", str(config)] if config else []), "record", *argv])
 
 
 def _frame(i: int, flash: bool = False) -> Frame:
@@ -143,13 +142,11 @@ def _frame(i: int, flash: bool = False) -> Frame:
 
 # ---- alignment ---------------------------------------------------------------------
 
-def test_wav_take_puts_the_flash_on_the_click(media, tmp_path, capsys):
+def test_wav_take_puts_the_flash_on_the_click(media, tmp_path, capfd):
     """The record command, wav mode: frame i at i/fps, the file's samples as they are."""
     out = tmp_path / "takes"
-    rc = main_record(_record_args("--camera", f"video:{media['video']}", "--audio-in",
-                                  f"wav:{media['wav']}", "--label", "Flash Test",
-                                  "--out", str(out), "--seconds", "2"),
-                     load_device_config())
+    rc = record("--camera", f"video:{media['video']}", "--audio-in", f"wav:{media['wav']}",
+                "--label", "Flash Test", "--out", str(out), "--seconds", "2")
     assert rc == 0
     [info] = list_sessions(out)
     session = read_session(info.path)
@@ -162,7 +159,7 @@ def test_wav_take_puts_the_flash_on_the_click(media, tmp_path, capsys):
     error = _flash_time(session) - _click_time(session)
     assert abs(error) < 1 / FPS
     assert error == pytest.approx(0.0, abs=1e-9)                # aligned by construction
-    printed = capsys.readouterr().out
+    printed = capfd.readouterr().out
     assert str(info.path) in printed and "label:    flash_test" in printed
     assert "2.00 s (60 frames, 0 dropped)" in printed and "audio:    2.00 s" in printed
 
@@ -346,15 +343,16 @@ def test_track_take_is_aligned_by_the_playback_clock(alsa_devices, tmp_path):
     assert abs(flash - CLICK_AT / SR) < 2 / FPS
 
 
-def test_record_command_plays_a_track_and_stops_at_its_end(tmp_path, capsys):
+def test_record_command_plays_a_track_and_stops_at_its_end(tmp_path, capfd):
     """Track mode through the command, into a WAV output: the take is the track."""
     track = _click_track(1.0, click_at=SR // 2)
     path = _write_wav(tmp_path / "song.wav", track)
-    cfg = with_overrides(load_device_config(), {"audio.output": f"wav:{tmp_path / 'out.wav'}"})
-    rc = main_record(_record_args("--camera", "synthetic", "--audio-in", f"track:{path}",
-                                  "--out", str(tmp_path / "takes")), cfg)
+    config = tmp_path / "device.yaml"
+    config.write_text(yaml.safe_dump({"audio": {"output": f"wav:{tmp_path / 'out.wav'}"}}))
+    rc = record("--camera", "synthetic", "--audio-in", f"track:{path}",
+                "--out", str(tmp_path / "takes"), config=config)
     assert rc == 0
-    assert "ended:    track ended" in capsys.readouterr().out
+    assert "ended:    track ended" in capfd.readouterr().out
     [info] = list_sessions(tmp_path / "takes")
     session = read_session(info.path)
     assert session.info.clean
@@ -430,14 +428,14 @@ def test_a_refused_block_of_track_is_handed_over_again(tmp_path):
     assert read_session(info.path).timestamps[-1] == pytest.approx(1000 / SR)
 
 
-def test_a_track_at_another_rate_is_refused_with_one_clear_line(tmp_path, capsys):
+def test_a_track_at_another_rate_is_refused_with_one_clear_line(tmp_path, capfd):
     path = _write_wav(tmp_path / "cd.wav", np.zeros(4410, np.float32), rate=44100)
     with pytest.raises(AudioError, match=r"cd\.wav: the track is at 44100 Hz but takes are "
                                          r"recorded at 22050 Hz"):
         TakeRecorder(tmp_path, audio_in=f"track:{path}", fps=FPS, sample_rate=SR)
-    assert main(["--camera", "synthetic", "--audio-in", f"wav:{path}",
-                 "--out", str(tmp_path / "takes")]) == 1
-    err = capsys.readouterr().err.strip()
+    assert record("--camera", "synthetic", "--audio-in", f"wav:{path}",
+                  "--out", str(tmp_path / "takes")) == 1
+    err = capfd.readouterr().err.strip()
     assert err.startswith("dancesampler: error:") and "44100 Hz" in err and "\n" not in err
     assert not (tmp_path / "takes").exists()
 
@@ -639,7 +637,7 @@ def test_a_take_cut_by_sigkill_reads_back_unclean(tmp_path):
     line = _write_wav(tmp_path / "line.wav", 0.1 * np.ones(20 * SR, np.float32))
     out = tmp_path / "takes"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "device.recorder", "--camera", "synthetic",
+    proc = subprocess.Popen([sys.executable, "-m", "device", "record", "--camera", "synthetic",
                              "--audio-in", f"wav:{line}", "--out", str(out)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)

@@ -88,7 +88,7 @@ class AlsaCapture:
     ``period_size`` and ``periods`` are what the device granted.
     """
 
-    def __init__(self, device: str = "default", *, sample_rate: int, period_size: int = 256,
+    def __init__(self, device: str = "default", *, sample_rate: int, period_size: int = 128,
                  periods: int = 16, on_audio: Callable[[np.ndarray], None],
                  pace: bool | None = None, clock: Callable[[], float] = time.monotonic):
         import alsaaudio
