@@ -262,8 +262,9 @@ class AudioConfig:
     output: str = field(default="auto", metadata={
         "pattern": r"auto|alsa(:.+)?|wav:.+",
         "pattern_help": "'auto', 'alsa', 'alsa:DEVICE' or 'wav:PATH'"})
-    """'auto' (ALSA if there is a sound card, else a WAV file at wav_path),
-    'alsa' (the default card), 'alsa:DEVICE', or 'wav:PATH'."""
+    """'auto' (ALSA if there is a sound card, else a WAV file at wav_path; decided
+    once at start, and always the card under systemd), 'alsa' (the default card),
+    'alsa:DEVICE', or 'wav:PATH'."""
     sample_rate: int = field(default=22050, metadata={"min": 8000, "max": 96000})
     """Audio samples per second; a whole multiple of camera.fps."""
     volume: float = field(default=0.8, metadata={"min": 0, "max": 1})
@@ -367,6 +368,9 @@ class ServiceConfig:
     """Seconds between the status lines that `systemctl status` shows."""
     camera_retry_max_s: float = field(default=30.0, metadata={"min": 1, "max": 3600})
     """Longest wait between tries to open a camera that is absent at start."""
+    sound_retry_max_s: float = field(default=30.0, metadata={"min": 1, "max": 3600})
+    """Longest wait between tries to open a sound card that is absent at start
+    (under systemd; a run by hand reports it at once)."""
 
 
 @dataclass(frozen=True)

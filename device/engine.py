@@ -80,6 +80,23 @@ class RunStats:
                 f"{np.percentile(ms, 99):.2f} ms 99th percentile")
 
 
+def _tried(bundle: Bundle, performer: Performer) -> Performer:
+    """``performer`` once it has made, from a still motion window, one segment of the
+    size the manifest promises with every sample finite: a graph that disagrees with
+    its manifest is refused before it can take over the show."""
+    m = bundle.manifest
+    try:
+        segment = performer(np.zeros((m.window_frames, m.motiongram.features), np.float32))
+    except Exception as exc:  # noqa: BLE001 - whatever the runtime raises, refuse the bundle
+        raise BundleError(f"{bundle.path}: the model fails on a motion window "
+                          f"({type(exc).__name__}: {exc})") from None
+    if segment.shape != (m.audio.segment_samples,) or not np.isfinite(segment).all():
+        raise BundleError(f"{bundle.path}: the model makes {segment.shape[0]} samples"
+                          f"{'' if np.isfinite(segment).all() else ' (not all finite)'} "
+                          f"where the manifest promises {m.audio.segment_samples} finite ones")
+    return performer
+
+
 class Engine:
     """Camera to sink through one bundle's model."""
 
@@ -90,7 +107,7 @@ class Engine:
         self.volume = np.float32(volume)
         self.runtime, self.threads = runtime, threads
         self.crossfade_frames = max(1, crossfade_frames)
-        self.performer = Performer.of(bundle, runtime=runtime, threads=threads)
+        self.performer = _tried(bundle, Performer.of(bundle, runtime=runtime, threads=threads))
         self.stats = RunStats()
         """The current (or last) run's figures, readable while it plays."""
         self._incoming: tuple[Bundle, Performer] | None = None
@@ -114,7 +131,8 @@ class Engine:
                 (now.motiongram, now.window_frames, now.audio, now.fps):
             raise BundleError(f"{bundle.path}: its motion window or audio differ from the "
                               f"playing model {now.name}'s; it cannot take over live")
-        return bundle, Performer.of(bundle, runtime=self.runtime, threads=self.threads)
+        return bundle, _tried(bundle, Performer.of(bundle, runtime=self.runtime,
+                                                   threads=self.threads))
 
     def swap(self, prepared: tuple[Bundle, Performer]) -> None:
         """Crossfade to a prepared model over the next ``crossfade_frames`` frames."""

@@ -4,12 +4,17 @@ Brings the parts up in order (model, sound output, camera, buttons), plays, and
 takes them down again within the stop deadline. Around the music it keeps the
 promises a gallery relies on:
 
-- a Pi camera that is absent at start is tried again with a growing wait, and
-  systemd is told why the box is not ready yet (and given more time);
-- a sound card that vanishes is reopened while the camera and model go on;
+- under systemd, a Pi camera or sound card that is absent at start is tried
+  again with a growing wait, and systemd is told why the box is not ready yet
+  (and given more time); run by hand, either is reported at once;
+- a configured model that cannot be played is replaced by the factory model, and
+  the status line says why;
+- a sound card that vanishes is reopened (never swapped for a file) while the
+  camera and model go on; until sound has flowed again for a moment the status
+  says so and the watchdog is not fed;
 - the model button steps through the bundles in the models folder; a new model is
-  loaded off the audio thread and crossfaded in; a bad one is refused and the
-  playing one kept;
+  loaded off the audio thread and crossfaded in; bad ones are skipped with one
+  line each and the playing one kept;
 - the record button starts and stops a take through the recorder hook, with the
   status light blinking while it records; a long press deletes the last take;
 - the control channel (``device.control``, ``python -m device ctl``) asks for
@@ -33,7 +38,7 @@ from typing import Protocol
 
 import numpy as np
 
-from device.audio import open_configured_sink
+from device.audio import open_configured_sink, resolve_output
 from device.audio.stream import AudioStream
 from device.audio.wav import WavSink
 from device.bundle import Bundle, check_compatible, read_bundle
@@ -47,7 +52,10 @@ from device.service import HealthWatchdog, Notifier, status_line
 log = logging.getLogger(__name__)
 
 _SOUND_RETRY_S = 1.0
-_FIRST_CAMERA_RETRY_S = 1.0
+_SOUND_CONFIRM_S = 0.25   # sound written without an error before it counts as flowing
+_FIRST_RETRY_S = 1.0
+FACTORY_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "default.dsb"
+"""The release's own factory model: what plays when the configured one cannot."""
 _STATUS_WINDOW = 300  # frames whose compute time the status line summarises
 
 
@@ -104,7 +112,10 @@ class Performance:
         self.health: HealthWatchdog | None = None
         self.max_frames: int | None = None
         self._light_recording = False
+        self._output: str | None = None   # the sound output, decided once at start
         self._sound_retry_at = 0.0
+        self._sound_problem: str | None = None   # why no sound reaches the output now
+        self._model_note: str | None = None      # why the configured model is not playing
         self._status_at = 0.0
 
     # ---- bringing the parts up --------------------------------------------------
@@ -112,42 +123,69 @@ class Performance:
     def open(self, stop: threading.Event) -> bool:
         """Bring up model, sound and camera; False if ``stop`` came first."""
         cfg = self.cfg
+        # Under systemd the box waits for what is missing at start; by hand, a
+        # missing camera or card is a mistake to report at once.
+        unattended = self.notifier.enabled
         self.notifier.status("starting: loading the model")
-        self.engine = Engine(load_bundle(cfg.model.bundle, cfg), volume=1.0,
+        self.engine = Engine(self._first_bundle(), volume=1.0,
                              runtime=cfg.model.runtime, threads=cfg.model.threads,
                              sensitivity=cfg.motion.sensitivity)
         self.notifier.status("starting: opening the sound output")
-        self.sink = open_configured_sink(cfg.audio)
+        self._output = resolve_output(cfg.audio.output, default_wav=resolve_path(cfg.audio.wav_path),
+                                      card_only=unattended)
+        self.sink = self._keep_trying(
+            stop, "sound output", lambda: open_configured_sink(cfg.audio, output=self._output),
+            retry=unattended and self._output.startswith("alsa"),
+            most_s=cfg.service.sound_retry_max_s)
+        if self.sink is None:
+            return False
         self.notifier.status("starting: opening the camera")
-        self.camera = self._open_camera(stop)
+        # Into a WAV file, a run with a known end goes as fast as it can; anything
+        # heard live, or open-ended, keeps real time. Only the Pi camera is waited
+        # for: a video file or the synthetic dancer either opens or is a mistake.
+        paced = not (isinstance(self.sink, WavSink) and self.finite)
+        self.camera = self._keep_trying(
+            stop, "camera", lambda: open_camera(cfg.camera.source, fps=cfg.camera.fps,
+                                                width=cfg.motiongram.width,
+                                                height=cfg.motiongram.height,
+                                                paced=paced, seed=cfg.camera.seed),
+            retry=unattended and cfg.camera.source == "pi",
+            most_s=cfg.service.camera_retry_max_s)
         return self.camera is not None
 
-    def _open_camera(self, stop: threading.Event) -> Camera | None:
-        """The camera; a Pi camera that is not there yet is tried again, waiting longer each time.
+    def _first_bundle(self) -> Bundle:
+        """The configured model; the factory model, and a note in the status, when
+        the configured one cannot be played (damaged, missing, made for other settings)."""
+        configured = self.cfg.model.bundle
+        try:
+            return load_bundle(configured, self.cfg)
+        except DanceSamplerError as exc:
+            if resolve_path(configured).resolve() == FACTORY_BUNDLE:
+                raise
+            log.error("model: %s; playing the factory model %s instead", exc, FACTORY_BUNDLE)
+            self._model_note = f"configured model refused: {exc}"
+            return load_bundle(FACTORY_BUNDLE, self.cfg)
 
-        Only the real camera is waited for: a video file or the synthetic dancer
-        either opens or is a mistake to report at once.
-        """
-        cfg, wait, attempt = self.cfg, _FIRST_CAMERA_RETRY_S, 0
-        # Into a WAV file, a run with a known end goes as fast as it can; anything
-        # heard live, or open-ended, keeps real time.
-        paced = not (isinstance(self.sink, WavSink) and self.finite)
+    def _keep_trying(self, stop: threading.Event, what: str, open_it, *, retry: bool,
+                     most_s: float):
+        """``open_it()``; with ``retry``, a part not there yet (a CameraError or
+        AudioError) is tried again, waiting longer each time up to ``most_s``, while
+        systemd hears why and is asked for more start time. None if ``stop`` came first."""
+        wait, attempt = _FIRST_RETRY_S, 0
         while not stop.is_set():
             try:
-                return open_camera(cfg.camera.source, fps=cfg.camera.fps,
-                                   width=cfg.motiongram.width, height=cfg.motiongram.height,
-                                   paced=paced, seed=cfg.camera.seed)
-            except CameraError as exc:
-                if cfg.camera.source != "pi":
+                return open_it()
+            except (CameraError, AudioError) as exc:
+                if not retry:
                     raise
                 attempt += 1
-                log.warning("camera: %s; trying again in %.0f s (attempt %d)", exc, wait, attempt)
-                self.notifier.status(f"waiting for the camera: {exc} "
+                log.warning("%s: %s; trying again in %.0f s (attempt %d)", what, exc, wait, attempt)
+                self.notifier.status(f"waiting for the {what}: {exc} "
                                      f"(attempt {attempt}, next in {wait:.0f} s)")
                 # Not ready yet, but alive: ask systemd for more start time.
                 self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int((wait + 30) * 1e6)}")
                 stop.wait(wait)
-                wait = min(wait * 2, cfg.service.camera_retry_max_s)
+                wait = min(wait * 2, most_s)
         return None
 
     def _start_controls(self) -> None:
@@ -232,8 +270,24 @@ class Performance:
         self.health.audio_fed()
 
     def _open_stream(self, sink) -> None:
+        """Start the audio stream into ``sink``. Sound counts as flowing (for the
+        watchdog, READY and the status) once blocks worth ``_SOUND_CONFIRM_S`` have
+        been written without an error: an output that opens and then fails at
+        once never reads as healthy."""
+        written = 0
+
+        def on_block():
+            nonlocal written
+            written += 1
+            if written >= confirm:
+                if self._sound_problem is not None:
+                    self._sound_problem = None
+                    log.info("audio: sound output is back (%s)", sink.name)
+                self.health.audio_fed()
+
         self.stream = AudioStream.from_config(sink, self.cfg.audio, hop_samples=self.engine.hop,
-                                              on_block=self.health.audio_fed)
+                                              on_block=on_block)
+        confirm = max(1, round(_SOUND_CONFIRM_S * sink.sample_rate / self.stream.block_samples))
         self.stream.start()
 
     def _push(self, hop: np.ndarray) -> None:
@@ -246,24 +300,29 @@ class Performance:
             self.stream.push(hop)
         except AudioError as exc:
             log.error("audio: %s; reopening the sound output", exc)
-            self.notifier.status(f"sound output lost: {exc}; reopening")
+            self._sound_problem = f"sound output lost ({exc})"
+            self.notifier.status(f"no sound: {self._sound_problem}; reopening")
             self._light("error")
             self.stream = None
             self._sound_retry_at = time.monotonic() + _SOUND_RETRY_S
 
     def _reopen_sound(self) -> None:
-        """Try once (at most every second) to get the sound output back."""
+        """Try once (at most every second) to get the same sound output back: the
+        output decided at start, so a lost card is waited for, never swapped for a
+        file. Its light and status come back once sound flows again."""
         if time.monotonic() < self._sound_retry_at:
             return
         self._sound_retry_at = time.monotonic() + _SOUND_RETRY_S
         try:
-            self.sink = open_configured_sink(self.cfg.audio)
+            self.sink = open_configured_sink(self.cfg.audio, output=self._output)
         except AudioError as exc:
-            log.warning("audio: still no sound output: %s", exc)
+            if self._sound_problem != f"no sound output ({exc})":
+                log.warning("audio: still no sound output: %s", exc)
+            self._sound_problem = f"no sound output ({exc})"
             return
         self._open_stream(self.sink)
         self._light("recording" if self._recording else "playing")
-        log.info("audio: sound output is back (%s)", self.sink.name)
+        log.info("audio: reopened %s", self.sink.name)
 
     @property
     def _recording(self) -> bool:
@@ -295,18 +354,26 @@ class Performance:
             self.health.status(self.status_text())
 
     def status_text(self) -> str:
+        """The STATUS line: what plays and how, or why nothing is heard."""
+        if self._sound_problem is not None:
+            return f"no sound: {self._sound_problem}; reopening"
         ms = list(self.engine.stats.compute_ms)[-_STATUS_WINDOW:]
         underruns = self.stream.stats.underruns if self.stream is not None else None
-        return status_line(self.engine.bundle.manifest.name, fps=self.cfg.camera.fps,
+        line = status_line(self.engine.bundle.manifest.name, fps=self.cfg.camera.fps,
                            compute_ms=float(np.median(ms)) if ms else 0.0,
-                           underruns=underruns,
-                           state="recording" if self._recording else "playing")
+                           underruns=underruns, state=self._state_name())
+        return line if self._model_note is None else f"{line}; {self._model_note}"
+
+    def _state_name(self) -> str:
+        if self._sound_problem is not None:
+            return "no sound"
+        return "recording" if self._recording else "playing"
 
     def _state(self) -> dict:
         if self.engine is None:
             return {"state": "starting"}
-        return {"state": "recording" if self._recording else "playing",
-                "model": self.engine.bundle.manifest.name, "status": self.status_text()}
+        return {"state": self._state_name(), "model": self.engine.bundle.manifest.name,
+                "status": self.status_text()}
 
     def _handle(self, action: str) -> dict:
         """Carry out one action, from a button or the control channel; the reply."""
@@ -336,20 +403,30 @@ class Performance:
         return {"ok": True, **self._state(), **({"note": note} if note else {})}
 
     def _load_next_model(self) -> None:
-        """Off the audio thread: find the next bundle, check it, prepare it."""
+        """Off the audio thread: the next bundle that loads, checks and runs, in the
+        models folder's order; each bad one on the way is skipped with one line."""
         if not self._loading.acquire(blocking=False):
             return  # a load is under way; this press is absorbed
         try:
-            path = next_bundle(resolve_path(self.cfg.model.models_dir), self.engine.bundle.path)
-            if path is None:
-                log.warning("model: no other bundles in %s", self.cfg.model.models_dir)
-                return
-            prepared = self.engine.prepare(load_bundle(path, self.cfg))
-            self._prepared.put(prepared)
-            log.info("model: switching to %s", prepared[0].manifest.name)
-        except DanceSamplerError as exc:
-            log.error("model: %s; keeping %s", exc, self.engine.bundle.manifest.name)
-            self.notifier.status(f"model refused: {exc}")
+            folder = resolve_path(self.cfg.model.models_dir)
+            candidates = bundles_after(folder, self.engine.bundle.path)
+            if not candidates:
+                log.warning("model: no other bundles in %s", folder)
+            for path in candidates:
+                try:
+                    prepared = self.engine.prepare(load_bundle(path, self.cfg))
+                except DanceSamplerError as exc:
+                    log.error("model: skipping %s", exc)
+                except Exception as exc:  # noqa: BLE001 - one bad file must not end the loader
+                    log.error("model: skipping %s: %s: %s", path, type(exc).__name__, exc)
+                else:
+                    self._model_note = None
+                    self._prepared.put(prepared)
+                    log.info("model: switching to %s", prepared[0].manifest.name)
+                    return
+            if candidates:
+                log.error("model: none of the other %d bundle(s) in %s can be played; keeping %s",
+                          len(candidates), folder, self.engine.bundle.manifest.name)
         finally:
             self._loading.release()
 
@@ -382,11 +459,14 @@ class _Request:
         self.reply: dict = {}
 
 
-def next_bundle(folder: Path, current: Path) -> Path | None:
-    """The bundle after ``current`` in ``folder`` (by name, wrapping), if another exists."""
-    bundles = sorted(p for p in folder.glob("*.dsb") if p.is_file())
+def bundles_after(folder: Path, current: Path) -> list[Path]:
+    """The other bundles in ``folder``, in the order the model button reaches them:
+    by name, starting after ``current``'s and wrapping round."""
+    try:
+        bundles = sorted(p for p in folder.glob("*.dsb") if p.is_file())
+    except OSError as exc:
+        log.error("model: cannot list %s: %s", folder, exc)
+        return []
     others = [p for p in bundles if p.resolve() != current.resolve()]
-    if not others:
-        return None
     later = [p for p in others if p.name > current.name]
-    return (later or others)[0]
+    return later + [p for p in others if p.name <= current.name]

@@ -46,3 +46,19 @@ def test_missing_alsa_device_is_one_clear_error(alsa_file_device):
 def test_bad_audio_spec_is_refused():
     with pytest.raises(AudioError, match="expected 'auto', 'alsa', 'alsa:DEVICE' or 'wav:PATH'"):
         open_sink("speaker", sample_rate=22050)
+
+
+def test_a_device_whose_writes_keep_failing_ends_playback(tmp_path, monkeypatch):
+    """A device that fails again and again (a file PCM piping to a process that has
+    gone: every third write gives EIO) is not an underrun to count for ever: the
+    sink gives up with one AudioError, so the box knows it has no sound."""
+    pytest.importorskip("alsaaudio")
+    conf = tmp_path / "asound.conf"
+    conf.write_text('pcm.gone {\n  type file\n  slave.pcm { type null }\n'
+                    '  file "|/bin/sh -c \'exit 1\'"\n  format "raw"\n}\n')
+    monkeypatch.setenv("ALSA_CONFIG_PATH", str(conf))
+    sink = open_sink("alsa:gone", sample_rate=22050, period_size=128, periods=2)
+    with pytest.raises(AudioError, match="ALSA device gone: playback failed"):
+        for _ in range(5000):
+            sink.write(np.zeros(128, np.float32))
+    assert sink.underruns < 4

@@ -17,7 +17,8 @@ from gpiozero.pins.mock import MockFactory
 from device.audio.wav import WavSink, read_wav
 from device.config import load_device_config, with_overrides
 from device.errors import AudioError
-from device.performance import Performance, next_bundle
+from device.bundle import PERFORMER, read_bundle, write_bundle
+from device.performance import FACTORY_BUNDLE, Performance, bundles_after
 from device.service import Notifier
 from tests.conftest import ROOT
 
@@ -85,7 +86,52 @@ def test_model_button_crossfades_to_the_next_bundle(tmp_path, models):
     assert len(audio) > 0 and np.abs(audio).max() <= 1.0
 
 
-def test_a_bad_bundle_is_refused_and_the_playing_one_kept(tmp_path, models, caplog):
+def _graph_making(samples, manifest):
+    """A float TFLite graph with the manifest's input and level outputs whose segment
+    has ``samples`` samples: a graph that disagrees with the manifest it ships with."""
+    tf = pytest.importorskip("tensorflow")
+    shape = (1, manifest.window_frames, manifest.motiongram.features)
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)])
+    def model(x):
+        level = tf.reduce_mean(x, axis=[1, 2])[:, None]
+        return {"shape": tf.zeros((1, samples)) + level, "level": level}
+
+    return tf.lite.TFLiteConverter.from_concrete_functions(
+        [model.get_concrete_function()], model).convert()
+
+
+def test_the_model_button_skips_every_bad_bundle_and_reaches_each_good_one(
+        tmp_path, models, caplog):
+    """Bad bundles around the good ones (cut short, bit-rotted, not a bundle at all,
+    a graph that disagrees with its manifest): each press skips them with one line
+    each, no traceback, and lands on the next good one; the show never stops."""
+    good = (models / "tiny.dsb").read_bytes()
+    (models / "a-cut-short.dsb").write_bytes(good[:-300])
+    rotten = bytearray(good)
+    rotten[len(rotten) // 2] ^= 0xFF
+    (models / "b-rotten.dsb").write_bytes(bytes(rotten))
+    (models / "c-text.dsb").write_text("not a bundle\n")
+    factory = read_bundle(models / "default.dsb")
+    write_bundle(models / "e-wrong-graph.dsb", factory.manifest,
+                 {PERFORMER: _graph_making(100, factory.manifest)})
+    (models / "f-folder.dsb").mkdir()
+    caplog.set_level(logging.INFO, logger="device.performance")
+    with _Show(_config(tmp_path), pin_factory=MockFactory()) as performance:
+        performance._events.put(("next-model", None))   # default → (e-wrong-graph) → tiny
+        assert _wait_for(lambda: performance.engine.bundle.manifest.name == "tiny")
+        performance._events.put(("next-model", None))   # tiny → (a, b, c) → default
+        assert _wait_for(lambda: performance.engine.bundle.manifest.name == "default")
+        frames = performance.engine.stats.frames
+        assert _wait_for(lambda: performance.engine.stats.frames > frames + 5)  # still playing
+    skipped = [r for r in caplog.records if "skipping" in r.getMessage()]
+    assert sorted(r.getMessage().split()[2].split("/")[-1].rstrip(":") for r in skipped) == [
+        "a-cut-short.dsb", "b-rotten.dsb", "c-text.dsb", "e-wrong-graph.dsb"]
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in caplog.records)
+    assert "makes 100 samples where the manifest promises 2205" in caplog.text
+
+
+def test_no_other_good_bundle_keeps_the_playing_one(tmp_path, models, caplog):
     (models / "tiny.dsb").write_bytes((models / "tiny.dsb").read_bytes()[:-300])
     with _Show(_config(tmp_path), pin_factory=MockFactory()) as performance:
         performance._events.put(("next-model", None))
@@ -96,12 +142,29 @@ def test_a_bad_bundle_is_refused_and_the_playing_one_kept(tmp_path, models, capl
         assert _wait_for(lambda: performance.engine.stats.frames > frames + 5)  # still playing
 
 
-def test_next_bundle_wraps_around(tmp_path):
+@pytest.mark.parametrize("damage", ["cut short", "missing"])
+def test_a_configured_bundle_that_cannot_play_gives_way_to_the_factory_model(
+        tmp_path, models, damage, caplog):
+    """At start, a configured model that is damaged or gone plays the release's
+    factory model instead, and the status line says why."""
+    configured = models / "flashed.dsb"
+    if damage == "cut short":
+        configured.write_bytes((models / "tiny.dsb").read_bytes()[:-300])
+    cfg = _config(tmp_path, **{"model.bundle": str(configured)})
+    with _Show(cfg, pin_factory=MockFactory()) as performance:
+        assert performance.engine.bundle.path == FACTORY_BUNDLE
+        status = performance.status_text()
+    assert status.startswith("playing default (")
+    assert f"configured model refused: {configured}" in status
+    assert "playing the factory model" in caplog.text
+
+
+def test_bundles_after_wraps_around(tmp_path):
     for name in ("a.dsb", "b.dsb", "c.dsb"):
         (tmp_path / name).write_bytes(b"")
-    assert next_bundle(tmp_path, tmp_path / "b.dsb").name == "c.dsb"
-    assert next_bundle(tmp_path, tmp_path / "c.dsb").name == "a.dsb"
-    assert next_bundle(tmp_path / "empty", tmp_path / "c.dsb") is None
+    assert [p.name for p in bundles_after(tmp_path, tmp_path / "b.dsb")] == ["c.dsb", "a.dsb"]
+    assert [p.name for p in bundles_after(tmp_path, tmp_path / "c.dsb")] == ["a.dsb", "b.dsb"]
+    assert bundles_after(tmp_path / "empty", tmp_path / "c.dsb") == []
 
 
 class _FlakySink(WavSink):
@@ -122,7 +185,7 @@ class _FlakySink(WavSink):
 def test_a_lost_sound_card_is_reopened(tmp_path, models, monkeypatch, caplog):
     opened = []
 
-    def open_configured_sink(audio, *, sample_rate=None):
+    def open_configured_sink(audio, *, sample_rate=None, output=None):
         sink = _FlakySink(tmp_path / f"card{len(opened)}.wav",
                           sample_rate=sample_rate or audio.sample_rate,
                           fail_after=20 if not opened else 10 ** 9)
@@ -137,6 +200,81 @@ def test_a_lost_sound_card_is_reopened(tmp_path, models, monkeypatch, caplog):
         assert _wait_for(lambda: performance.engine.stats.frames > frames + 10)
     assert "reopening the sound output" in caplog.text
     assert "sound output is back" in caplog.text
+
+
+def test_auto_decides_once_and_a_lost_card_is_not_swapped_for_a_file(
+        tmp_path, models, monkeypatch):
+    """``audio.output: auto`` picks the card at start; when the card then goes, the
+    box reopens the card, never a WAV file in its place."""
+    opened = []
+
+    def open_configured_sink(audio, *, sample_rate=None, output=None):
+        opened.append(output)
+        if len(opened) > 1:
+            raise AudioError("default: no such sound card (unplugged)")
+        return _FlakySink(tmp_path / "card.wav", sample_rate=audio.sample_rate, fail_after=20)
+
+    cards = iter([True])   # a card at start, none after
+    monkeypatch.setattr("device.audio.sound_card_present", lambda: next(cards, False))
+    monkeypatch.setattr("device.performance.open_configured_sink", open_configured_sink)
+    cfg = _config(tmp_path, **{"audio.output": "auto",
+                               "audio.wav_path": str(tmp_path / "run.wav")})
+    with _Show(cfg, pin_factory=MockFactory()) as performance:
+        assert _wait_for(lambda: len(opened) >= 3, timeout=10)
+        assert performance.status_text().startswith("no sound: no sound output (default: no "
+                                                    "such sound card")
+        assert performance._state()["state"] == "no sound"
+    assert set(opened) == {"alsa"}
+    assert not (tmp_path / "run.wav").exists()
+
+
+_CARD_SCRIPT = """\
+# An ALSA file PCM's pipe: a sound card that can be unplugged and plugged back.
+[ -e "$1/unplugged" ] && exit 1
+echo $$ > "$1/card.pid"
+exec cat >> "$1/card.raw"
+"""
+
+
+def test_a_card_lost_through_real_alsa_silences_health_until_it_is_back(
+        tmp_path, models, notify_socket, monkeypatch):
+    """Through the real ALSA library: a card (a file PCM piping to a process) that
+    goes away mid-show. While it is gone the status says "no sound", no WATCHDOG=1
+    is sent and nothing is written anywhere else; when it comes back, sound reaches
+    it again and the watchdog is fed again."""
+    pytest.importorskip("alsaaudio")
+    path, messages = notify_socket
+    script = tmp_path / "card.sh"
+    script.write_text(_CARD_SCRIPT)
+    conf = tmp_path / "asound.conf"
+    conf.write_text('pcm.card {\n  type file\n  slave.pcm { type null }\n'
+                    f'  file "|/bin/sh {script} {tmp_path}"\n  format "raw"\n}}\n')
+    raw, pid = tmp_path / "card.raw", tmp_path / "card.pid"
+    cfg = _config(tmp_path, **{"audio.output": "alsa:card", "audio.clock": "system",
+                               "audio.wav_path": str(tmp_path / "run.wav"),
+                               "service.stall_s": 1.0, "service.status_every_s": 1.0})
+    monkeypatch.setenv("ALSA_CONFIG_PATH", str(conf))
+    notifier = Notifier(str(path), watchdog_interval_s=1.0)
+    with _Show(cfg, notifier=notifier, pin_factory=MockFactory()) as performance:
+        assert _wait_for(lambda: "READY=1" in "\n".join(messages))
+        assert _wait_for(lambda: raw.exists() and raw.stat().st_size > 22050)
+        (tmp_path / "unplugged").touch()
+        os.kill(int(pid.read_text()), signal.SIGTERM)   # the card goes
+        assert _wait_for(lambda: performance._state()["state"] == "no sound")
+        time.sleep(1.5)                                  # past the stall limit
+        lost_at, size = len(messages), raw.stat().st_size
+        time.sleep(2.0)
+        while_lost = messages[lost_at:]
+        assert not any("WATCHDOG=1" in m for m in while_lost)
+        assert any("STATUS=audio stalled" in m or "STATUS=no sound" in m
+                   for m in messages[lost_at - 5:])
+        assert raw.stat().st_size == size                # nothing reached it
+        (tmp_path / "unplugged").unlink()                # the card is back
+        assert _wait_for(lambda: raw.stat().st_size > size + 22050, timeout=10)
+        back_at = len(messages)
+        assert _wait_for(lambda: any("WATCHDOG=1" in m for m in messages[back_at:]))
+        assert _wait_for(lambda: performance.status_text().startswith("playing default"))
+    assert not (tmp_path / "run.wav").exists()
 
 
 @pytest.fixture

@@ -47,16 +47,22 @@ def sound_card_present() -> bool:
         return False
 
 
+def resolve_output(spec: str, *, default_wav: str | Path = "out/run.wav",
+                   card_only: bool = False) -> str:
+    """``spec`` with ``auto`` decided: ``alsa`` where a sound card is present, else
+    ``wav:DEFAULT_WAV``; ``card_only`` (the box under systemd) makes it ``alsa``
+    whether a card is there yet or not. Decided once, at start: a card that goes
+    away later is waited for, never swapped for a file."""
+    if spec.partition(":")[0] != "auto":
+        return spec
+    return "alsa" if card_only or sound_card_present() else f"wav:{default_wav}"
+
+
 def open_sink(spec: str, *, sample_rate: int, period_size: int = 128, periods: int = 2,
               default_wav: str | Path = "out/run.wav") -> Sink:
-    """Open the sink ``spec`` names: ``auto``, ``alsa``, ``alsa:DEVICE`` or ``wav:PATH``.
-
-    ``auto`` is ALSA's default device where a sound card is present, else a WAV
-    file at ``default_wav``.
-    """
-    kind, _, arg = spec.partition(":")
-    if kind == "auto":
-        kind, arg = ("alsa", "") if sound_card_present() else ("wav", str(default_wav))
+    """Open the sink ``spec`` names: ``auto``, ``alsa``, ``alsa:DEVICE`` or ``wav:PATH``
+    (``auto`` as ``resolve_output`` decides it)."""
+    kind, _, arg = resolve_output(spec, default_wav=default_wav).partition(":")
     if kind == "alsa":
         from device.audio.alsa import AlsaSink
 
@@ -70,11 +76,13 @@ def open_sink(spec: str, *, sample_rate: int, period_size: int = 128, periods: i
     raise AudioError(f"audio output {spec!r}: expected 'auto', 'alsa', 'alsa:DEVICE' or 'wav:PATH'")
 
 
-def open_configured_sink(audio, *, sample_rate: int | None = None) -> Sink:
+def open_configured_sink(audio, *, sample_rate: int | None = None,
+                         output: str | None = None) -> Sink:
     """The sink a device config's ``audio`` section names (its output, ALSA period
-    size and count, default WAV path); ``sample_rate`` overrides the config's."""
+    size and count, default WAV path); ``sample_rate`` and ``output`` (e.g. the
+    output ``resolve_output`` decided at start) override the config's."""
     from device.config import resolve_path
 
-    return open_sink(audio.output, sample_rate=sample_rate or audio.sample_rate,
+    return open_sink(output or audio.output, sample_rate=sample_rate or audio.sample_rate,
                      period_size=audio.period_size, periods=audio.periods,
                      default_wav=resolve_path(audio.wav_path))

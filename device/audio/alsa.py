@@ -8,6 +8,9 @@ block, which paces a loop that is faster than real time.
 An underrun (the card played everything it had: an xrun) is recovered from,
 counted in ``underruns`` and logged at most every few seconds, never per block:
 on a box that runs for months one late frame must not end the performance.
+An error that keeps coming back (``FAILING_ERRORS`` within ``FAILING_WINDOW_S``)
+is a device that is failing, not one that was late: that ends playback with an
+``AudioError``, so the performance reopens the card and says it has no sound.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from collections import deque
 
 import numpy as np
 
@@ -25,6 +29,9 @@ log = logging.getLogger(__name__)
 
 XRUN_LOG_INTERVAL_S = 10.0
 """Underruns are logged at most this often; the count says how many there were."""
+FAILING_ERRORS = 4
+FAILING_WINDOW_S = 1.0
+"""This many errors within this many seconds: the device is failing, not late."""
 
 
 class AlsaSink:
@@ -44,6 +51,7 @@ class AlsaSink:
         self.underruns = 0
         self._logged_underruns = 0
         self._last_xrun_log = -XRUN_LOG_INTERVAL_S
+        self._errors: deque[float] = deque(maxlen=FAILING_ERRORS)
         try:
             self._pcm = alsaaudio.PCM(
                 type=alsaaudio.PCM_PLAYBACK, mode=alsaaudio.PCM_NORMAL, device=device,
@@ -75,7 +83,7 @@ class AlsaSink:
                 # card (ESTRPIPE), a PCM in a bad state, or a device that has gone.
                 # drop() returns the PCM to SETUP, and pyalsaaudio prepares it again
                 # on the next write; a device that has gone fails that retry too.
-                if recovered:
+                if recovered or self._failing():
                     raise AudioError(f"{self.name}: playback failed ({exc})") from None
                 recovered = True
                 try:
@@ -96,6 +104,12 @@ class AlsaSink:
             if frames < 0:
                 raise AudioError(f"{self.name}: playback failed (error {frames})")
             data = data[2 * frames:]
+
+    def _failing(self) -> bool:
+        """Note one error; True once they come back too often to be late writes."""
+        now = time.monotonic()
+        self._errors.append(now)
+        return len(self._errors) == FAILING_ERRORS and now - self._errors[0] < FAILING_WINDOW_S
 
     def _count_underrun(self, what: str) -> None:
         self.underruns += 1

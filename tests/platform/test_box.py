@@ -224,6 +224,11 @@ def test_provision_and_deploy_make_a_box_that_plays_under_systemd(box):
     denied = box.ssh("nsenter -t $(systemctl show -p MainPID --value dancesampler) -m "
                      "touch /opt/dancesampler/current/x", check=False)
     assert denied.returncode != 0 and "Read-only file system" in denied.stderr, denied.stderr
+    # It never gives up restarting, and a leak cannot take the box's memory.
+    limits = box.ssh("systemctl show -p StartLimitIntervalUSec,MemoryHigh,MemoryMax "
+                     "dancesampler").stdout.split()
+    assert sorted(limits) == [f"MemoryHigh={256 << 20}", f"MemoryMax={384 << 20}",
+                              "StartLimitIntervalUSec=0"], limits
 
 
 def test_the_box_keeps_its_models_and_takes_in_its_state_folder(box, tmp_path):
@@ -284,6 +289,21 @@ def test_a_release_that_never_comes_up_is_rolled_back(box, tmp_path):
     assert "this release cannot start" in message, "the journal lines are not shown"
     assert box.ssh("readlink /opt/dancesampler/current").stdout.strip().endswith(good)
     box.wait_playing()
+
+
+def test_a_configured_bundle_rotted_on_the_card_gives_way_to_the_factory_model(box):
+    """Bit rot in the configured bundle: after a restart the box plays the release's
+    factory model, says why in its status, and has not failed a start."""
+    configured = "/var/lib/dancesampler/models/default.dsb"
+    box.ssh(f"cp {configured} /root/configured.dsb && "
+            f"printf '\\377\\377\\377\\377' | dd of={configured} bs=1 seek=40000 "
+            "conv=notrunc status=none && systemctl restart dancesampler")
+    unit = box.wait_playing()
+    assert f"configured model refused: {configured}" in unit["StatusText"], unit
+    assert unit["NRestarts"] == "0"
+    assert level_db(box.sound(2.0)) > -60
+    box.ssh(f"cp /root/configured.dsb {configured} && systemctl restart dancesampler")
+    assert "refused" not in box.wait_playing()["StatusText"]
 
 
 def test_after_a_power_cut_the_box_plays_again_by_itself(box):
