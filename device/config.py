@@ -338,8 +338,8 @@ class ControlsConfig:
     this is contact bounce and is ignored."""
     pin_factory: str = field(default="auto", metadata={"choices": PIN_FACTORIES})
     """gpiozero pin library: 'auto' (gpiozero's choice, honouring
-    $GPIOZERO_PIN_FACTORY; simulated pins where none works), 'lgpio', 'rpigpio',
-    'pigpio', 'native', or 'mock' (always simulated)."""
+    $GPIOZERO_PIN_FACTORY; an error, so no buttons, where none works), 'lgpio',
+    'rpigpio', 'pigpio', 'native', or 'mock' (simulated pins, only when asked)."""
 
     def check(self) -> list[str]:
         """Problems no single field shows: one pin given two jobs."""

@@ -11,9 +11,12 @@ must return at once and never block (post to a queue and return), or later
 presses are delayed or lost. An exception from a callback is logged and the
 buttons keep working.
 
-gpiozero is imported only when a ``Controls`` is made. Where no GPIO pin library works
-(any machine that is not a Pi) the buttons and light run on gpiozero's own
-``MockFactory``, and a WARNING says so.
+gpiozero is imported only when a ``Controls`` is made. On the box it is Raspberry Pi
+OS's own (``python3-gpiozero`` with ``python3-lgpio``, which work on a Pi 5 where
+PyPI's gpiozero 2.0.1 does not); the release does not install one over it. Pins
+are never simulated unless asked for (``pin_factory: mock``, or gpiozero's own
+``GPIOZERO_PIN_FACTORY=mock``): where no GPIO pin library works, ``auto`` is a
+``ControlsError``, and the show plays without buttons, saying why.
 """
 
 from __future__ import annotations
@@ -131,7 +134,11 @@ class Controls:
             log.info("controls: disabled in the config; no buttons, no status light")
             return
 
-        from gpiozero import LED, Button
+        try:
+            from gpiozero import LED, Button
+        except ImportError as exc:
+            raise ControlsError(f"controls: gpiozero cannot be imported ({exc}); on the box "
+                                "it comes from apt (python3-gpiozero)") from None
 
         self.pin_factory, self._owns_factory, why = _open_factory(
             config.pin_factory if pin_factory is None else pin_factory)
@@ -271,9 +278,8 @@ def _open_factory(choice: Factory | str) -> tuple[Factory, bool, str]:
 
 
 def _auto_factory() -> tuple[Factory, bool, str]:
-    """gpiozero's shared default factory, else a MockFactory of our own."""
+    """gpiozero's shared default factory; a ControlsError where none works."""
     from gpiozero import Device
-    from gpiozero.pins.mock import MockFactory
 
     # gpiozero warns once per library it could not load; those reasons go into
     # the log (the journal), not to stderr, and into the line saying why the
@@ -290,8 +296,9 @@ def _auto_factory() -> tuple[Factory, bool, str]:
         for reason in reasons:
             log.info("controls: pin library fallback: %s", reason)
         return Device.pin_factory, False, "gpiozero's default pin factory"
-    return MockFactory(), True, ("no GPIO pin library works here: "
-                                 + ("; ".join(reasons) or _reason(failure)))
+    raise ControlsError("controls.pin_factory: 'auto' found no GPIO pin library that works "
+                        f"here ({'; '.join(reasons) or _reason(failure)}); set it to 'mock' "
+                        "to simulate the buttons")
 
 
 def _is_mock(factory: Factory) -> bool:

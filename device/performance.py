@@ -199,7 +199,7 @@ class Performance:
                 on_next_model=lambda: self._events.put(("next-model", None)))
         except ControlsError as exc:
             # Buttons are a convenience; the music is the point. Play without them.
-            log.error("controls: %s; playing without buttons", exc)
+            log.warning("%s; playing without buttons", exc)
             self.controls = None
         if self._control_path is not None:
             try:

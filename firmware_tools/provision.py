@@ -28,9 +28,12 @@ from firmware_tools.ssh import Remote
 
 log = logging.getLogger(__name__)
 
-CAMERA_PACKAGE = "python3-picamera2"
-APT_PACKAGES = (CAMERA_PACKAGE, "python3-venv", "python3-pip", "python3-dev",
-                "libasound2-dev", "gcc", "rsync")
+# Packages only Raspberry Pi OS's own archive has, and what a box without them
+# lacks. gpiozero comes from apt too: Raspberry Pi OS's python3-gpiozero with
+# python3-lgpio drive the Pi 5's pins, where PyPI's gpiozero 2.0.1 does not.
+PI_PACKAGES = {"python3-picamera2": "no Pi camera", "python3-lgpio": "no GPIO buttons"}
+APT_PACKAGES = (*PI_PACKAGES, "python3-gpiozero", "python3-venv", "python3-pip",
+                "python3-dev", "libasound2-dev", "gcc", "rsync")
 GROUPS = ("video", "audio", "gpio")
 USER = "dancesampler"
 PYALSAAUDIO = "pyalsaaudio==0.11.0"
@@ -41,21 +44,27 @@ R={root}
 say() {{ echo "provision: $*"; }}
 
 # 1. apt packages (only the missing ones; no apt-get update when none is).
-# picamera2 is in Raspberry Pi OS's own archive: a box whose archives lack it
-# (plain Debian) has no Pi camera, and is provisioned without it.
+# Some are in Raspberry Pi OS's own archive only: a box whose archives lack one
+# (plain Debian) is provisioned without it, and without what it is for.
 missing=""
 for p in {packages}; do
   dpkg-query -W -f='${{Status}}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
   apt-get update -qq
-  case " $missing " in
-    *" {camera} "*)
-      if ! apt-cache show {camera} >/dev/null 2>&1; then
-        say "{camera} is not in this box's archives (not Raspberry Pi OS): no Pi camera"
-        missing=$(echo "$missing" | sed 's/ {camera}//')
-      fi ;;
-  esac
+  while read -r p what; do
+    case " $missing " in
+      *" $p "*)
+        if ! apt-cache show "$p" >/dev/null 2>&1; then
+          say "$p is not in this box's archives (not Raspberry Pi OS): $what"
+          missing=$(echo "$missing " | sed "s/ $p / /")
+        fi ;;
+    esac
+  done <<'PI'
+{pi_packages}
+PI
+  missing=$(echo $missing)
+  [ -z "$missing" ] || missing=" $missing"
 fi
 if [ -n "$missing" ]; then
   say "installing$missing"
@@ -126,7 +135,8 @@ def provision_script(*, root: str = "/", read_only_root: bool = False) -> str:
         raise ValueError("the unit file holds the heredoc's end marker")
     script = _SCRIPT.format(
         root=shlex.quote(root.rstrip("/")), packages=" ".join(APT_PACKAGES),
-        camera=CAMERA_PACKAGE, state=BOX_STATE_DIR, models=box_path(defaults.model.models_dir),
+        pi_packages="\n".join(f"{p} {what}" for p, what in PI_PACKAGES.items()),
+        state=BOX_STATE_DIR, models=box_path(defaults.model.models_dir),
         sessions=box_path(defaults.recorder.sessions_dir),
         music=box_path(defaults.recorder.music_dir),
         groups=" ".join(GROUPS), group_list=",".join(GROUPS), user=USER,

@@ -34,16 +34,17 @@ FORMAT = 1
 REQUIREMENTS = "requirements.txt"
 WHEELS = "wheels"
 
-# What the box installs into its venv (--system-site-packages: picamera2 and
-# libcamera come from apt). Pinned exactly, so every box of one release runs the
-# same code. numpy<2: Bookworm's picamera2 and tflite-runtime 2.14 are built
-# against numpy 1. pyalsaaudio publishes no wheels: provisioning builds it once
-# into the box's local wheel folder (/opt/dancesampler/wheels).
+# What the box installs into its venv (--system-site-packages: picamera2,
+# libcamera, gpiozero and lgpio come from apt; Raspberry Pi OS's gpiozero works on
+# a Pi 5, PyPI's 2.0.1 does not, so none is installed over it). Pinned exactly, so
+# every box of one release runs the same code. numpy<2: Bookworm's picamera2 and
+# tflite-runtime 2.14 are built against numpy 1. pyalsaaudio publishes no wheels:
+# provisioning builds it once into the box's local wheel folder
+# (/opt/dancesampler/wheels).
 BOX_REQUIREMENTS = (
     "numpy==1.26.4",
     "pyyaml==6.0.2",
     "tflite-runtime==2.14.0",
-    "gpiozero==2.0.1",
     "av==16.0.1",
 )
 BUILT_ON_BOX = ("pyalsaaudio==0.11.0",)

@@ -243,20 +243,15 @@ def test_a_raising_callback_is_logged_and_later_presses_still_work(factory, capl
 
 # ---- pin factories, pins and closing -------------------------------------------
 
-def test_auto_falls_back_to_mock_pins_with_a_warning_off_the_pi(calls, caplog):
-    cfg = dataclasses.replace(CFG, pin_factory="auto")
-    with caplog.at_level(logging.WARNING, logger="device.controls"):
-        controls = Controls(cfg, **calls.kwargs())
-    with controls:
-        if not controls.simulated:
-            pytest.skip("a real GPIO pin library works here; nothing to fall back from")
-        assert isinstance(controls.pin_factory, MockFactory)
-        assert Device.pin_factory is None  # the stand-in is ours, not gpiozero's default
-        [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
-        assert "simulated" in warning.getMessage()
-        assert "no GPIO pin library works here" in warning.getMessage()
-        press(controls.pin_factory.pin(cfg.record_pin))
-        assert calls.counts == {"toggle": 1}
+def test_auto_never_simulates_the_pins_off_the_pi(calls):
+    """Where no GPIO pin library works, 'auto' is an error naming the key and the
+    way to ask for simulated pins, never mock pins that pretend to be buttons."""
+    if any(importlib.util.find_spec(name) for name in ("lgpio", "RPi", "pigpio")):
+        pytest.skip("a GPIO pin library is installed here")
+    with pytest.raises(ControlsError, match=r"controls\.pin_factory: 'auto' found no GPIO pin "
+                                            r"library .*set it to 'mock'"):
+        Controls(dataclasses.replace(CFG, pin_factory="auto"), **calls.kwargs())
+    assert Device.pin_factory is None
 
 
 def test_auto_honours_gpiozero_pin_factory_env(monkeypatch, calls, caplog):

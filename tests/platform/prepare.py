@@ -3,7 +3,9 @@ need from the network, fetched before they run so that nothing in them reaches
 it (``make test`` runs it for ``box``, ``make test-arm64`` for ``arm64``).
 
 - wheels the tests install in their Debian roots besides the release's own:
-  pytest (the version the suite pins) for aarch64 / CPython 3.11; pyalsaaudio's
+  pytest and gpiozero (the versions the suite pins; gpiozero stands for Raspberry
+  Pi OS's python3-gpiozero, which a Pi has from apt) for aarch64 / CPython 3.11;
+  pyalsaaudio's
   source, which provisioning builds on the box, with what pip builds it with;
   and the box's requirements for x86-64, for the box in a container here;
 - the Debian bookworm roots asked for (debootstrap from Debian's mirror, cached
@@ -28,10 +30,11 @@ AMD64 = ROOT / "out" / "wheels-box-amd64"
 """The box's requirements for x86-64 / CPython 3.11 (its container's platform)."""
 
 
-def pytest_pin() -> str:
-    found = re.search(r'"(pytest==[^"]+)"', (ROOT / "pyproject.toml").read_text())
+def pin(package: str) -> str:
+    """``package==VERSION`` as pyproject.toml pins it."""
+    found = re.search(rf'"({package}==[^";]+)"', (ROOT / "pyproject.toml").read_text())
     if not found:
-        raise SystemExit("pyproject.toml: no pytest==VERSION pin in the dev extras")
+        raise SystemExit(f"pyproject.toml: no {package}==VERSION pin")
     return found[1]
 
 
@@ -40,7 +43,8 @@ def fetch_wheels() -> None:
            "--dest", str(DEST)]
     platforms = [arg for p in WHEEL_PLATFORMS for arg in ("--platform", p)]
     subprocess.run([*pip, "--only-binary=:all:", "--python-version", WHEEL_PYTHON,
-                    "--implementation", "cp", *platforms, pytest_pin()], check=True)
+                    "--implementation", "cp", *platforms, pin("pytest"), pin("gpiozero")],
+                   check=True)
     subprocess.run([*pip, "--no-binary=:all:", "--no-deps", PYALSAAUDIO], check=True)
     subprocess.run([*pip, "--only-binary=:all:", "setuptools", "wheel"], check=True)
     amd64 = [arg for p in WHEEL_PLATFORMS for arg in

@@ -23,14 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from firmware_tools.provision import APT_PACKAGES
+from firmware_tools.provision import APT_PACKAGES, PI_PACKAGES
 from tests.conftest import ROOT
 
 MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
-# What provisioning installs on a box, less picamera2 (Raspberry Pi OS's own
-# archive; the tests' camera is the synthetic dancer).
-PACKAGES = ("python3", *(p for p in APT_PACKAGES if p != "python3-picamera2"))
+# What provisioning installs on a box, less what only Raspberry Pi OS's own
+# archive has (picamera2, lgpio: the tests' camera is the synthetic dancer, and
+# there are no GPIO pins).
+PACKAGES = ("python3", *(p for p in APT_PACKAGES if p not in PI_PACKAGES))
 BINFMT = {"arm64": "/proc/sys/fs/binfmt_misc/qemu-aarch64"}
 NATIVE = {"x86_64": "amd64", "aarch64": "arm64"}
 

@@ -56,7 +56,8 @@ def box(tmp_path_factory):
     if not list(wheels.glob("*aarch64*.whl")):
         pytest.skip(f"no aarch64 wheels in {wheels}: run make wheels (needs PyPI)")
     alsa_source = sorted(TEST_WHEELS.glob("pyalsaaudio-*.tar.gz"))
-    if not alsa_source or not list(TEST_WHEELS.glob("pytest-*.whl")):
+    if not alsa_source or not all(list(TEST_WHEELS.glob(f"{name}-*.whl"))
+                                  for name in ("pytest", "gpiozero")):
         pytest.skip(f"{TEST_WHEELS} lacks pytest's wheels or pyalsaaudio's source: "
                     "python -m tests.platform.prepare arm64 fetches them (make test-arm64)")
     release = build_release(ROOT, tmp_path_factory.mktemp("release"), wheels=wheels)
@@ -80,7 +81,7 @@ def box(tmp_path_factory):
         venv = DEFAULT_MAKE_VENV.format(local_wheels=f"{BOX}/wheels")
         check(run_in(root, f"cd {BOX}/releases/{release.id} && {venv} && "
                            ".venv/bin/pip install --quiet --no-index --find-links /test-wheels "
-                           "pytest", binds=((TEST_WHEELS, "/test-wheels"),)),
+                           "pytest gpiozero", binds=((TEST_WHEELS, "/test-wheels"),)),
               "making the release's venv in the arm64 root, as deploy does")
         print(f"arm64 venv made in {time.monotonic() - started:.0f} s")
     (root / "root").mkdir(exist_ok=True)
