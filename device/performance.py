@@ -422,7 +422,7 @@ class Performance:
                 else:
                     self._model_note = None
                     self._prepared.put(prepared)
-                    log.info("model: switching to %s", prepared[0].manifest.name)
+                    log.info("model: switching to %s (%s)", prepared[0].manifest.name, path)
                     return
             if candidates:
                 log.error("model: none of the other %d bundle(s) in %s can be played; keeping %s",

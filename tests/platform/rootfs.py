@@ -39,7 +39,9 @@ NATIVE = {"x86_64": "amd64", "aarch64": "arm64"}
 ROOTS = {
     # name: (architecture, packages)
     "box": ("amd64", ("systemd", "systemd-sysv", "dbus", "openssh-server", *PACKAGES)),
-    "arm64": ("arm64", PACKAGES),
+    # Debian's python3-gpiozero is 1.6.2 (and pulls in RPi.GPIO); Raspberry Pi
+    # OS's is 2.0.1: the arm64 test puts that one in the release's venv instead.
+    "arm64": ("arm64", tuple(p for p in PACKAGES if p != "python3-gpiozero")),
 }
 """The roots the platform tests use: the box booted with systemd on this machine's
 architecture, and the release on the Pi's."""

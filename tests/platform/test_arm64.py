@@ -29,6 +29,7 @@ from firmware_tools.provision import PYALSAAUDIO
 from firmware_tools.release import DEFAULT_WHEEL_CACHE, build_release
 from tests.conftest import REALDATA, ROOT
 from tests.platform.prepare import DEST as TEST_WHEELS
+from tests.platform.prepare import pin
 from tests.platform.rootfs import check, prepared_root, run_in
 
 pytestmark = pytest.mark.arm64
@@ -81,7 +82,9 @@ def box(tmp_path_factory):
         venv = DEFAULT_MAKE_VENV.format(local_wheels=f"{BOX}/wheels")
         check(run_in(root, f"cd {BOX}/releases/{release.id} && {venv} && "
                            ".venv/bin/pip install --quiet --no-index --find-links /test-wheels "
-                           "pytest gpiozero", binds=((TEST_WHEELS, "/test-wheels"),)),
+                           # Raspberry Pi OS's python3-gpiozero is 2.0.1, Debian's 1.6.2:
+                           # the Pi's, pinned, in place of the root's.
+                           f"pytest {pin('gpiozero')}", binds=((TEST_WHEELS, "/test-wheels"),)),
               "making the release's venv in the arm64 root, as deploy does")
         print(f"arm64 venv made in {time.monotonic() - started:.0f} s")
     (root / "root").mkdir(exist_ok=True)

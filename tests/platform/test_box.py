@@ -252,6 +252,14 @@ def test_the_box_keeps_its_models_and_takes_in_its_state_folder(box, tmp_path):
     assert "/var/lib/dancesampler/models/second.dsb" in flashed.stdout
     listed = box.ssh("ls /var/lib/dancesampler/models").stdout.split()
     assert {"default.dsb", "second.dsb"} <= set(listed)
+    # The model button's action, asked for over the control channel, reaches it.
+    ctl = "cd /opt/dancesampler/current && .venv/bin/python -m device ctl"
+    assert "loading the next model" in box.ssh(f"{ctl} next-model").stdout
+    deadline = time.monotonic() + 20
+    while "switching to default (/var/lib/dancesampler/models/second.dsb)" not in (
+            journal := box.ssh("journalctl -u dancesampler -n 30 --no-pager -o cat").stdout):
+        assert time.monotonic() < deadline, journal
+        time.sleep(0.5)
 
 
 def test_a_take_recorded_through_the_control_channel_comes_home_verified(box, tmp_path):
@@ -307,6 +315,67 @@ def test_a_configured_bundle_rotted_on_the_card_gives_way_to_the_factory_model(b
     assert level_db(box.sound(2.0)) > -60
     box.ssh(f"cp /root/configured.dsb {configured} && systemctl restart dancesampler")
     assert "refused" not in box.wait_playing()["StatusText"]
+
+
+# A camera that can be told to stall: frames of a moving bar, as a YUV4MPEG2 stream
+# into a FIFO the service reads as its `video:` source. While the stall file
+# exists it sends nothing and keeps the FIFO open, as a wedged camera driver
+# would; when told to go on it starts a fresh stream (a new header) for the next
+# reader.
+_STALLING_CAMERA = r"""
+import os, sys, time
+fifo, stall = sys.argv[1], sys.argv[2]
+while True:
+    try:
+        with open(fifo, "wb") as out:
+            out.write(b"YUV4MPEG2 W64 H48 F30:1 Ip A1:1 Cmono\n")
+            n, start = 0, time.monotonic()
+            while not os.path.exists(stall):
+                x = (2 * n) % 64
+                row = bytes(255 if abs(c - x) < 6 else 0 for c in range(64))
+                out.write(b"FRAME\n" + row * 48)
+                out.flush()
+                n += 1
+                time.sleep(max(0.0, start + n / 30 - time.monotonic()))
+            while os.path.exists(stall):
+                time.sleep(0.1)
+    except BrokenPipeError:
+        time.sleep(0.2)
+"""
+
+
+def test_a_stalled_camera_makes_the_watchdog_restart_the_unit(box):
+    """The camera stops delivering frames: the status says so, systemd's watchdog
+    kills the unit and restarts it, and it plays again once frames come back."""
+    fifo, stall = "/var/lib/dancesampler/camera.y4m", "/root/stall"
+    box.ssh(f"mkfifo -m 0644 {fifo} && chown dancesampler {fifo} && "
+            f"cat > /root/camera.py <<'EOF'\n{_STALLING_CAMERA}EOF\n"
+            f"systemd-run --quiet --unit=stalling-camera python3 /root/camera.py {fifo} {stall} && "
+            f"sed -i 's|source: synthetic|source: video:{fifo}|' /etc/dancesampler/device.yaml && "
+            "systemctl restart dancesampler")
+    try:
+        unit = box.wait_playing()
+        assert "video file camera.y4m" in box.ssh(
+            "journalctl -u dancesampler -n 30 --no-pager -o cat").stdout
+        restarts = int(unit["NRestarts"])
+        box.ssh(f"touch {stall}")
+        seen, deadline = set(), time.monotonic() + 40
+        while int(unit["NRestarts"]) == restarts and time.monotonic() < deadline:
+            time.sleep(0.5)
+            unit = box.unit()
+            seen.add(unit.get("StatusText", "").split(":")[0])
+        assert int(unit["NRestarts"]) > restarts, f"no restart: {unit}"
+        assert "camera stalled" in seen, seen
+        journal = box.ssh("journalctl -u dancesampler -n 200 --no-pager -o cat").stdout
+        assert "Watchdog timeout" in journal, journal[-2000:]
+        box.ssh(f"rm {stall}")
+        box.wait_playing()
+        assert level_db(box.sound(2.0)) > -60
+    finally:
+        box.ssh(f"rm -f {stall}; systemctl stop stalling-camera; "
+                f"sed -i 's|source: video:{fifo}|source: synthetic|' "
+                "/etc/dancesampler/device.yaml; systemctl restart dancesampler", check=False)
+    box.wait_playing()
 
 
 def test_after_a_power_cut_the_box_plays_again_by_itself(box):
