@@ -78,7 +78,7 @@ def tiny_config_file(tmp_path_factory) -> Path:
 def tiny_run(tiny_config_file, tmp_path_factory):
     """A trained run of the tiny config (TensorFlow, in this process)."""
     pytest.importorskip("tensorflow")
-    from device.config import load_train_config
+    from train_host.config import load_train_config
     from train_host.demo_data import demo_examples
     from train_host.train import train
 

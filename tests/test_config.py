@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from device.config import (PROJECT_ROOT, AudioConfig, DeviceConfig, TrainConfig,
-                           load_config, load_device_config, load_train_config,
-                           resolve_path, with_overrides)
+from device.config import (PROJECT_ROOT, AudioConfig, DeviceConfig, load_config,
+                           load_device_config, resolve_path, with_overrides)
 from device.errors import ConfigError
 from device.motiongram import MotiongramParams
+from train_host.config import TrainConfig, load_train_config
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device.config import load_train_config, with_overrides
+from device.config import with_overrides
+from train_host.config import load_train_config
 from device.errors import SessionError
 from device.motiongram import MotionGain, motiongram, ticks_motiongram
 from device.retime import frame_ticks

@@ -22,7 +22,8 @@ ALL_PLOTS = ["loss.png", "latent_by_label.png", "latent_by_motion.png", "spectro
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """One epoch of a tiny model on 20 s of demo data: a real history and model."""
-    from device.config import load_train_config, with_overrides
+    from device.config import with_overrides
+    from train_host.config import load_train_config
     from train_host.demo_data import demo_examples
     from train_host.train import train
 

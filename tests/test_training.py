@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from device.config import load_train_config, with_overrides
+from device.config import with_overrides
+from train_host.config import load_train_config
 from device.errors import BundleError, ConfigError
 
 pytestmark = pytest.mark.slow

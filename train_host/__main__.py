@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train_demo(config_path, out: Path | None, init_from=None):
-    from device.config import load_train_config
+    from train_host.config import load_train_config
     from train_host.demo_data import demo_examples
     from train_host.train import train
 
@@ -94,7 +94,7 @@ def _run_folder(out: Path | None, cfg) -> Path:
 
 def _train_sessions(config_path, roots: list[str], cache: str | None, out: Path | None,
                     init_from=None):
-    from device.config import load_train_config
+    from train_host.config import load_train_config
     from train_host.dataset import build_dataset, cache_dir_option
     from train_host.train import train
 
@@ -125,7 +125,8 @@ def _bench_train(args) -> int:
     import tempfile
     import time
 
-    from device.config import load_train_config, with_overrides
+    from device.config import with_overrides
+    from train_host.config import load_train_config
     from train_host.demo_data import demo_examples
     from train_host.train import train
 
@@ -153,7 +154,7 @@ def _export(args) -> int:
 
 
 def _default_model(args) -> int:
-    from device.config import load_train_config
+    from train_host.config import load_train_config
     from train_host.export import export
     from train_host.train import config_hash
 

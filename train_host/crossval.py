@@ -219,7 +219,8 @@ def add_commands(subparsers) -> None:
 
 
 def _crossval_command(args) -> int:
-    from device.config import load_train_config, with_overrides
+    from device.config import with_overrides
+    from train_host.config import load_train_config
     from train_host.train import find_run
 
     cfg = load_train_config(args.config)

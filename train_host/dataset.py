@@ -50,7 +50,7 @@ from device.session import (AUDIO_FILE, FRAMES_FILE, INFO_FILE, TIMES_FILE, Sess
                             SessionInfo, list_sessions, read_session, session_info)
 
 if TYPE_CHECKING:
-    from device.config import TrainConfig
+    from train_host.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -339,7 +339,7 @@ _DEMO_TAKE_S = 60.0
 def demo_examples(cfg) -> tuple[Examples, Examples, dict]:
     """Training and validation examples from demo takes, split by take.
 
-    ``cfg`` is a ``device.config.TrainConfig``: its ``demo`` section gives the
+    ``cfg`` is a ``train_host.config.TrainConfig``: its ``demo`` section gives the
     total length and seed, its ``data`` section the windows and segments. The
     last ``validation_fraction`` of the takes are held out whole.
     """

@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from device.bundle import Bundle, read_bundle
-from device.config import TrainConfig, with_overrides
+from device.config import with_overrides
+from train_host.config import TrainConfig
 from device.errors import ConfigError, DanceSamplerError
 from device.motiongram import motion_amount
 from device.overlap_add import OverlapAdd

@@ -534,7 +534,7 @@ def add_commands(subparsers) -> None:
 
 def _import_command(args) -> int:
     """Import every input; report each failure on one line and carry on. 1 if any failed."""
-    from device.config import load_train_config
+    from train_host.config import load_train_config
 
     cfg = load_train_config(args.config)
     failed = 0

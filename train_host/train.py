@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from device.config import TrainConfig
+from train_host.config import TrainConfig
 from train_host.dataset import Examples
 
 log = logging.getLogger(__name__)
