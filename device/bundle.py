@@ -7,10 +7,13 @@ SHA-256 of every member. This module is the only definition of the format: the
 exporter writes bundles with ``write_bundle``, the deployer and the device read
 them with ``read_bundle``. The spec for people is docs/bundle.md.
 
-Reading never trusts the file: a bundle that is not a zip, lacks a member, fails
-a checksum or names parameters this device cannot honour raises ``BundleError``
-with one line naming the file and what is wrong, so the caller can keep playing
-the model it has.
+Reading never trusts the file: a bundle that is not a regular file or not a zip,
+is larger than the caps below, lacks a member, fails a checksum, has a manifest
+field of the wrong type or names parameters this device cannot honour raises
+``BundleError`` with one line naming the file and what is wrong, so the caller
+can keep playing the model it has. Whatever else the archive and JSON readers
+raise on a damaged file is turned into the same one line; nothing is read past
+the caps, whatever the archive's headers claim.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
+import stat
+import typing
 import zipfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -39,6 +45,13 @@ SUFFIX = ".dsb"
 MANIFEST = "manifest.json"
 PERFORMER = "performer.tflite"
 """The graph the live loop runs: a motion window in, one audio segment out."""
+
+MAX_BUNDLE_BYTES = 64 << 20
+"""The largest bundle file read (a model is at most 4 MB)."""
+MAX_MEMBER_BYTES = 16 << 20
+"""The most any member may hold once decompressed; the manifest far less."""
+MAX_MANIFEST_BYTES = 1 << 20
+_MAX_RANK = 8
 
 # Fixed member timestamps keep a rebuilt bundle byte-identical (zip's epoch).
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -135,9 +148,11 @@ class Manifest:
             unknown = set(values) - {f.name for f in fields(cls)}
             for key in unknown:
                 values.pop(key)
-            return cls(**values)
-        except (TypeError, KeyError) as exc:
+            manifest = cls(**values)
+        except (TypeError, KeyError, AttributeError, ValueError) as exc:
             raise BundleError(f"{where}: malformed manifest ({exc})") from None
+        _check_types(manifest, where)
+        return manifest
 
     def describe(self) -> str:
         """A few readable lines for ``check-bundle``."""
@@ -206,12 +221,34 @@ def write_bundle(path: str | Path, manifest: Manifest, graphs: dict[str, bytes])
 
 
 def read_bundle(path: str | Path) -> Bundle:
-    """Read and verify a bundle: format, manifest keys, members and their SHA-256."""
+    """Read and verify a bundle: format, manifest keys and types, members and their
+    SHA-256, within the size caps."""
     path = Path(path)
     try:
-        archive = zipfile.ZipFile(path)
+        return _read_bundle(path)
+    except BundleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged file is one line, never a traceback
+        raise BundleError(f"{path}: not a readable bundle ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:200]})") from None
+
+
+def _read_bundle(path: Path) -> Bundle:
+    try:
+        info = os.stat(path)
     except FileNotFoundError:
         raise BundleError(f"{path}: no such bundle") from None
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise BundleError(f"{path}: not a regular file")
+    if info.st_size > MAX_BUNDLE_BYTES:
+        raise BundleError(f"{path}: {info.st_size} bytes; a bundle is at most "
+                          f"{MAX_BUNDLE_BYTES >> 20} MB")
+    try:
+        with open(path, "rb") as file:
+            raw_file = file.read(MAX_BUNDLE_BYTES + 1)
+        archive = zipfile.ZipFile(io.BytesIO(raw_file))
     except (zipfile.BadZipFile, OSError) as exc:
         raise BundleError(f"{path}: not a readable bundle ({exc})") from None
     with archive:
@@ -219,9 +256,11 @@ def read_bundle(path: str | Path) -> Bundle:
         if MANIFEST not in names:
             raise BundleError(f"{path}: no {MANIFEST} inside")
         try:
-            raw = json.loads(archive.read(MANIFEST))
-        except (ValueError, zipfile.BadZipFile, OSError) as exc:
-            raise BundleError(f"{path}: {MANIFEST} is not valid JSON ({exc})") from None
+            raw = json.loads(_member(archive, MANIFEST, MAX_MANIFEST_BYTES, path),
+                             parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:
+            raise BundleError(f"{path}: {MANIFEST} is not valid JSON "
+                              f"({type(exc).__name__}: {exc})") from None
         manifest = Manifest.from_dict(raw, str(path))
         if PERFORMER not in manifest.members:
             raise BundleError(f"{path}: manifest names no {PERFORMER}")
@@ -229,10 +268,7 @@ def read_bundle(path: str | Path) -> Bundle:
         for name, member in manifest.members.items():
             if name not in names:
                 raise BundleError(f"{path}: member {name} is listed but missing")
-            try:
-                data = archive.read(name)
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise BundleError(f"{path}: member {name} is damaged ({exc})") from None
+            data = _member(archive, name, MAX_MEMBER_BYTES, path)
             digest = hashlib.sha256(data).hexdigest()
             if digest != member.get("sha256"):
                 raise BundleError(f"{path}: member {name} fails its SHA-256 check "
@@ -240,6 +276,76 @@ def read_bundle(path: str | Path) -> Bundle:
             graphs[name] = data
     _check_shapes(manifest, str(path))
     return Bundle(path, manifest, graphs)
+
+
+def _member(archive: zipfile.ZipFile, name: str, most: int, path: Path) -> bytes:
+    """A member's bytes, never more than ``most`` whatever its header claims."""
+    if archive.getinfo(name).file_size > most:
+        raise BundleError(f"{path}: member {name} is {archive.getinfo(name).file_size} bytes; "
+                          f"at most {most} are read")
+    try:
+        with archive.open(name) as member:
+            data = member.read(most + 1)
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError,
+            ValueError) as exc:
+        raise BundleError(f"{path}: member {name} is damaged ({type(exc).__name__}: "
+                          f"{exc})") from None
+    except Exception as exc:  # zlib.error and kin: still a damaged member
+        raise BundleError(f"{path}: member {name} is damaged ({type(exc).__name__}: "
+                          f"{exc})") from None
+    if len(data) > most:
+        raise BundleError(f"{path}: member {name} holds more than {most} bytes")
+    return data
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number a manifest may hold")
+
+
+def _check_types(manifest: Manifest, where: str) -> None:
+    """Every manifest field of the type the format says, numbers finite, shapes
+    small lists of positive integers: one line naming the first that is not."""
+    def problem(key: str, value: Any, expected: str) -> BundleError:
+        shown = repr(value)
+        return BundleError(f"{where}: manifest {key} is {shown[:60]}; expected {expected}")
+
+    def check(key: str, value: Any, tp: Any) -> None:
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31:
+                raise problem(key, value, "a positive integer")
+        elif tp is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                raise problem(key, value, "a finite number")
+        elif tp is str:
+            if not isinstance(value, str):
+                raise problem(key, value, "text")
+
+    for section, obj in (("", manifest), ("motiongram.", manifest.motiongram),
+                         ("audio.", manifest.audio)) + (
+            (("motion_gain.", manifest.motion_gain),) if manifest.motion_gain else ()):
+        hints = typing.get_type_hints(type(obj))
+        for f in fields(obj):
+            check(section + f.name, getattr(obj, f.name), hints.get(f.name))
+    for name in ("input", "output", "level"):
+        spec = getattr(manifest, name)
+        if spec is None:
+            continue
+        if not 1 <= len(spec.shape) <= _MAX_RANK:
+            raise problem(f"{name}.shape", list(spec.shape), f"1 to {_MAX_RANK} dimensions")
+        for size in spec.shape:
+            check(f"{name}.shape", size, int)
+        check(f"{name}.dtype", spec.dtype, str)
+    for key in ("members", "style_centroids", "training"):
+        if not isinstance(getattr(manifest, key), dict):
+            raise problem(key, getattr(manifest, key), "an object")
+    for name, member in manifest.members.items():
+        if not isinstance(member, dict) or not isinstance(member.get("sha256"), str):
+            raise problem(f"members.{name}", member, 'an object with a "sha256" text')
+    for label, centroid in manifest.style_centroids.items():
+        if not isinstance(centroid, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in centroid):
+            raise problem(f"style_centroids.{label}", centroid, "a list of numbers")
 
 
 def check_compatible(manifest: Manifest, *, fps: int, motiongram: MotiongramParams,

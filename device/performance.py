@@ -46,6 +46,7 @@ from device.camera import Camera, Frame, open_camera
 from device.config import DeviceConfig, resolve_path
 from device.control import TIMEOUT_S, ControlError, ControlServer
 from device.engine import Engine, RunStats
+from device.runtime import probe_graph
 from device.errors import AudioError, CameraError, ControlsError, DanceSamplerError
 from device.service import HealthWatchdog, Notifier, status_line
 
@@ -81,10 +82,12 @@ class Recorder(Protocol):
 
 
 def load_bundle(path: str | Path, cfg: DeviceConfig) -> Bundle:
-    """Read a bundle and refuse it unless it was made for this device's settings."""
+    """Read a bundle and refuse it unless it was made for this device's settings and
+    its graph runs (tried first in a child process, which a crash takes down)."""
     bundle = read_bundle(resolve_path(str(path)))
     check_compatible(bundle.manifest, fps=cfg.camera.fps, motiongram=cfg.motiongram,
                      sample_rate=cfg.audio.sample_rate, where=str(bundle.path))
+    probe_graph(bundle.performer, runtime=cfg.model.runtime, where=str(bundle.path))
     return bundle
 
 

@@ -16,13 +16,24 @@ segment samples) and its level (batch x 1), and the segment is their product
 (train_host.vae.synthesize): the shape stays near unit RMS and the level carries
 the loudness, each with its own int8 range, so a quiet segment is as finely
 quantized as a loud one (docs/bundle.md).
+
+A graph from outside (a bundle flashed or picked by the model button) is first
+loaded and run once in a child process (``probe_graph``): the runtimes' graph
+readers trust their input, and a crafted or damaged graph can crash them
+(segmentation faults in tflite-runtime 2.14), which must take down the child,
+not the box or ``flash-model``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -31,6 +42,9 @@ from device.errors import BundleError, ModelRuntimeError
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("ai_edge_litert", "tflite_runtime")
+PROBE_TIMEOUT_S = 60.0
+"""Longest a child may take to load a graph and run it once."""
+_probed: set[tuple[str, str]] = set()   # (graph SHA-256, runtime) that ran in a child
 
 
 def interpreter_class(runtime: str = "auto"):
@@ -140,3 +154,53 @@ def _quantization(detail: dict) -> tuple[float, int]:
     """(scale, zero point) of a tensor; scale 0.0 means the tensor is float."""
     scale, zero = detail.get("quantization", (0.0, 0))
     return float(scale), int(zero)
+
+
+def probe_graph(model: bytes, *, runtime: str = "auto", where: str = "model",
+                timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Load ``model`` and run it once on a still window in a child process; a
+    ``BundleError`` (one line) if that fails, crashes or hangs. A graph that passed
+    once in this process is not probed again."""
+    key = (hashlib.sha256(model).hexdigest(), runtime)
+    if key in _probed:
+        return
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+    try:
+        result = subprocess.run([sys.executable, "-m", "device.runtime", runtime, where],
+                                input=model, capture_output=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise BundleError(f"{where}: the graph did not load and run within {timeout:g} s") from None
+    if result.returncode < 0:
+        name = signal.Signals(-result.returncode).name
+        raise BundleError(f"{where}: the graph crashed the model runtime ({name})")
+    if result.returncode != 0:
+        said = result.stdout.decode(errors="replace").strip()
+        raise BundleError(said or f"{where}: the graph failed in a test run "
+                                  f"(exit {result.returncode})")
+    _probed.add(key)
+
+
+def _probe(argv: list[str]) -> int:
+    """The child of ``probe_graph``: the graph on stdin, runtime and name as arguments."""
+    runtime, where = (list(argv) + ["auto", "model"][len(argv):])[:2]
+    model = sys.stdin.buffer.read()
+    try:
+        performer = Performer(model, runtime=runtime, where=where)
+        window = np.zeros(performer.input_shape[1:], np.float32)
+        if not np.isfinite(performer(window)).all():
+            raise BundleError(f"{where}: the graph gives samples that are not finite")
+    except (BundleError, ModelRuntimeError) as exc:
+        said = str(exc)
+    except Exception as exc:  # noqa: BLE001 - whatever the runtime raises is the answer
+        said = f"{where}: the graph fails in a test run ({type(exc).__name__}: {exc})"
+    else:
+        return 0
+    print(" ".join(said.split()))   # the answer: one line on stdout
+    return 1
+
+
+if __name__ == "__main__":
+    logging.disable(logging.INFO)
+    sys.exit(_probe(sys.argv[1:]))
