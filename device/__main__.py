@@ -19,7 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="device config file (default: config/device.yaml, "
                                          "or $DANCESAMPLER_CONFIG)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    # The same two options after the command too (`python -m device run --config X`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help="device config file (as before the command)")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks and debug logs")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser = commands.add_parser
+    commands.add_parser = lambda *a, **k: add_parser(*a, parents=[common], **k)
 
     run = commands.add_parser("run", help="perform: camera in, generated sound out")
     run.add_argument("--camera", help="auto, pi, synthetic or video:PATH (default: from config)")
@@ -107,7 +115,11 @@ def _run(args) -> int:
     from device.performance import Performance
     from device.service import install_stop_signals
 
+    from device.errors import ConfigError
+
     cfg = _config(args)
+    if args.seconds is not None and not args.seconds > 0:
+        raise ConfigError(f"--seconds must be above 0, not {args.seconds:g}")
     stop = threading.Event()
     # SIGTERM (systemctl stop) and Ctrl-C end the loop; past the deadline the
     # process leaves anyway, so a stop never hangs the box.
@@ -125,7 +137,7 @@ def _run(args) -> int:
     from device.control import socket_path
 
     performance = Performance(cfg, recorder=recorder, control=socket_path())
-    max_frames = round(args.seconds * cfg.camera.fps) if args.seconds else None
+    max_frames = max(1, round(args.seconds * cfg.camera.fps)) if args.seconds else None
     try:
         stats = performance.run(stop, max_frames=max_frames,
                                 announce=lambda p: print(
@@ -218,10 +230,15 @@ def _ctl(args) -> int:
 
 def _sessions(args) -> int:
     """List the takes in ``args.root``, else in the config's ``recorder.sessions_dir``."""
+    from pathlib import Path
+
     from device.config import resolve_path
+    from device.errors import SessionError
     from device.session import sessions_command
 
-    root = args.root or resolve_path(_config(args).recorder.sessions_dir)
+    root = Path(args.root) if args.root else resolve_path(_config(args).recorder.sessions_dir)
+    if args.root and not root.is_dir():
+        raise SessionError(f"{root}: no such folder of takes")
     return sessions_command(root, as_json=args.json)
 
 

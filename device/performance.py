@@ -7,8 +7,8 @@ promises a gallery relies on:
 - under systemd, a Pi camera or sound card that is absent at start is tried
   again with a growing wait, and systemd is told why the box is not ready yet
   (and given more time); run by hand, either is reported at once;
-- a configured model that cannot be played is replaced by the factory model, and
-  the status line says why;
+- under systemd, a configured model that cannot be played is replaced by the
+  factory model, and the status line says why;
 - a sound card that vanishes is reopened (never swapped for a file) while the
   camera and model go on; until sound has flowed again for a moment the status
   says so and the watchdog is not fed;
@@ -157,13 +157,14 @@ class Performance:
         return self.camera is not None
 
     def _first_bundle(self) -> Bundle:
-        """The configured model; the factory model, and a note in the status, when
-        the configured one cannot be played (damaged, missing, made for other settings)."""
+        """The configured model; under systemd, the factory model and a note in the
+        status when the configured one cannot be played (damaged, missing, made for
+        other settings). Run by hand, that is an error to report."""
         configured = self.cfg.model.bundle
         try:
             return load_bundle(configured, self.cfg)
         except DanceSamplerError as exc:
-            if resolve_path(configured).resolve() == FACTORY_BUNDLE:
+            if not self.notifier.enabled or resolve_path(configured).resolve() == FACTORY_BUNDLE:
                 raise
             log.error("model: %s; playing the factory model %s instead", exc, FACTORY_BUNDLE)
             self._model_note = f"configured model refused: {exc}"

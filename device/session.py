@@ -284,13 +284,16 @@ class SessionWriter:
                          self.frames, self.audio_samples / self.sample_rate)
         return session_info(self.path)
 
-    def abort(self) -> None:
-        """Stop without marking the take clean; everything written is kept."""
+    def abort(self, *, discarded: bool = False) -> None:
+        """Stop without marking the take clean; everything written is kept (unless
+        the caller says it will discard the folder, when nothing is said of it)."""
         with self._lock:
             if not self._closed:
                 self._finish(clean=False)
-                log.warning("take %s: aborted, kept %d frames and %.1f s of audio unmarked",
-                            self.path.name, self.frames, self.audio_samples / self.sample_rate)
+                if not discarded:
+                    log.warning("take %s: aborted, kept %d frames and %.1f s of audio "
+                                "unmarked", self.path.name, self.frames,
+                                self.audio_samples / self.sample_rate)
 
     def __enter__(self) -> SessionWriter:
         return self

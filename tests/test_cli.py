@@ -132,3 +132,60 @@ def test_record_and_sessions_use_the_state_folder_under_the_service(tmp_path):
     [take] = json.loads(listed.stdout)
     assert take["label"] == "here" and take["clean"]
     assert take["path"].startswith(str(tmp_path / "state" / "sessions"))
+
+
+def test_a_failed_run_leaves_the_previous_wav_as_it_was(tmp_path):
+    wav = tmp_path / "run.wav"
+    assert device("run", "--seconds", "1", "--audio", f"wav:{wav}").returncode == 0
+    before = wav.read_bytes()
+    failed = device("run", "--seconds", "1", "--audio", f"wav:{wav}",
+                    "--bundle", str(tmp_path / "missing.dsb"))
+    one_line_error(failed, "no such bundle")
+    assert wav.read_bytes() == before
+    assert not list(tmp_path.glob(".*part"))
+
+
+def test_a_wav_path_must_name_a_file_in_a_folder_that_exists(tmp_path):
+    missing = device("run", "--seconds", "1", "--audio", f"wav:{tmp_path}/nope/x.wav")
+    one_line_error(missing, f"the folder {tmp_path}/nope does not exist")
+    assert not (tmp_path / "nope").exists()
+    folder = device("run", "--seconds", "1", "--audio", f"wav:{tmp_path}")
+    one_line_error(folder, "is a folder; expected a WAV file's path")
+
+
+def test_seconds_must_be_above_zero(tmp_path):
+    for seconds in ("0", "-1"):
+        result = device("run", "--seconds", seconds, "--audio", f"wav:{tmp_path}/x.wav")
+        one_line_error(result, f"--seconds must be above 0, not {seconds}")
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_config_and_debug_may_follow_the_command(tmp_path):
+    config = tmp_path / "device.yaml"
+    config.write_text(f"audio:\n  wav_path: {tmp_path / 'run.wav'}\n")
+    result = device("run", "--config", str(config), "--seconds", "1")
+    assert result.returncode == 0, result.stderr
+    assert f"WAV file {tmp_path / 'run.wav'}" in result.stdout
+
+
+def test_by_hand_a_missing_pi_camera_is_one_line_not_a_wait(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "device", "run", "--camera", "pi",
+                             "--seconds", "1", "--audio", f"wav:{tmp_path}/x.wav"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("dancesampler: error: ")
+    assert "trying again" not in result.stderr
+
+
+def test_sessions_of_a_folder_that_does_not_exist_is_an_error(tmp_path):
+    one_line_error(device("sessions", str(tmp_path / "nope")), "no such folder of takes")
+
+
+def test_no_sound_card_is_one_line_without_alsa_lib_noise(tmp_path):
+    conf = tmp_path / "asound.conf"
+    conf.write_text("")   # an ALSA with no devices at all
+    result = device("run", "--seconds", "1", "--audio", "alsa",
+                    env={**os.environ, "ALSA_CONFIG_PATH": str(conf)})
+    one_line_error(result, "ALSA device 'default': cannot open for playback")
+    assert "ALSA lib" not in result.stderr

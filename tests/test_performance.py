@@ -144,14 +144,15 @@ def test_no_other_good_bundle_keeps_the_playing_one(tmp_path, models, caplog):
 
 @pytest.mark.parametrize("damage", ["cut short", "missing"])
 def test_a_configured_bundle_that_cannot_play_gives_way_to_the_factory_model(
-        tmp_path, models, damage, caplog):
-    """At start, a configured model that is damaged or gone plays the release's
-    factory model instead, and the status line says why."""
+        tmp_path, models, damage, caplog, notify_socket):
+    """Under systemd, at start, a configured model that is damaged or gone plays the
+    release's factory model instead, and the status line says why."""
     configured = models / "flashed.dsb"
     if damage == "cut short":
         configured.write_bytes((models / "tiny.dsb").read_bytes()[:-300])
     cfg = _config(tmp_path, **{"model.bundle": str(configured)})
-    with _Show(cfg, pin_factory=MockFactory()) as performance:
+    with _Show(cfg, notifier=Notifier(str(notify_socket[0])),
+               pin_factory=MockFactory()) as performance:
         assert performance.engine.bundle.path == FACTORY_BUNDLE
         status = performance.status_text()
     assert status.startswith("playing default (")

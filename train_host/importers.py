@@ -459,7 +459,7 @@ def _write_take(out_root, *, label: str, fps: float, width: int, height: int,
                                    f"({writer.stopped_reason})")
             writer.close()
         except BaseException:
-            writer.abort()
+            writer.abort(discarded=True)   # the staging folder goes below
             raise
         if writer.stopped_reason:
             raise ImportFailed(f"{source}: the take stopped early ({writer.stopped_reason})")

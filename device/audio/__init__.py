@@ -72,7 +72,10 @@ def open_sink(spec: str, *, sample_rate: int, period_size: int = 128, periods: i
         from device.audio.wav import WavSink
 
         log.warning("audio: writing to WAV file %s instead of a sound card", arg)
-        return WavSink(arg, sample_rate=sample_rate)
+        # The default file's folder (the project's out/) is made; one named by
+        # hand must exist.
+        return WavSink(arg, sample_rate=sample_rate,
+                       make_folder=Path(arg) == Path(default_wav))
     raise AudioError(f"audio output {spec!r}: expected 'auto', 'alsa', 'alsa:DEVICE' or 'wav:PATH'")
 
 

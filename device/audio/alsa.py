@@ -15,6 +15,8 @@ is a device that is failing, not one that was late: that ends playback with an
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import logging
 import time
@@ -32,6 +34,29 @@ XRUN_LOG_INTERVAL_S = 10.0
 FAILING_ERRORS = 4
 FAILING_WINDOW_S = 1.0
 """This many errors within this many seconds: the device is failing, not late."""
+
+
+_ErrorHandler = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                                 ctypes.c_int, ctypes.c_char_p)
+
+
+@contextlib.contextmanager
+def alsa_lib_quiet():
+    """Keep libasound's own error lines (``ALSA lib confmisc.c:855: …``, eight of
+    them for a missing card) off stderr while a device is opened: the one line
+    that ``AudioError`` gives says what went wrong. Where its error handler cannot
+    be set (no libasound.so.2, no callback), they are printed as before."""
+    try:
+        lib = ctypes.CDLL("libasound.so.2")
+        handler = _ErrorHandler(lambda *_: None)
+        lib.snd_lib_error_set_handler(handler)
+    except (OSError, AttributeError, MemoryError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        lib.snd_lib_error_set_handler(None)
 
 
 class AlsaSink:
@@ -53,10 +78,11 @@ class AlsaSink:
         self._last_xrun_log = -XRUN_LOG_INTERVAL_S
         self._errors: deque[float] = deque(maxlen=FAILING_ERRORS)
         try:
-            self._pcm = alsaaudio.PCM(
-                type=alsaaudio.PCM_PLAYBACK, mode=alsaaudio.PCM_NORMAL, device=device,
-                channels=1, rate=sample_rate, format=alsaaudio.PCM_FORMAT_S16_LE,
-                periodsize=period_size, periods=periods)
+            with alsa_lib_quiet():
+                self._pcm = alsaaudio.PCM(
+                    type=alsaaudio.PCM_PLAYBACK, mode=alsaaudio.PCM_NORMAL, device=device,
+                    channels=1, rate=sample_rate, format=alsaaudio.PCM_FORMAT_S16_LE,
+                    periodsize=period_size, periods=periods)
         except alsaaudio.ALSAAudioError as exc:
             raise AudioError(f"ALSA device {device!r}: cannot open for playback ({exc})") from None
         info = self._pcm.info()

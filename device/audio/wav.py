@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import wave
 from pathlib import Path
 
@@ -15,16 +16,29 @@ log = logging.getLogger(__name__)
 
 
 class WavSink:
-    """Writes the stream to a 16-bit mono WAV file; ``close`` finalises the header."""
+    """Writes the stream to a 16-bit mono WAV file; ``close`` finalises the header.
 
-    def __init__(self, path: str | Path, *, sample_rate: int):
+    The samples go to a hidden file beside ``path``, renamed over it by ``close``
+    once anything was written: a run that fails before its first sound leaves the
+    previous file as it was. The folder must exist, unless ``make_folder`` (the
+    project's own default output folder).
+    """
+
+    def __init__(self, path: str | Path, *, sample_rate: int, make_folder: bool = False):
         self.path = Path(path)
         self.sample_rate = sample_rate
         self.name = f"WAV file {self.path}"
         self.samples = 0
-        try:
+        self._file = None
+        self._part = self.path.with_name(f".{self.path.name}.part")
+        if self.path.is_dir():
+            raise AudioError(f"{self.path}: is a folder; expected a WAV file's path")
+        if make_folder:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = wave.open(str(self.path), "wb")
+        elif not self.path.parent.is_dir():
+            raise AudioError(f"{self.path}: the folder {self.path.parent} does not exist")
+        try:
+            self._file = wave.open(str(self._part), "wb")
         except OSError as exc:
             raise AudioError(f"{self.path}: cannot write a WAV file ({exc.strerror})") from None
         self._file.setnchannels(1)
@@ -39,8 +53,18 @@ class WavSink:
         self.samples += len(block)
 
     def close(self) -> None:
-        if self._file is not None:
+        if self._file is None:
+            return
+        try:
             self._file.close()
+            if self.samples:
+                os.replace(self._part, self.path)
+            else:
+                self._part.unlink()
+                log.info("audio: nothing was played; %s left as it was", self.path)
+        except OSError as exc:
+            raise AudioError(f"{self.path}: cannot finish the WAV file ({exc.strerror})") from None
+        finally:
             self._file = None
 
 
