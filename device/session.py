@@ -31,6 +31,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import struct
 import sys
 import threading
@@ -639,8 +640,8 @@ def delete_session(path: str | os.PathLike) -> None:
     is_take = is_take_name(path.name)
     if not is_take:
         try:
-            is_take = yaml.safe_load((path / INFO_FILE).read_text("utf-8")).get("format") == FORMAT
-        except (OSError, ValueError, yaml.YAMLError, AttributeError):
+            is_take = load_info(path / INFO_FILE).get("format") == FORMAT
+        except (OSError, ValueError, yaml.YAMLError, AttributeError, RecursionError):
             is_take = False
     if not is_take:
         raise SessionError(f"{path}: not a take folder (no {INFO_FILE} of format {FORMAT} "
@@ -666,15 +667,17 @@ def _read_meta(path: Path) -> _Meta:
         raise SessionError(f"{path}: no such take folder")
     info_path = path / INFO_FILE
     try:
-        raw = yaml.safe_load(info_path.read_text("utf-8"))
+        raw = load_info(info_path)
     except FileNotFoundError:
         raise SessionError(f"{path}: no {INFO_FILE} (not a take, or its start was "
                            f"cut off)") from None
     except OSError as exc:
         raise SessionError(f"{path}: cannot read {INFO_FILE} ({exc.strerror})") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SessionError(f"{path}: {INFO_FILE} is not valid YAML ({first})") from None
+    except ValueError as exc:
+        raise SessionError(f"{path}: {INFO_FILE}: {exc}") from None
     if not isinstance(raw, dict):
         raise SessionError(f"{path}: {INFO_FILE} is not a mapping of keys to values")
     if raw.get("format") != FORMAT:
@@ -692,7 +695,10 @@ def _read_meta(path: Path) -> _Meta:
                 problems.append(f"{key} is missing")
             meta[key] = None
         elif not _KINDS[kind](raw[key]):
-            problems.append(f"{key} must be a {kind}, got {raw[key]!r}")
+            problems.append(f"{key} must be a {kind}, got {raw[key]!r:.40}")
+        elif key in _RANGES and not _RANGES[key][0] <= raw[key] <= _RANGES[key][1]:
+            problems.append(f"{key} must be from {_RANGES[key][0]} to {_RANGES[key][1]}, "
+                            f"got {raw[key]!r:.40}")
         else:
             meta[key] = raw[key]
     if problems:
@@ -723,6 +729,37 @@ _KEYS = {
     "frames": ("count", False), "audio_samples": ("count", False),
     "stopped": ("string", False), "extra": ("mapping", False),
 }
+
+
+# Bounds a take from anywhere must keep, so that reading it never asks for more
+# memory than its files hold (a camera from 1 to 240 fps and 8x8 to 4096x4096,
+# audio from 8 to 192 kHz).
+_RANGES = {"fps": (1, 240), "width": (8, 4096), "height": (8, 4096),
+           "sample_rate": (8000, 192000)}
+MAX_INFO_BYTES = 1 << 20
+"""The largest session.yaml read."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: a take's session.yaml never needs them,
+    and expanding them is how a few bytes become gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases are not allowed",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_info(info_path: Path) -> Any:
+    """A session.yaml parsed, if it is a regular file of at most ``MAX_INFO_BYTES``
+    with no YAML aliases (never opening a FIFO or a device, which could block)."""
+    info = os.stat(info_path)
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("not a regular file")
+    if info.st_size > MAX_INFO_BYTES:
+        raise ValueError(f"{info.st_size} bytes; at most {MAX_INFO_BYTES} are read")
+    return yaml.load(info_path.read_text("utf-8"), Loader=_NoAliasLoader)  # noqa: S506
 
 
 def _size(path: Path, name: str) -> int:

@@ -358,3 +358,45 @@ def test_sessions_command_prints_json_and_a_table(tmp_path):
     out = io.StringIO()
     sessions_command(tmp_path / "empty", as_json=False, out=out)
     assert out.getvalue().startswith("no takes in")
+
+
+def _take(tmp_path):
+    writer = _writer(tmp_path)
+    _record(writer, 10)
+    return writer.close().path
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("fps: 1.0e-9", "fps must be from 1 to 240"),
+    ("sample_rate: 999999999", "sample_rate must be from 8000 to 192000"),
+    ("width: 100000", "width must be from 8 to 4096"),
+    ("extra: &a [[*b]]\nbomb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]", "aliases are not allowed"),
+    ("extra: " + "[" * 5000, "not valid YAML"),
+])
+def test_a_take_from_elsewhere_that_would_exhaust_the_host_is_refused(tmp_path, damage, says):
+    """Takes pulled or copied from elsewhere: values that would make a reader ask for
+    absurd memory, and YAML alias bombs, are refused in one line naming the take."""
+    path = _take(tmp_path)
+    info = path / INFO_FILE
+    key = damage.split(":")[0]
+    lines = [line for line in info.read_text().splitlines() if not line.startswith(key + ":")]
+    info.write_text("\n".join(lines + [damage]) + "\n")
+    with pytest.raises(SessionError, match=says) as refused:
+        session_info(path)
+    assert str(refused.value).startswith(str(path)) and "\n" not in str(refused.value)
+    out = io.StringIO()
+    assert sessions_command(tmp_path, as_json=True, out=out) == 0
+    assert len(out.getvalue()) < 10_000      # listed as broken, not expanded
+
+
+def test_a_fifo_as_session_yaml_does_not_hang_the_listing(tmp_path):
+    import os
+
+    path = _take(tmp_path)
+    (path / INFO_FILE).unlink()
+    os.mkfifo(path / INFO_FILE)
+    with pytest.raises(SessionError, match="not a regular file"):
+        session_info(path)
+    out = io.StringIO()
+    sessions_command(tmp_path, as_json=False, out=out)
+    assert "not a regular file" in out.getvalue()
