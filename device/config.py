@@ -15,6 +15,7 @@ import difflib
 import os
 import posixpath
 import re
+import stat
 import sys
 import typing
 from collections.abc import Mapping
@@ -37,20 +38,50 @@ _NOUNS = {int: "an integer", float: "a number", str: "text", bool: "true or fals
 
 # ---- the schema engine ---------------------------------------------------------
 
+MAX_CONFIG_BYTES = 1 << 20
+"""The largest config file read."""
+
+
+class NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without anchors and aliases: no config or take needs them, and
+    expanding them is how a few bytes become gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases are not allowed",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def read_small_yaml(path: Path, most: int) -> Any:
+    """The YAML in ``path``, if it is a regular file of at most ``most`` bytes (a
+    FIFO or a device is never opened, so nothing blocks), parsed without aliases.
+    Raises OSError, ValueError (not a regular file, too large), yaml.YAMLError or
+    RecursionError (nesting too deep)."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("not a regular file")
+    if info.st_size > most:
+        raise ValueError(f"{info.st_size} bytes; at most {most} are read")
+    return yaml.load(path.read_bytes(), Loader=NoAliasLoader)  # noqa: S506 - a safe loader
+
+
 def load_config(path: str | os.PathLike, schema_cls: type[T]) -> T:
     """Read the YAML file at ``path`` into a frozen ``schema_cls``; keys left out
     take the dataclass defaults. Raises one ConfigError listing every problem."""
     path = Path(path)
     try:
-        text = path.read_bytes()
+        data = read_small_yaml(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        data = yaml.safe_load(text)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}; expected a YAML config file") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deep)") from None
     return _validate(schema_cls, data, str(path))
 
 

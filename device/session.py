@@ -31,7 +31,6 @@ import math
 import os
 import re
 import shutil
-import stat
 import struct
 import sys
 import threading
@@ -45,6 +44,7 @@ import numpy as np
 import yaml
 
 from device.audio import to_int16
+from device.config import read_small_yaml
 from device.errors import SessionError
 
 log = logging.getLogger(__name__)
@@ -740,26 +740,10 @@ MAX_INFO_BYTES = 1 << 20
 """The largest session.yaml read."""
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """YAML without anchors and aliases: a take's session.yaml never needs them,
-    and expanding them is how a few bytes become gigabytes."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            raise yaml.composer.ComposerError(None, None, "aliases are not allowed",
-                                              self.peek_event().start_mark)
-        return super().compose_node(parent, index)
-
-
 def load_info(info_path: Path) -> Any:
-    """A session.yaml parsed, if it is a regular file of at most ``MAX_INFO_BYTES``
-    with no YAML aliases (never opening a FIFO or a device, which could block)."""
-    info = os.stat(info_path)
-    if not stat.S_ISREG(info.st_mode):
-        raise ValueError("not a regular file")
-    if info.st_size > MAX_INFO_BYTES:
-        raise ValueError(f"{info.st_size} bytes; at most {MAX_INFO_BYTES} are read")
-    return yaml.load(info_path.read_text("utf-8"), Loader=_NoAliasLoader)  # noqa: S506
+    """A session.yaml parsed: a regular file of at most ``MAX_INFO_BYTES`` with no
+    YAML aliases (``device.config.read_small_yaml``)."""
+    return read_small_yaml(info_path, MAX_INFO_BYTES)
 
 
 def _size(path: Path, name: str) -> int:
