@@ -432,3 +432,14 @@ def test_cache_hits_give_identical_arrays_and_changes_miss(tmp_path, monkeypatch
     changed = build_dataset([root], cfg, cache_dir=cache)
     _same(build_dataset([root], cfg), changed)
     assert len(list(cache.glob("*.npz"))) == 4          # and one for the changed take
+
+
+def test_frames_timed_absurdly_far_from_the_audio_cannot_exhaust_memory(tmp_path, caplog):
+    """A take from elsewhere whose last frames are timed a million years out (or
+    before its start) is built from the frames within its audio, in bounded memory."""
+    times = np.concatenate([[-1e12], np.arange(60) / 30, [3e13, 4e13]])
+    path = write_take(tmp_path, fps=30, times=times, audio=np.full(2 * 22050, 0.1))
+    with caplog.at_level(logging.WARNING):
+        prepared = dataset.prepare_take(path, config(data__fps=30))
+    assert len(prepared.motion) <= 2 * 30 + 1
+    assert "3 frame(s) timed outside its 2.0 s of audio are left out" in caplog.text

@@ -62,6 +62,9 @@ AUDIO_SLACK_S = 1.0
 """Missing audio at the end of a take up to this long is padded with silence; past
 it the motion is cut where the sound stops, so silence is not learned as the sound
 of dancing. (Capture and camera may stop up to a second apart: device.session.)"""
+TIMELINE_MARGIN_S = 60.0
+"""Frames timed further than this outside a take's audio are left out before
+re-timing, so no timestamp can make the re-timed take larger than its audio."""
 
 _RESAMPLE_CHUNK = 1 << 16
 _RESAMPLER = "swresample"   # recorded in the cache key: another method, other samples
@@ -281,7 +284,19 @@ def _retime(session: Session, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray,
         raise DatasetError(f"{info.path}: frame timestamps go backwards (frame {i} at "
                            f"{t[i]:.4f} s after {t[i - 1]:.4f} s); the frames cannot be "
                            "placed on the audio's timeline")
-    first, index = frame_ticks(t, fps=data.fps, source_fps=info.fps)
+    # A damaged or hand-made take may time frames absurdly far from its audio,
+    # which would become that many re-timed ticks in memory: frames more than a
+    # minute outside the audio are left out first (what has no sound is cut below).
+    end_s = len(session.audio) / info.sample_rate
+    lo = int(np.searchsorted(t, -TIMELINE_MARGIN_S, side="left"))
+    hi = int(np.searchsorted(t, end_s + TIMELINE_MARGIN_S, side="right"))
+    if lo or hi < len(t):
+        log.warning("take %s: %d frame(s) timed outside its %.1f s of audio are left out",
+                    info.path.name, len(t) - (hi - lo), end_s)
+    if hi <= lo:
+        raise DatasetError(f"{info.path}: no frame is timed within its {end_s:.1f} s of audio")
+    first, index = frame_ticks(t[lo:hi], fps=data.fps, source_fps=info.fps)
+    index = index + lo
 
     audio = session.audio
     if info.sample_rate != data.sample_rate:
