@@ -134,6 +134,12 @@ def _run(args) -> int:
     except DanceSamplerError as exc:   # e.g. a missing track: play on, without the record button
         log.error("record button disabled: %s", exc)
         recorder = None
+    else:
+        from device.session import remove_headless
+
+        # Takes cut off in their first milliseconds (a power cut as one started)
+        # hold no header and nothing worth keeping.
+        remove_headless(recorder.root)
     from device.control import socket_path
 
     performance = Performance(cfg, recorder=recorder, control=socket_path())

@@ -34,6 +34,7 @@ import shutil
 import struct
 import sys
 import threading
+import time
 import unicodedata
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -620,6 +621,38 @@ def list_sessions(root: str | os.PathLike) -> list[SessionInfo]:
         except SessionError as exc:
             infos.append(_broken_info(child, str(exc)))
     return sorted(infos, key=lambda info: (info.started, info.path.name))
+
+
+def is_headless(path: Path) -> bool:
+    """A folder named like a take with no session.yaml: a take killed in its first
+    milliseconds, before its header was written. It holds nothing worth keeping."""
+    return is_take_name(path.name) and not (path / INFO_FILE).exists()
+
+
+def remove_headless(root: str | os.PathLike, *, older_than_s: float = 60.0) -> list[Path]:
+    """Delete the headless take folders under ``root`` that have not changed for
+    ``older_than_s`` (a take being started now is left alone); the folders removed.
+    Only a take's own files are ever removed (``delete_session``)."""
+    removed = []
+    root = Path(root)
+    if not root.is_dir():
+        return removed
+    now = time.time()
+    for child in sorted(root.iterdir()):
+        if child.is_symlink() or not child.is_dir() or not is_headless(child):
+            continue
+        try:
+            if now - child.stat().st_mtime < older_than_s:
+                continue
+            delete_session(child)
+        except (OSError, SessionError) as exc:
+            log.warning("take %s: headless (no %s) but not removed: %s", child.name,
+                        INFO_FILE, exc)
+            continue
+        log.warning("take %s: removed; it was cut off before its %s was written",
+                    child.name, INFO_FILE)
+        removed.append(child)
+    return removed
 
 
 def last_session(root: str | os.PathLike) -> Path | None:

@@ -225,8 +225,13 @@ def list_box(remote: Remote, remote_dir: str) -> tuple[int, list[BoxTake]]:
     takes = []
     for entry in data["takes"]:
         name, info = entry["name"], entry["info"]
-        if info is None and not is_take_name(name):
-            continue   # not a take: list_sessions leaves such folders out too
+        if info is None:
+            # Not a take (list_sessions leaves such folders out too), or a headless
+            # one: cut off before its session.yaml was written, nothing to bring home.
+            if is_take_name(name):
+                log.warning("take %s: left on the box: it has no session.yaml (cut off "
+                            "as it started)", name)
+            continue
         files = {n: (int(size), int(mtime)) for n, (size, mtime) in entry["files"].items()}
         newest = max([int(entry["dir_mtime_ns"]), *(mtime for _, mtime in files.values())])
         takes.append(BoxTake(name=name, files=files, clean=_clean_flag(info), newest_ns=newest))

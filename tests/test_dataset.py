@@ -443,3 +443,14 @@ def test_frames_timed_absurdly_far_from_the_audio_cannot_exhaust_memory(tmp_path
         prepared = dataset.prepare_take(path, config(data__fps=30))
     assert len(prepared.motion) <= 2 * 30 + 1
     assert "3 frame(s) timed outside its 2.0 s of audio are left out" in caplog.text
+
+
+def test_a_headless_take_folder_is_left_out_with_a_warning(tmp_path, caplog):
+    """A take cut off before its session.yaml was written stops no build."""
+    good = write_take(tmp_path)
+    headless = tmp_path / "20261121T150000Z-take"
+    headless.mkdir()
+    (headless / "frames.u8").write_bytes(b"\0" * 3072)
+    with caplog.at_level(logging.WARNING):
+        assert dataset.find_takes([tmp_path]) == [good]
+    assert "20261121T150000Z-take: left out: it was cut off" in caplog.text

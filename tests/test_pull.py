@@ -200,6 +200,9 @@ def test_a_take_being_recorded_is_left_and_one_cut_off_long_ago_is_pulled(
     for other in (box / "notes", box / ".importing-x"):     # not takes: never pulled
         other.mkdir()
         (other / "readme.txt").write_text("not a take")
+    headless = box / "20261121T150000Z-take"     # cut off before its header: never pulled
+    headless.mkdir()
+    (headless / "frames.u8").write_bytes(b"\0" * 3072)
     out = tmp_path / "host"
 
     summary, lines = run_pull(remote, box, out)
@@ -214,7 +217,7 @@ def test_a_take_being_recorded_is_left_and_one_cut_off_long_ago_is_pulled(
     summary, _ = run_pull(remote, box, out)
     assert summary.pulled == [writer.path.name]
     assert contents(out) == {name: digest for name, digest in contents(box).items()
-                             if name.startswith("2026")}
+                             if name.startswith("2026") and not name.startswith(headless.name)}
 
 
 def test_one_pull_at_a_time_and_orphaned_partial_copies_are_kept(remote, box, tmp_path):

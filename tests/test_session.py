@@ -400,3 +400,29 @@ def test_a_fifo_as_session_yaml_does_not_hang_the_listing(tmp_path):
     out = io.StringIO()
     sessions_command(tmp_path, as_json=False, out=out)
     assert "not a regular file" in out.getvalue()
+
+
+def test_headless_take_folders_are_removed_once_old_and_nothing_else(tmp_path):
+    """A take cut off before its session.yaml was written: removed once it has not
+    changed for a minute; a fresh one, a real take and other folders stay."""
+    import os
+    import time
+
+    from device.session import is_headless, remove_headless
+
+    old = tmp_path / "20261121T143000Z-salsa"
+    old.mkdir()
+    (old / FRAMES_FILE).write_bytes(b"\0" * 100)
+    fresh = tmp_path / "20261121T143500Z-salsa"
+    fresh.mkdir()
+    stranger = tmp_path / "20261121T144000Z-notes"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("keep me")
+    real = _take(tmp_path)
+    long_ago = time.time() - 120
+    for path in (old, old / FRAMES_FILE, stranger, stranger / "notes.txt"):
+        os.utime(path, (long_ago, long_ago))
+    assert is_headless(old) and not is_headless(real)
+    assert remove_headless(tmp_path) == [old]
+    assert not old.exists() and fresh.exists() and real.exists()
+    assert (stranger / "notes.txt").read_text() == "keep me"

@@ -47,7 +47,8 @@ from device.errors import DanceSamplerError, SessionError
 from device.motiongram import MotionGain, ticks_motiongram
 from device.retime import TICK_TOLERANCE, frame_ticks
 from device.session import (AUDIO_FILE, FRAMES_FILE, INFO_FILE, TIMES_FILE, Session,
-                            SessionInfo, list_sessions, read_session, session_info)
+                            SessionInfo, is_headless, list_sessions, read_session,
+                            session_info)
 
 if TYPE_CHECKING:
     from train_host.config import TrainConfig
@@ -410,7 +411,13 @@ def find_takes(roots: list[str | os.PathLike]) -> list[Path]:
         else:
             # list_sessions skips hidden folders (an importer's .importing-*
             # staging) and lists a broken take rather than leaving it out.
-            takes = [info.path for info in list_sessions(root)]
+            takes = []
+            for info in list_sessions(root):
+                if is_headless(info.path):
+                    log.warning("take %s: left out: it was cut off before its %s was "
+                                "written", info.path.name, INFO_FILE)
+                else:
+                    takes.append(info.path)
             if not takes:
                 log.warning("%s: no takes in this folder", root)
         for path in takes:
