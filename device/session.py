@@ -31,6 +31,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import struct
 import sys
 import threading
@@ -780,8 +781,13 @@ def load_info(info_path: Path) -> Any:
 
 
 def _size(path: Path, name: str) -> int:
+    """A take file's size, refusing anything but a regular file (a FIFO or a
+    device among a take's files would block or never end when read)."""
     try:
-        return (path / name).stat().st_size
+        info = (path / name).stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise SessionError(f"{path}: {name} is not a regular file")
+        return info.st_size
     except FileNotFoundError:
         raise SessionError(f"{path}: {name} is missing") from None
     except OSError as exc:

@@ -426,3 +426,17 @@ def test_headless_take_folders_are_removed_once_old_and_nothing_else(tmp_path):
     assert remove_headless(tmp_path) == [old]
     assert not old.exists() and fresh.exists() and real.exists()
     assert (stranger / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("name", [FRAMES_FILE, TIMES_FILE, AUDIO_FILE])
+def test_a_fifo_among_a_takes_files_is_refused_without_blocking(tmp_path, name):
+    import os
+
+    path = _take(tmp_path)
+    (path / name).unlink()
+    os.mkfifo(path / name)
+    with pytest.raises(SessionError, match=f"{name} is not a regular file"):
+        read_session(path)
+    out = io.StringIO()
+    sessions_command(tmp_path, as_json=False, out=out)
+    assert f"{name} is not a regular file" in out.getvalue()
