@@ -37,19 +37,26 @@ from device.motiongram import MotionGainParams, MotiongramParams
 log = logging.getLogger(__name__)
 
 FORMAT = "dancesampler-bundle"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
-"""Version 1 bundles (one output tensor, no ``level``) and version 2 bundles (no
-``motion_gain``: the motion is used as measured) still play."""
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
+"""Version 1 bundles (one output tensor, no ``level``), version 2 bundles (no
+``motion_gain``: the motion is used as measured) and version 3 bundles (no
+``voice``: always a model) still play."""
+VOICES = ("model", "corpus")
+"""What makes a bundle's sound: ``model``, the performer graph; ``corpus``, grains
+of recorded takes chosen by motion (``device.corpus``)."""
 SUFFIX = ".dsb"
 MANIFEST = "manifest.json"
 PERFORMER = "performer.tflite"
 """The graph the live loop runs: a motion window in, one audio segment out."""
 
-MAX_BUNDLE_BYTES = 64 << 20
-"""The largest bundle file read (a model is at most 4 MB)."""
+MAX_BUNDLE_BYTES = 96 << 20
+"""The largest bundle file read (a model is at most 4 MB; a corpus voice holds its
+audio: an hour of 8-bit samples at 22050 Hz is 79 MB)."""
 MAX_MEMBER_BYTES = 16 << 20
-"""The most any member may hold once decompressed; the manifest far less."""
+"""The most any member may hold once decompressed; the manifest far less, a corpus
+voice's audio (``LARGE_MEMBERS``) as much as a whole bundle."""
+LARGE_MEMBERS = ("corpus_audio.npy",)
 MAX_MANIFEST_BYTES = 1 << 20
 _MAX_RANK = 8
 
@@ -90,7 +97,6 @@ class Manifest:
     audio: AudioParams
     window_frames: int
     """Motiongram frames in one model input window."""
-    latent_size: int
     input: TensorSpec
     output: TensorSpec
     """The segment (version 1) or, with ``level``, the segment's shape."""
@@ -103,6 +109,13 @@ class Manifest:
     """Mean latent vector of each training label, for steering by style."""
     training: dict[str, Any] = field(default_factory=dict)
     """Free-form summary of the training data, config and metrics."""
+    latent_size: int = 0
+    """Size of the model's latent (a model voice); 0 for a corpus voice."""
+    voice: str = "model"
+    """What makes the sound (``VOICES``; version 4; earlier versions: a model)."""
+    corpus: dict[str, Any] | None = None
+    """A corpus voice's grains and how they were made (``device.corpus.CorpusParams``
+    as an object); None for a model voice."""
     members: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Member name to {"sha256": hex, "bytes": size}; filled in by write_bundle."""
     format: str = FORMAT
@@ -129,7 +142,10 @@ class Manifest:
             raise BundleError(f"{where}: bundle format version {version!r} is not supported "
                               f"(this device reads versions "
                               f"{', '.join(map(str, READABLE_VERSIONS))})")
-        optional = {1: {"level", "motion_gain"}, 2: {"motion_gain"}}.get(version, set())
+        optional = {"voice", "corpus"} | {1: {"level", "motion_gain"},
+                                          2: {"motion_gain"}}.get(version, set())
+        if version >= 4 and data.get("voice") == "corpus":
+            optional |= {"level", "latent_size", "style_centroids"}
         missing = [f.name for f in fields(cls) if f.name not in data and f.name not in optional]
         if missing:
             raise BundleError(f"{where}: manifest lacks {', '.join(sorted(missing))}")
@@ -139,7 +155,7 @@ class Manifest:
             values["audio"] = AudioParams(**data["audio"])
             values["input"] = TensorSpec(tuple(data["input"]["shape"]), data["input"]["dtype"])
             values["output"] = TensorSpec(tuple(data["output"]["shape"]), data["output"]["dtype"])
-            if version == 1:
+            if version == 1 or values.get("level") is None:
                 values["level"] = None
             else:
                 values["level"] = TensorSpec(tuple(data["level"]["shape"]), data["level"]["dtype"])
@@ -157,6 +173,17 @@ class Manifest:
     def describe(self) -> str:
         """A few readable lines for ``check-bundle``."""
         a, m = self.audio, self.motiongram
+        if self.voice == "corpus":
+            c = self.corpus
+            sound = (f"voice       corpus: {c['grains']} grains from {len(c['takes'])} take(s), "
+                     f"{c['seconds']:.1f} s of {c['sample_format']} audio, index of "
+                     f"{c['dims']} dimensions")
+        else:
+            sound = (f"tensors     in {list(self.input.shape)} {self.input.dtype}, "
+                     f"out {list(self.output.shape)} {self.output.dtype}"
+                     + (f" and level {list(self.level.shape)} {self.level.dtype}"
+                        if self.level else "")
+                     + f", latent {self.latent_size}")
         lines = [
             f"name        {self.name} (created {self.created})",
             f"motion      {self.fps} fps, {m.width}x{m.height}, threshold {m.threshold:g}, "
@@ -166,10 +193,7 @@ class Manifest:
                               else "none (motion as measured)"),
             f"audio       {a.sample_rate} Hz, segment {a.segment_samples} samples "
             f"({a.segment_samples / a.sample_rate * 1000:.0f} ms), hop {a.hop_samples}",
-            f"tensors     in {list(self.input.shape)} {self.input.dtype}, "
-            f"out {list(self.output.shape)} {self.output.dtype}"
-            + (f" and level {list(self.level.shape)} {self.level.dtype}" if self.level else "")
-            + f", latent {self.latent_size}",
+            sound,
         ]
         if self.style_centroids:
             lines.append(f"styles      {', '.join(sorted(self.style_centroids))}")
@@ -182,15 +206,21 @@ class Manifest:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A bundle read and verified: its manifest and its graphs' bytes."""
+    """A bundle read and verified: its manifest and its members' bytes."""
 
     path: Path
     manifest: Manifest
     graphs: dict[str, bytes]
+    """Every member but the manifest: the graph(s) of a model voice, the arrays of a
+    corpus voice."""
 
     @property
     def performer(self) -> bytes:
         return self.graphs[PERFORMER]
+
+    @property
+    def is_corpus(self) -> bool:
+        return self.manifest.voice == "corpus"
 
 
 def write_bundle(path: str | Path, manifest: Manifest, graphs: dict[str, bytes]) -> Path:
@@ -200,8 +230,8 @@ def write_bundle(path: str | Path, manifest: Manifest, graphs: dict[str, bytes])
     same inputs always give the same bytes.
     """
     path = Path(path)
-    if PERFORMER not in graphs:
-        raise BundleError(f"{path}: a bundle needs a {PERFORMER} graph")
+    if manifest.voice == "model" and PERFORMER not in graphs:
+        raise BundleError(f"{path}: a model bundle needs a {PERFORMER} graph")
     members = {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
                for name, data in sorted(graphs.items())}
     manifest = replace(manifest, members=members)
@@ -262,13 +292,14 @@ def _read_bundle(path: Path) -> Bundle:
             raise BundleError(f"{path}: {MANIFEST} is not valid JSON "
                               f"({type(exc).__name__}: {exc})") from None
         manifest = Manifest.from_dict(raw, str(path))
-        if PERFORMER not in manifest.members:
+        if manifest.voice == "model" and PERFORMER not in manifest.members:
             raise BundleError(f"{path}: manifest names no {PERFORMER}")
         graphs = {}
         for name, member in manifest.members.items():
             if name not in names:
                 raise BundleError(f"{path}: member {name} is listed but missing")
-            data = _member(archive, name, MAX_MEMBER_BYTES, path)
+            data = _member(archive, name, MAX_BUNDLE_BYTES if name in LARGE_MEMBERS
+                           else MAX_MEMBER_BYTES, path)
             digest = hashlib.sha256(data).hexdigest()
             if digest != member.get("sha256"):
                 raise BundleError(f"{path}: member {name} fails its SHA-256 check "
@@ -310,6 +341,8 @@ def _check_types(manifest: Manifest, where: str) -> None:
         return BundleError(f"{where}: manifest {key} is {shown[:60]}; expected {expected}")
 
     def check(key: str, value: Any, tp: Any) -> None:
+        if key == "latent_size" and manifest.voice == "corpus" and value == 0:
+            return
         if tp is int:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31:
                 raise problem(key, value, "a positive integer")
@@ -339,6 +372,10 @@ def _check_types(manifest: Manifest, where: str) -> None:
     for key in ("members", "style_centroids", "training"):
         if not isinstance(getattr(manifest, key), dict):
             raise problem(key, getattr(manifest, key), "an object")
+    if manifest.voice not in VOICES:
+        raise problem("voice", manifest.voice, " or ".join(map(repr, VOICES)))
+    if manifest.voice == "corpus" and not isinstance(manifest.corpus, dict):
+        raise problem("corpus", manifest.corpus, "an object (a corpus voice's grains)")
     for name, member in manifest.members.items():
         if not isinstance(member, dict) or not isinstance(member.get("sha256"), str):
             raise problem(f"members.{name}", member, 'an object with a "sha256" text')

@@ -414,6 +414,31 @@ class MotionConfig:
     to the same level; this is for the room's taste."""
 
 
+@dataclass(frozen=True)
+class CorpusConfig:
+    """A corpus voice: grains of recorded takes chosen by motion (``device.corpus``)."""
+
+    max_seconds: float = field(default=600.0, metadata={"min": 5, "max": 3600})
+    """Most seconds of take audio a voice keeps; longer material is shortened, each
+    take by the same share. 600 s of int16 audio at 22050 Hz is 26 MB."""
+    min_seconds: float = field(default=5.0, metadata={"min": 1, "max": 600})
+    """A take (or takes) shorter than this is refused as a voice."""
+    sample_format: str = field(default="int16", metadata={"choices": ("int16", "mulaw")})
+    """How the grains' audio is kept: 16-bit, or 8-bit mu-law (half the size, a
+    faint hiss under quiet passages)."""
+    dims: int = field(default=24, metadata={"min": 2, "max": 128})
+    """Dimensions of the motion index (principal components of the motion windows)."""
+    continuity: float = field(default=0.5, metadata={"min": 0, "max": 10})
+    """How much farther (as a share of the nearest grain's distance) the grain that
+    follows the one playing may be and still be chosen: 0 always jumps to the
+    nearest, larger values keep the recorded music running longer. At a stop
+    between the dancer's moves (a motion beat) a fresh grain with an attack is
+    taken whatever this says."""
+    leveling: float = field(default=0.75, metadata={"min": 0, "max": 1})
+    """How far each grain is brought to the takes' overall level: 0 plays grains as
+    recorded, 1 every grain equally loud (silence is never lifted)."""
+
+
 _AUDIO_IN = {"pattern": r"alsa(:.+)?|wav:.+|track:.+",
              "pattern_help": "'alsa', 'alsa:DEVICE', 'wav:PATH' or 'track:PATH'"}
 
@@ -466,6 +491,8 @@ class DeviceConfig:
     """Running unattended under systemd."""
     recorder: RecorderConfig = RecorderConfig()
     """Recording takes: where they go and where their sound comes from."""
+    corpus: CorpusConfig = CorpusConfig()
+    """Corpus voices built from takes."""
 
     def check(self) -> list[str]:
         return whole_multiple("audio.sample_rate", self.audio.sample_rate,

@@ -33,7 +33,7 @@ from device.errors import BundleError
 from device.camera import Camera, Frame
 from device.motiongram import MotionGain, MotiongramStream
 from device.overlap_add import OverlapAdd
-from device.runtime import Performer
+from device.corpus import open_voice
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +80,13 @@ class RunStats:
                 f"{np.percentile(ms, 99):.2f} ms 99th percentile")
 
 
-def _tried(bundle: Bundle, performer: Performer) -> Performer:
-    """``performer`` once it has made, from a still motion window, one segment of the
-    size the manifest promises with every sample finite: a graph that disagrees with
-    its manifest is refused before it can take over the show."""
+def tried_voice(bundle: Bundle, *, runtime: str = "auto", threads: int = 1):
+    """What plays ``bundle`` (``device.corpus.open_voice``: its graph's performer, or
+    its corpus), once it has made, from a still motion window, one segment of the
+    size the manifest promises with every sample finite: a bundle that disagrees
+    with its manifest is refused before it can take over the show."""
     m = bundle.manifest
+    performer = open_voice(bundle, runtime=runtime, threads=threads)
     try:
         segment = performer(np.zeros((m.window_frames, m.motiongram.features), np.float32))
     except Exception as exc:  # noqa: BLE001 - whatever the runtime raises, refuse the bundle
@@ -107,10 +109,10 @@ class Engine:
         self.volume = np.float32(volume)
         self.runtime, self.threads = runtime, threads
         self.crossfade_frames = max(1, crossfade_frames)
-        self.performer = _tried(bundle, Performer.of(bundle, runtime=runtime, threads=threads))
+        self.performer = tried_voice(bundle, runtime=runtime, threads=threads)
         self.stats = RunStats()
         """The current (or last) run's figures, readable while it plays."""
-        self._incoming: tuple[Bundle, Performer] | None = None
+        self._incoming: tuple[Bundle, Callable] | None = None
         self._faded = 0
         self.motiongram = MotiongramStream(m.motiongram)
         self.gain = MotionGain(m.gain, m.motiongram, fps=m.fps,
@@ -120,7 +122,7 @@ class Engine:
         self.hop = m.audio.hop_samples
         self._out = np.zeros(self.hop, np.float32)
 
-    def prepare(self, bundle: Bundle) -> tuple[Bundle, Performer]:
+    def prepare(self, bundle: Bundle) -> tuple[Bundle, Callable]:
         """Load another model for ``swap``; any thread, never the audio thread.
 
         Refuses a bundle whose window or audio differ from the one playing: the
@@ -131,10 +133,9 @@ class Engine:
                 (now.motiongram, now.window_frames, now.audio, now.fps):
             raise BundleError(f"{bundle.path}: its motion window or audio differ from the "
                               f"playing model {now.name}'s; it cannot take over live")
-        return bundle, _tried(bundle, Performer.of(bundle, runtime=self.runtime,
-                                                   threads=self.threads))
+        return bundle, tried_voice(bundle, runtime=self.runtime, threads=self.threads)
 
-    def swap(self, prepared: tuple[Bundle, Performer]) -> None:
+    def swap(self, prepared: tuple[Bundle, Callable]) -> None:
         """Crossfade to a prepared model over the next ``crossfade_frames`` frames."""
         self._faded = 0
         self._incoming = prepared

@@ -405,8 +405,9 @@ def test_cache_hits_give_identical_arrays_and_changes_miss(tmp_path, monkeypatch
     assert len(list(cache.glob("*.npz"))) == 3
 
     # A hit computes nothing (the motiongram would raise) and gives the same arrays.
-    real_motiongram = dataset.ticks_motiongram
-    monkeypatch.setattr(dataset, "ticks_motiongram", _boom)
+    from device import timeline
+    real_motiongram = timeline.ticks_motiongram
+    monkeypatch.setattr(timeline, "ticks_motiongram", _boom)
     _same(first, build_dataset([root], cfg, cache_dir=cache))
     # Window and segment lengths, and the motion gain, are applied after the cache:
     # still hits, never stale.
@@ -427,7 +428,7 @@ def test_cache_hits_give_identical_arrays_and_changes_miss(tmp_path, monkeypatch
     with pytest.raises(AssertionError, match="computed again"):
         build_dataset([root], cfg, cache_dir=cache)
 
-    monkeypatch.setattr(dataset, "ticks_motiongram", real_motiongram)
+    monkeypatch.setattr(timeline, "ticks_motiongram", real_motiongram)
     _same(build_dataset([root], other), cut)
     changed = build_dataset([root], cfg, cache_dir=cache)
     _same(build_dataset([root], cfg), changed)

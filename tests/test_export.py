@@ -212,7 +212,8 @@ def test_the_motion_gain_travels_in_the_bundle_and_a_version_2_bundle_hears_moti
 
     bundle = read_bundle(tiny_bundle)
     manifest, graphs = bundle.manifest, dict(bundle.graphs)
-    assert manifest.format_version == 3 and manifest.motion_gain == MotionGainParams()
+    assert manifest.format_version == 4 and manifest.motion_gain == MotionGainParams()
+    assert manifest.voice == "model" and manifest.corpus is None
     assert "gain        to 0.008 over 8 s" in manifest.describe()
     faint = np.zeros(112, np.float32)
     faint[20:30] = faint[70:80] = 0.002             # a small dancer far away

@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     from train_host.crossval import add_commands as add_crossval_commands
 
     add_crossval_commands(commands)
+    from train_host.corpus import add_commands as add_corpus_commands
+
+    add_corpus_commands(commands)
 
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

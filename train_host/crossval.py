@@ -13,6 +13,7 @@ It trains models, so it imports TensorFlow (when a fold runs); it never modifies
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -55,14 +56,20 @@ class CrossvalError(DanceSamplerError, ValueError):
 
 
 def crossval(data_roots: list[str | os.PathLike], cfg, *, out: str | os.PathLike | None = None,
-             init_from=None, cache_dir: str | os.PathLike | None = None) -> dict:
+             init_from=None, cache_dir: str | os.PathLike | None = None,
+             corpus=None) -> dict:
     """Run (or resume) every fold; return ``{"name", "out", "folds": [...], "pooled":
     {"metrics", "reference"}}``. ``cfg`` is a ``TrainConfig``; ``init_from`` a
-    ``train.Run`` every fold is fine-tuned from."""
+    ``train.Run`` every fold is fine-tuned from. With ``corpus`` (a
+    ``device.config.CorpusConfig``) each fold builds a corpus voice from the other
+    takes instead of training a model (``train_host.corpus``)."""
     from train_host.train import config_hash
 
     takes = _takes(data_roots, cfg, cache_dir)
     name = config_hash(cfg)
+    if corpus is not None:
+        name += "-corpus-" + hashlib.sha256(json.dumps(dataclasses.asdict(corpus),
+                                                       sort_keys=True).encode()).hexdigest()[:6]
     if init_from is not None:
         name += "-from-" + hashlib.sha256(str(Path(init_from.path).resolve()).encode()) \
             .hexdigest()[:6]
@@ -75,7 +82,7 @@ def crossval(data_roots: list[str | os.PathLike], cfg, *, out: str | os.PathLike
         folder = out / f"{i + 1:02d}-{take.name}"
         result = _finished(folder, take, others, name)
         if result is None:
-            result = _run_fold(folder, take, others, cfg, name, init_from, cache_dir)
+            result = _run_fold(folder, take, others, cfg, name, init_from, cache_dir, corpus)
             done = "done"
         else:
             done = "already done"
@@ -134,22 +141,32 @@ def _finished(folder: Path, take: Path, others: list[Path], name: str) -> dict |
 
 
 def _run_fold(folder: Path, take: Path, others: list[Path], cfg, name: str, init_from,
-              cache_dir) -> dict:
-    from train_host.dataset import build_dataset
-    from train_host.export import export
-    from train_host.train import train
-
+              cache_dir, corpus=None) -> dict:
     started = time.monotonic()
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        train_set, validation, summary = build_dataset(others, cfg, cache_dir=cache_dir)
-    except DatasetError as exc:
-        raise CrossvalError(f"training takes without {take.name}: {exc}") from None
-    # TensorFlow's converter prints to stdout, which is the JSON's alone.
-    with contextlib.redirect_stdout(sys.stderr):
-        run = train(cfg, train_set, validation, folder / "run", data_summary=summary,
-                    init_from=init_from)
-        bundle = export(run, folder / "model.dsb", name=f"crossval-{take.name}")
+    if corpus is not None:
+        from train_host.corpus import build_from_data
+
+        try:
+            bundle = build_from_data(others, cfg, corpus, out=folder / "model.dsb",
+                                     name=f"crossval-{take.name}", cache_dir=cache_dir)
+        except DanceSamplerError as exc:
+            raise CrossvalError(f"corpus without {take.name}: {exc}") from None
+        summary = {"validation_sessions": []}
+    else:
+        from train_host.dataset import build_dataset
+        from train_host.export import export
+        from train_host.train import train
+
+        try:
+            train_set, validation, summary = build_dataset(others, cfg, cache_dir=cache_dir)
+        except DatasetError as exc:
+            raise CrossvalError(f"training takes without {take.name}: {exc}") from None
+        # TensorFlow's converter prints to stdout, which is the JSON's alone.
+        with contextlib.redirect_stdout(sys.stderr):
+            run = train(cfg, train_set, validation, folder / "run", data_summary=summary,
+                        init_from=init_from)
+            bundle = export(run, folder / "model.dsb", name=f"crossval-{take.name}")
     evaluation = run_evaluation(bundle, [take], others, cache_dir=cache_dir, seed=cfg.seed,
                                 keep_excerpt=False)
     result = {"name": name, "take": take.name, "path": str(take),
@@ -214,6 +231,12 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object: the folds and the pooled metrics")
     parser.add_argument("--seed", type=int, help="the config's seed, overridden")
+    parser.add_argument("--voice", choices=("model", "corpus"), default="model",
+                        help="model: train one per fold; corpus: build a corpus voice from "
+                             "the other takes (seconds a fold, no training)")
+    from train_host.corpus import add_corpus_options
+
+    add_corpus_options(parser)
     add_cache_option(parser)
     parser.set_defaults(func=_crossval_command)
 
@@ -228,7 +251,13 @@ def _crossval_command(args) -> int:
         cfg = with_overrides(cfg, {"seed": args.seed})
     cache_dir = cache_dir_option(args.cache)
     init_from = find_run(args.init_from) if args.init_from else None
-    result = crossval(args.data, cfg, out=args.out, init_from=init_from, cache_dir=cache_dir)
+    corpus = None
+    if args.voice == "corpus":
+        from train_host.corpus import corpus_config
+
+        corpus = corpus_config(args)
+    result = crossval(args.data, cfg, out=args.out, init_from=init_from, cache_dir=cache_dir,
+                      corpus=corpus)
     if args.json:
         print(json.dumps(result))
     else:

@@ -44,8 +44,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from device.errors import DanceSamplerError, SessionError
-from device.motiongram import MotionGain, ticks_motiongram
-from device.retime import TICK_TOLERANCE, frame_ticks
+from device.motiongram import MotionGain
+from device.retime import TICK_TOLERANCE
+from device.timeline import AUDIO_SLACK_S, take_timeline, window_ends, windows_at
 from device.session import (AUDIO_FILE, FRAMES_FILE, INFO_FILE, TIMES_FILE, Session,
                             SessionInfo, is_headless, list_sessions, read_session,
                             session_info)
@@ -58,14 +59,6 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 2
 """Bump when what a cache file holds, or how it is computed, changes (2: a
 repeated frame carries the motion on)."""
-
-AUDIO_SLACK_S = 1.0
-"""Missing audio at the end of a take up to this long is padded with silence; past
-it the motion is cut where the sound stops, so silence is not learned as the sound
-of dancing. (Capture and camera may stop up to a second apart: device.session.)"""
-TIMELINE_MARGIN_S = 60.0
-"""Frames timed further than this outside a take's audio are left out before
-re-timing, so no timestamp can make the re-timed take larger than its audio."""
 
 _RESAMPLE_CHUNK = 1 << 16
 _RESAMPLER = "swresample"   # recorded in the cache key: another method, other samples
@@ -110,10 +103,9 @@ class Examples:
 
 def example_ends(frames: int, audio_samples: int, *, window_frames: int, segment_samples: int,
                  hop_samples: int, stride: int = 1) -> np.ndarray:
-    """The frames that ``make_examples`` ends a window on: a full window behind each,
-    and its whole segment inside the audio."""
-    last = (audio_samples - segment_samples) // hop_samples   # the segment must fit
-    return np.arange(window_frames - 1, min(frames - 1, last) + 1, stride)
+    """The frames that ``make_examples`` ends a window on (``device.timeline.window_ends``)."""
+    return window_ends(frames, audio_samples, window_frames=window_frames,
+                       segment_samples=segment_samples, hop_samples=hop_samples, stride=stride)
 
 
 def make_examples(motion: np.ndarray, audio: np.ndarray, *, window_frames: int,
@@ -129,9 +121,7 @@ def make_examples(motion: np.ndarray, audio: np.ndarray, *, window_frames: int,
                         stride=stride)
     if not len(ends):   # a take shorter than one window and its segment
         return Examples.empty(window_frames, motion.shape[-1], segment_samples)
-    padded = motion.astype(np.float32)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, window_frames, axis=0)
-    x = np.ascontiguousarray(windows[ends - window_frames + 1].transpose(0, 2, 1))
+    x = windows_at(motion, ends, window_frames)
     starts = ends * hop_samples
     y = np.stack([audio[s:s + segment_samples] for s in starts]).astype(np.float32)
     labels = np.asarray(labels if labels is not None else [""] * frames)[ends]
@@ -273,51 +263,13 @@ def session_examples(session: str | os.PathLike | Session, cfg: TrainConfig, *, 
 
 
 def _retime(session: Session, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, int]:
-    """(motion per tick, audio of those ticks, first tick) for a take read whole."""
-    info, data = session.info, cfg.data
-    t = session.timestamps
-    if not np.all(np.isfinite(t)):
-        raise DatasetError(f"{info.path}: some frame timestamps are not numbers; the frames "
-                           "cannot be placed on the audio's timeline")
-    back = np.flatnonzero(np.diff(t) < 0)
-    if len(back):
-        i = int(back[0]) + 1
-        raise DatasetError(f"{info.path}: frame timestamps go backwards (frame {i} at "
-                           f"{t[i]:.4f} s after {t[i - 1]:.4f} s); the frames cannot be "
-                           "placed on the audio's timeline")
-    # A damaged or hand-made take may time frames absurdly far from its audio,
-    # which would become that many re-timed ticks in memory: frames more than a
-    # minute outside the audio are left out first (what has no sound is cut below).
-    end_s = len(session.audio) / info.sample_rate
-    lo = int(np.searchsorted(t, -TIMELINE_MARGIN_S, side="left"))
-    hi = int(np.searchsorted(t, end_s + TIMELINE_MARGIN_S, side="right"))
-    if lo or hi < len(t):
-        log.warning("take %s: %d frame(s) timed outside its %.1f s of audio are left out",
-                    info.path.name, len(t) - (hi - lo), end_s)
-    if hi <= lo:
-        raise DatasetError(f"{info.path}: no frame is timed within its {end_s:.1f} s of audio")
-    first, index = frame_ticks(t[lo:hi], fps=data.fps, source_fps=info.fps)
-    index = index + lo
-
-    audio = session.audio
-    if info.sample_rate != data.sample_rate:
-        log.info("take %s: resampling its audio from %d Hz to %d Hz", info.path.name,
-                 info.sample_rate, data.sample_rate)
-        audio = resample(audio, info.sample_rate, data.sample_rate)
-    hop = data.hop_samples
-    start = first * hop
-    have = max(0, len(audio) - start)
-    missing = len(index) * hop - have
-    if missing > AUDIO_SLACK_S * data.sample_rate:
-        keep = -(-have // hop)
-        log.warning("take %s: the audio stops %.1f s before the frames; using only the "
-                    "%.1f s that have sound", info.path.name, missing / data.sample_rate,
-                    keep / data.fps)
-        index = index[:keep]
-    sound = np.zeros(len(index) * hop, np.float32)
-    n = min(len(sound), have)
-    sound[:n] = audio[start:start + n]
-    return ticks_motiongram(session.frames, index, cfg.motiongram), sound, first
+    """(motion per tick, audio of those ticks, first tick) for a take read whole: the
+    box's own rule (``device.timeline.take_timeline``), resampling where needed."""
+    try:
+        return take_timeline(session, fps=cfg.data.fps, sample_rate=cfg.data.sample_rate,
+                             motiongram=cfg.motiongram, resample=resample)
+    except SessionError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 # ---- the cache ---------------------------------------------------------------------

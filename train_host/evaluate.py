@@ -43,6 +43,7 @@ from train_host.config import TrainConfig
 from device.errors import ConfigError, DanceSamplerError
 from device.motiongram import motion_amount
 from device.overlap_add import OverlapAdd
+from device.corpus import open_voice
 from device.runtime import Performer
 from device.session import session_info
 from train_host.dataset import DatasetError, Examples, add_cache_option, build_dataset, \
@@ -712,7 +713,7 @@ def run_evaluation(bundle_path: str | os.PathLike, data_roots: list[str | os.Pat
     train_paths = training_roots(bundle, train_roots)
     eval_paths = _evaluation_takes(data_roots)
     _check_frame_size(bundle, eval_paths, "evaluation")
-    performer = Performer.of(bundle)
+    performer = open_voice(bundle)
     spectra = Spectra(m.audio.sample_rate, m.audio.segment_samples)
 
     t0 = time.perf_counter()
