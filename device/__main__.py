@@ -62,14 +62,29 @@ def main(argv: list[str] | None = None) -> int:
     ctl = commands.add_parser("ctl", help="ask the running box to act, as its buttons do",
                               description="Send one command to the box running here over its "
                                           "control channel (docs/control.md).")
-    ctl.add_argument("action", choices=("record", "stop", "delete-last", "next-model", "status"),
+    ctl.add_argument("action", choices=("record", "stop", "delete-last", "next-model",
+                                        "voice-from-last-take", "status"),
                      help="record: start a take; stop: end it; delete-last: delete the last "
-                          "take; next-model: play the next bundle; status: what it is doing")
+                          "take; next-model: play the next bundle; voice-from-last-take: "
+                          "build a corpus voice from the newest take and play it; status: "
+                          "what it is doing")
     ctl.add_argument("--json", action="store_true", help="print the box's reply as JSON")
     ctl.add_argument("--socket", help="the box's control socket (default: "
                                       "$RUNTIME_DIRECTORY/control.sock, /run/dancesampler/"
                                       "control.sock, or out/control.sock in the checkout)")
     ctl.set_defaults(func=_ctl)
+
+    corpus = commands.add_parser(
+        "corpus", help="a corpus voice: grains of takes, chosen live by the dancer's motion")
+    corpus.add_argument("takes", nargs="+", metavar="TAKE", help="take folders")
+    corpus.add_argument("--out", help="the bundle to write (default: model.models_dir/"
+                                      "voice-<last take>.dsb)")
+    corpus.add_argument("--name", help="the voice's name (default: the file's stem)")
+    corpus.add_argument("--like", metavar="BUNDLE",
+                        help="the bundle whose window, segment and motion gain the voice "
+                             "shares, so the model button can crossfade between them "
+                             "(default: model.bundle)")
+    corpus.set_defaults(func=_corpus)
 
     bench = commands.add_parser("bench", help="measure each stage's share of the delay "
                                               "from a move to its sound")
@@ -79,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--play", type=float, metavar="SECONDS",
                        help="also play this long in real time through the configured output")
     bench.add_argument("--fps", type=int, help="frame rate for --play (default: the camera's)")
+    bench.add_argument("--corpus-seconds", type=float, dest="corpus_seconds", metavar="SECONDS",
+                       help="time a corpus voice of this many seconds of synthetic takes "
+                            "(with the bundle's window and gain) instead of the bundle")
     bench.add_argument("--busy", action="store_true",
                        help="keep another core busy during --play")
     bench.add_argument("--pace", action="store_true",
@@ -248,11 +266,37 @@ def _sessions(args) -> int:
     return sessions_command(root, as_json=args.json)
 
 
+def _corpus(args) -> int:
+    from pathlib import Path
+
+    from device.config import resolve_path
+    from device.corpus import VoiceShape, corpus_from_takes, voice_file
+
+    cfg = _config(args)
+    like = _load_bundle(cfg) if args.like is None else _load_bundle(
+        _config_with(cfg, {"model.bundle": args.like}))
+    out = Path(args.out) if args.out else resolve_path(cfg.model.models_dir) / voice_file(
+        Path(args.takes[-1]))
+    path = corpus_from_takes(args.takes, VoiceShape.of(like.manifest), cfg.corpus,
+                             name=args.name or out.stem, out=out)
+    print(f"wrote {path}")
+    return 0
+
+
+def _config_with(cfg, overrides):
+    from device.config import with_overrides
+
+    return with_overrides(cfg, overrides)
+
+
 def _bench(args) -> int:
     from device import bench
 
     cfg = _config(args)
-    return bench.main(args, cfg, _load_bundle(cfg))
+    bundle = _load_bundle(cfg)
+    if args.corpus_seconds:
+        bundle = bench.synthetic_corpus(bundle, cfg, args.corpus_seconds)
+    return bench.main(args, cfg, bundle)
 
 
 def _check_bundle(args) -> int:

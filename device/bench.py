@@ -113,6 +113,41 @@ def report(bundle: Bundle, cfg: DeviceConfig, *, frames: int) -> dict:
     return out
 
 
+def synthetic_corpus(like: Bundle, cfg: DeviceConfig, seconds: float) -> Bundle:
+    """A corpus voice of ``seconds`` of takes, in memory, with ``like``'s window and
+    gain, for timing: ten minutes of the synthetic dancer's motion (repeated, with a
+    little noise, up to ``seconds``) and noise for sound, kept as 8-bit mu-law (an
+    hour of int16 would not fit a bundle). Its search costs what real takes' would."""
+    from device.config import CorpusConfig
+    from device.corpus import Piece, VoiceShape, build_corpus
+    from device.motiongram import MotionGain, MotiongramStream
+
+    shape = VoiceShape.of(like.manifest)
+    dancer = SyntheticDancer(fps=shape.fps, width=shape.motiongram.width,
+                             height=shape.motiongram.height, seed=cfg.camera.seed)
+    stream = MotiongramStream(shape.motiongram)
+    minute = round(60 * shape.fps)
+    motion = np.stack([stream.push(dancer.read().image).copy()
+                       for _ in range(min(10 * minute, round(seconds * shape.fps)))])
+    motion = MotionGain(shape.motion_gain, shape.motiongram, fps=shape.fps).apply(motion)
+    rng = np.random.default_rng(0)
+    pieces, left, i = [], round(seconds * shape.fps), 0
+    while left > 0:
+        n = min(minute, left)
+        start = (i * minute) % len(motion)
+        part = np.resize(np.roll(motion, -start, axis=0), (n, motion.shape[1]))
+        part = part * rng.uniform(0.9, 1.1, part.shape).astype(np.float32)
+        audio = rng.normal(0, 0.1, n * shape.audio.hop_samples + shape.audio.segment_samples)
+        pieces.append(Piece(f"minute{i}", "bench", part, audio.astype(np.float32)))
+        left, i = left - n, i + 1
+    manifest, members = build_corpus(
+        pieces, shape, CorpusConfig(max_seconds=3600, sample_format="mulaw"),
+        name=f"synthetic-corpus-{seconds:g}s")
+    from pathlib import Path
+
+    return Bundle(Path(manifest.name), manifest, members)
+
+
 def _busy(stop_at: float) -> None:
     """Keep one core busy until ``stop_at`` (monotonic seconds)."""
     x = 0

@@ -31,9 +31,10 @@ from device.errors import DanceSamplerError
 log = logging.getLogger(__name__)
 
 PROTOCOL = 1
-COMMANDS = ("record", "stop", "delete-last", "next-model", "status")
+COMMANDS = ("record", "stop", "delete-last", "next-model", "voice-from-last-take", "status")
 """record: start a take; stop: end it; delete-last: delete the last take;
-next-model: crossfade to the next bundle; status: what the box is doing."""
+next-model: crossfade to the next bundle; voice-from-last-take: build a corpus
+voice from the newest take and crossfade to it; status: what the box is doing."""
 SOCKET_NAME = "control.sock"
 BOX_RUNTIME_DIR = Path("/run/dancesampler")
 """The unit's ``RuntimeDirectory=dancesampler``."""

@@ -105,8 +105,9 @@ class Controls:
 
     ``on_record_toggle`` is called when a short press of the record button ends,
     ``on_record_delete_last`` as soon as the record button has been held for
-    ``long_press_s`` (the release that follows does nothing), and
-    ``on_next_model`` when the model button goes down. They run in gpiozero's
+    ``long_press_s`` (the release that follows does nothing), ``on_next_model``
+    when a short press of the model button ends, and ``on_voice_from_last_take``
+    as soon as the model button has been held for ``long_press_s``. They run in gpiozero's
     threads and must not block. ``pin_factory`` (a gpiozero Factory or one of
     ``PIN_FACTORIES``) overrides ``config.pin_factory``.
     """
@@ -114,6 +115,7 @@ class Controls:
     def __init__(self, config: ControlsConfig, *, on_record_toggle: Callable[[], object],
                  on_record_delete_last: Callable[[], object],
                  on_next_model: Callable[[], object],
+                 on_voice_from_last_take: Callable[[], object] = lambda: None,
                  pin_factory: Factory | str | None = None):
         self.config = config
         self.state = "off"
@@ -123,13 +125,14 @@ class Controls:
         """True when the pins are gpiozero's mock pins, not real GPIO."""
         self._callbacks = {"record toggle": on_record_toggle,
                            "delete last take": on_record_delete_last,
-                           "next model": on_next_model}
+                           "next model": on_next_model,
+                           "voice from last take": on_voice_from_last_take}
         self._lock = threading.Lock()
         self._closed = False
         self._owns_factory = False
         self._record = self._model = self._led = None
         self._record_presses = _Presses(config.bounce_s, config.long_press_s)
-        self._model_presses = _Presses(config.bounce_s)
+        self._model_presses = _Presses(config.bounce_s, config.long_press_s)
         if not config.enabled:
             log.info("controls: disabled in the config; no buttons, no status light")
             return
@@ -150,7 +153,8 @@ class Controls:
         try:
             self._record = self._claim("record_pin", Button, pull_up=True,
                                        bounce_time=bounce, hold_time=config.long_press_s)
-            self._model = self._claim("model_pin", Button, pull_up=True, bounce_time=bounce)
+            self._model = self._claim("model_pin", Button, pull_up=True, bounce_time=bounce,
+                                      hold_time=config.long_press_s)
             self._led = self._claim("led_pin", LED)
         except BaseException:
             self.close()
@@ -158,10 +162,12 @@ class Controls:
         self._record.when_pressed = self._record_pressed
         self._record.when_released = self._record_released
         self._record.when_held = self._record_held
-        self._model.when_pressed = self._model_pressed
-        self._model.when_released = self._model_presses.release
+        self._model.when_pressed = self._model_presses.press
+        self._model.when_released = self._model_released
+        self._model.when_held = self._model_held
         log.info("controls: record button %s (hold %.1f s to delete the last take), "
-                 "model button %s, status light %s, pin factory %s",
+                 "model button %s (hold: a voice from the last take), status light %s, "
+                 "pin factory %s",
                  config.record_pin, config.long_press_s, config.model_pin,
                  config.led_pin, type(self.pin_factory).__name__)
 
@@ -231,10 +237,15 @@ class Controls:
             log.info("controls: record button held: deleting the last take")
             self._call("delete last take")
 
-    def _model_pressed(self) -> None:
-        if self._model_presses.press():
+    def _model_released(self) -> None:
+        if self._model_presses.release() == "short":
             log.info("controls: model button pressed: next model")
             self._call("next model")
+
+    def _model_held(self) -> None:
+        if self._model_presses.hold():
+            log.info("controls: model button held: a voice from the last take")
+            self._call("voice from last take")
 
     def _call(self, name: str) -> None:
         # An exception escaping into gpiozero's hold thread would end that

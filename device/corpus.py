@@ -103,6 +103,8 @@ def corpus_from_takes(paths: list[str | Path], shape: VoiceShape, cfg: CorpusCon
     the voice's sample rate, or ``resample`` given)."""
     from device.session import read_session
 
+    if Path(out).exists():
+        raise CorpusError(f"{out}: already exists; pass another --out, or delete it first")
     pieces = []
     for path in paths:
         session = read_session(path)
@@ -111,14 +113,24 @@ def corpus_from_takes(paths: list[str | Path], shape: VoiceShape, cfg: CorpusCon
                                          motiongram=shape.motiongram, resample=resample)
         gained = MotionGain(shape.motion_gain, shape.motiongram, fps=shape.fps).apply(motion)
         pieces.append(Piece(Path(path).name, session.info.label, gained, audio))
-    return write_corpus(pieces, shape, cfg, name=name, out=out)
+    return write_corpus(pieces, shape, cfg, name=name, out=out,
+                        source={"data": {"takes": [str(p) for p in paths]}})
 
 
 def write_corpus(pieces: list[Piece], shape: VoiceShape, cfg: CorpusConfig, *, name: str,
                  out: str | Path, source: dict | None = None) -> Path:
-    """Build the voice from ``pieces`` and write it as a bundle; its path."""
+    """Build the voice from ``pieces`` and write it as a bundle; its path. A file
+    already at ``out`` is refused, never replaced."""
+    out = Path(out)
+    if out.exists():
+        raise CorpusError(f"{out}: already exists; pass another --out, or delete it first")
     manifest, members = build_corpus(pieces, shape, cfg, name=name, source=source)
     return write_bundle(out, manifest, members)
+
+
+def voice_file(take: Path) -> str:
+    """The file name of the voice built from one take on the box."""
+    return f"voice-{take.name}.dsb"
 
 
 def build_corpus(pieces: list[Piece], shape: VoiceShape, cfg: CorpusConfig, *, name: str,
@@ -164,7 +176,7 @@ def build_corpus(pieces: list[Piece], shape: VoiceShape, cfg: CorpusConfig, *, n
                       "seconds": round(len(e) / shape.fps, 3), "grains": len(e)})
         offset += len(span)
     grains = np.stack([np.concatenate(starts), np.concatenate(follows)], axis=1).astype(np.int64)
-    audio = np.concatenate(spans)
+    audio = np.concatenate([_encode(span, cfg.sample_format) for span in spans])
     mean, basis, index = _index(pieces, ends, w, cfg.dims)
     moving = np.concatenate(activity)
     moving = moving[moving > shape.motion_gain.floor]
@@ -183,7 +195,7 @@ def build_corpus(pieces: list[Piece], shape: VoiceShape, cfg: CorpusConfig, *, n
         output=TensorSpec((1, a.segment_samples), "float32"),
         motion_gain=shape.motion_gain, voice="corpus", corpus=asdict(params),
         training=source or {})
-    members = {AUDIO: _npy(_encode(audio, cfg.sample_format)), INDEX: _npy(index),
+    members = {AUDIO: _npy(audio), INDEX: _npy(index),
                BASIS: _npy(basis), MEAN: _npy(mean), GRAINS: _npy(grains)}
     return manifest, members
 
@@ -338,7 +350,8 @@ class CorpusVoice:
         self._quiet = max(c.quiet_below, 1e-9)
         self._leveling, self._level_db = c.leveling, c.level_db
         self._hop = m.audio.hop_samples
-        self._previous = -1
+        self._previous = self.chosen = -1
+        """The grain played last (its index in the voice)."""
         self.jumps = self.frames = 0
         """Frames played and, of those, jumps (not the grain after the last one)."""
 
@@ -367,7 +380,7 @@ class CorpusVoice:
                 chosen = int(nxt)
         self.frames += 1
         self.jumps += chosen != nxt
-        self._previous = chosen
+        self._previous = self.chosen = chosen
         start = self._starts[chosen]
         segment = self._table[self._audio[start:start + self._seg].astype(np.int32)
                               + self._offset]

@@ -49,6 +49,7 @@ from device.engine import Engine, RunStats
 from device.runtime import probe_graph
 from device.errors import AudioError, CameraError, ControlsError, DanceSamplerError
 from device.service import HealthWatchdog, Notifier, status_line
+from device.session import last_session
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,9 @@ class Performance:
                 self.cfg.controls, pin_factory=self._pin_factory,
                 on_record_toggle=lambda: self._events.put(("record-toggle", None)),
                 on_record_delete_last=lambda: self._events.put(("delete-last", None)),
-                on_next_model=lambda: self._events.put(("next-model", None)))
+                on_next_model=lambda: self._events.put(("next-model", None)),
+                on_voice_from_last_take=lambda: self._events.put(("voice-from-last-take",
+                                                                  None)))
         except ControlsError as exc:
             # Buttons are a convenience; the music is the point. Play without them.
             log.warning("%s; playing without buttons", exc)
@@ -364,7 +367,8 @@ class Performance:
             return f"no sound: {self._sound_problem}; reopening"
         ms = list(self.engine.stats.compute_ms)[-_STATUS_WINDOW:]
         underruns = self.stream.stats.underruns if self.stream is not None else None
-        line = status_line(self.engine.bundle.manifest.name, fps=self.cfg.camera.fps,
+        manifest = self.engine.bundle.manifest
+        line = status_line(manifest.name, voice=manifest.voice, fps=self.cfg.camera.fps,
                            compute_ms=float(np.median(ms)) if ms else 0.0,
                            underruns=underruns, state=self._state_name())
         return line if self._model_note is None else f"{line}; {self._model_note}"
@@ -377,7 +381,8 @@ class Performance:
     def _state(self) -> dict:
         if self.engine is None:
             return {"state": "starting"}
-        return {"state": self._state_name(), "model": self.engine.bundle.manifest.name,
+        manifest = self.engine.bundle.manifest
+        return {"state": self._state_name(), "model": manifest.name, "voice": manifest.voice,
                 "status": self.status_text()}
 
     def _handle(self, action: str) -> dict:
@@ -386,6 +391,17 @@ class Performance:
             threading.Thread(target=self._load_next_model, name="model-loader",
                              daemon=True).start()
             return {"ok": True, **self._state(), "note": "loading the next model"}
+        if action == "voice-from-last-take":
+            if self.recorder is not None and self.recorder.recording:
+                return {"ok": False, **self._state(),
+                        "error": "a take is being recorded; stop it first"}
+            take = last_session(self.recorder.root if self.recorder is not None
+                                else resolve_path(self.cfg.recorder.sessions_dir))
+            if take is None:
+                return {"ok": False, **self._state(), "error": "there is no take yet"}
+            threading.Thread(target=self._voice_from, args=(take,), name="voice-builder",
+                             daemon=True).start()
+            return {"ok": True, **self._state(), "note": f"building a voice from {take.name}"}
         if self.recorder is None:
             log.warning("controls: %s asked for, but this box has no recorder set up", action)
             return {"ok": False, "error": "this box has no recorder set up"}
@@ -434,6 +450,31 @@ class Performance:
                           len(candidates), folder, self.engine.bundle.manifest.name)
         finally:
             self._loading.release()
+
+    def _voice_from(self, take: Path) -> None:
+        """Off the audio thread: a corpus voice from ``take`` in the models folder
+        (the one already built from it, if there is one), then play it."""
+        from device.corpus import VoiceShape, corpus_from_takes, voice_file
+
+        with self._loading:
+            path = resolve_path(self.cfg.model.models_dir) / voice_file(take)
+            started = time.monotonic()
+            try:
+                if not path.exists():
+                    corpus_from_takes([take], VoiceShape.of(self.engine.bundle.manifest),
+                                      self.cfg.corpus, name=path.stem, out=path)
+                    log.info("voice: built %s from %s in %.1f s", path.name, take.name,
+                             time.monotonic() - started)
+                prepared = self.engine.prepare(load_bundle(path, self.cfg))
+            except DanceSamplerError as exc:
+                log.error("voice: no voice from %s: %s", take.name, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - a bad take must not end the show
+                log.error("voice: no voice from %s: %s: %s", take.name, type(exc).__name__, exc)
+                return
+            self._model_note = None
+            self._prepared.put(prepared)
+            log.info("voice: switching to %s", path.name)
 
     # ---- taking it down --------------------------------------------------------
 

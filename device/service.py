@@ -164,9 +164,12 @@ def _status_field(text: str | None) -> tuple[str, ...]:
 
 
 def status_line(model: str, *, fps: float, compute_ms: float, underruns: int | None = None,
-                state: str = "playing") -> str:
-    """The periodic STATUS, e.g. ``playing default (30 fps, compute 0.4 ms, 0 underruns)``."""
+                state: str = "playing", voice: str = "model") -> str:
+    """The periodic STATUS, e.g. ``playing default (30 fps, compute 0.4 ms, 0 underruns)``;
+    a corpus voice says so (``playing voice-… (corpus voice, 30 fps, …)``)."""
     parts = [f"{fps:.0f} fps", f"compute {compute_ms:.1f} ms"]
+    if voice != "model":
+        parts.insert(0, f"{voice} voice")
     if underruns is not None:
         parts.append(f"{underruns} underrun{'' if underruns == 1 else 's'}")
     return f"{state} {model} ({', '.join(parts)})"
