@@ -141,6 +141,27 @@ def test_check_bundle_and_a_short_run_on_arm64(box):
     assert level > -60, f"the arm64 run played {level:.1f} dBFS: silence"
 
 
+def test_a_corpus_voice_is_built_and_played_on_arm64(box):
+    """``device corpus`` from a 60 s take with the box's own numpy, then checked and
+    played: the build time printed is qemu's, an upper bound more than a Pi's figure."""
+    from tests.test_evaluate import write_demo_take
+
+    root, _ = box
+    takes = root / "root" / "corpus-takes"
+    shutil.rmtree(takes, ignore_errors=True)
+    (root / "root" / "voice.dsb").unlink(missing_ok=True)
+    take = write_demo_take(takes, 60.0, seed=21)
+    started = time.monotonic()
+    check(python_in(box, f"-m device corpus /root/corpus-takes/{take.name} "
+                         "--out /root/voice.dsb"), "device corpus on arm64")
+    print(f"a 60 s take became a corpus voice in {time.monotonic() - started:.1f} s "
+          "under qemu (the command, start to end)")
+    out = check(python_in(box, "-m device check-bundle /root/voice.dsb"), "check-bundle")
+    assert out.strip().splitlines()[-1].startswith("ok:") and "voice       corpus" in out
+    check(python_in(box, "-m device run --bundle /root/voice.dsb --seconds 3 "
+                         "--audio wav:/root/voice.wav"), "playing the voice on arm64")
+
+
 def test_emulation_ratio_is_reported(box, tmp_path):
     """Not a Pi's speed: how much slower qemu runs the box's compute than this host."""
     emulated = json.loads(check(python_in(box, "-m device bench --json --frames 1000"),
