@@ -57,6 +57,8 @@ ATTACK_CANDIDATES = 16
 """At a motion beat, the nearest grains among which the sharpest attack is taken."""
 MAX_LEVEL_UP_DB = 12.0
 """Leveling lifts a quiet grain by at most this much (silence is never lifted)."""
+MAX_VALUE = 1e6
+"""The largest magnitude a voice's index, basis or mean may hold."""
 _MU = 255.0
 _CHUNK = 4096
 
@@ -315,8 +317,9 @@ class CorpusVoice:
                 raise BundleError(f"{where}: a corpus voice needs {name}")
             try:
                 arrays[name] = np.load(io.BytesIO(bundle.graphs[name]), allow_pickle=False)
-            except (ValueError, OSError, EOFError) as exc:
-                raise BundleError(f"{where}: {name} is not an array ({exc})") from None
+            except Exception as exc:  # noqa: BLE001 - numpy's header parser raises many kinds
+                raise BundleError(f"{where}: {name} is not an array ({type(exc).__name__}: "
+                                  f"{' '.join(str(exc).split())[:120]})") from None
         width = m.window_frames * m.motiongram.features
         audio_dtype = np.dtype("<i2") if c.sample_format == "int16" else np.dtype(np.uint8)
         expected = {AUDIO: (audio_dtype, None), INDEX: (np.float32, (c.grains, c.dims)),
@@ -336,8 +339,11 @@ class CorpusVoice:
                 or follows.min() < -1 or follows.max() >= c.grains:
             raise BundleError(f"{where}: {GRAINS} points outside the voice's audio or grains")
         for name in (INDEX, BASIS, MEAN):
-            if not np.isfinite(arrays[name]).all():
-                raise BundleError(f"{where}: {name} holds values that are not finite")
+            # Motion windows, their components and projections are small numbers;
+            # far larger ones would only overflow the search.
+            if not np.isfinite(arrays[name]).all() or np.abs(arrays[name]).max() > MAX_VALUE:
+                raise BundleError(f"{where}: {name} holds values that are not finite numbers "
+                                  f"within ±{MAX_VALUE:g}")
         self.params = c
         self._audio = arrays[AUDIO]
         self._table = _decoder(c.sample_format)

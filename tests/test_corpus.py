@@ -276,3 +276,46 @@ def test_host_corpus_command_and_leave_one_take_out_with_corpus_voices(takes, tm
         assert bundle.is_corpus and fold["take"] not in [
             t["name"] for t in bundle.manifest.corpus["takes"]]
         assert fold["metrics"]["model"]["frechet_log_mel"] is not None
+
+
+def test_damaged_voices_are_refused_in_one_line_or_play_never_crash(voice, tmp_path):
+    """Bit flips and cuts in each array (checksums recomputed, so they reach the
+    voice) and every corpus field given a wrong value: refused, or still playing
+    finite segments of the right size; numpy warns of nothing."""
+    import warnings
+
+    from device.corpus import MEMBERS
+
+    bundle = read_bundle(voice)
+    rng = np.random.default_rng(0)
+    outcomes = {"refused": 0, "played": 0}
+    for case in range(90):
+        members, manifest = dict(bundle.graphs), bundle.manifest
+        name = MEMBERS[case % len(MEMBERS)]
+        if case % 3 == 0:
+            data = bytearray(members[name])
+            for _ in range(rng.integers(1, 20)):
+                i = rng.integers(min(len(data), 200) if rng.random() < 0.5 else len(data))
+                data[i] ^= 1 << rng.integers(8)
+            members[name] = bytes(data)
+        elif case % 3 == 1:
+            members[name] = members[name][:rng.integers(len(members[name]))]
+        else:
+            key = sorted(manifest.corpus)[case % len(manifest.corpus)]
+            wrong = [None, "x", -1, 0, 1e30, [], {}, True, 2**40][case % 9]
+            manifest = dataclasses.replace(manifest, corpus={**manifest.corpus, key: wrong})
+        path = write_bundle(tmp_path / f"{case}.dsb", manifest, members)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                played = CorpusVoice(read_bundle(path))
+            except BundleError as exc:
+                assert str(path) in str(exc) and "\n" not in str(exc)
+                outcomes["refused"] += 1
+                continue
+            window = np.abs(rng.normal(0, 0.02, (8, 112))).astype(np.float32)
+            segment = played(window)
+        assert segment.shape == (2205,) and np.isfinite(segment).all()
+        outcomes["played"] += 1
+    print(outcomes)
+    assert outcomes["refused"] > 60
