@@ -316,7 +316,7 @@ class CorpusVoice:
             if name not in bundle.graphs:
                 raise BundleError(f"{where}: a corpus voice needs {name}")
             try:
-                arrays[name] = np.load(io.BytesIO(bundle.graphs[name]), allow_pickle=False)
+                arrays[name] = _array(bundle.graphs[name])
             except Exception as exc:  # noqa: BLE001 - numpy's header parser raises many kinds
                 raise BundleError(f"{where}: {name} is not an array ({type(exc).__name__}: "
                                   f"{' '.join(str(exc).split())[:120]})") from None
@@ -407,6 +407,23 @@ def _beat(amount: np.ndarray) -> bool:
         return False
     s = np.convolve(amount, np.full(3, 1 / 3, np.float32), mode="valid")
     return bool(s[-2] < s[-3] and s[-2] < s[-1])
+
+
+def _array(data: bytes) -> np.ndarray:
+    """A ``.npy`` member as a read-only view of the bundle's bytes (no copy: a voice's
+    audio is most of its memory); object arrays and Fortran order are refused."""
+    f = io.BytesIO(data)
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"npy version {version}")
+    if fortran or dtype.hasobject:
+        raise ValueError("an object or Fortran-ordered array")
+    count = int(np.prod(shape, dtype=np.int64))
+    return np.frombuffer(data, dtype, count, offset=f.tell()).reshape(shape)
 
 
 def _params(corpus: dict) -> CorpusParams:

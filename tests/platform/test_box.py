@@ -281,6 +281,42 @@ def test_a_take_recorded_through_the_control_channel_comes_home_verified(box, tm
     assert take.info.clean and len(take.timestamps) >= 60   # about 3 s at 30 fps
 
 
+def test_a_voice_from_the_last_take_is_built_and_played_under_the_unit(box):
+    """The model button's long press, over the control channel: the hardened
+    service cuts the newest take (one with music, put where the box keeps its
+    takes) into a corpus voice in its models folder and crossfades to it."""
+    from datetime import datetime, timezone
+
+    from device.session import SessionWriter
+    from train_host.demo_data import make_demo_take
+
+    dance = make_demo_take(8.0, seed=31)
+    sessions = box.root / "var/lib/dancesampler/sessions"
+    writer = SessionWriter(sessions, label="danced", fps=dance.fps,
+                           sample_rate=dance.sample_rate, audio_source="test",
+                           min_free_bytes=0, started=datetime.now(timezone.utc))
+    for i, frame in enumerate(dance.frames):
+        writer.add_frame(frame, i / dance.fps)
+    writer.add_audio(dance.audio)
+    writer.close()
+    take = writer.path.name
+    box.ssh(f"chown -R dancesampler: /var/lib/dancesampler/sessions/{take}")
+    ctl = "cd /opt/dancesampler/current && .venv/bin/python -m device ctl"
+    assert f"building a voice from {take}" in box.ssh(f"{ctl} voice-from-last-take").stdout
+    deadline = time.monotonic() + 30
+    while "(corpus voice" not in (status := box.ssh(f"{ctl} status").stdout):
+        assert time.monotonic() < deadline, box.ssh(
+            "journalctl -u dancesampler -n 30 --no-pager -o cat").stdout
+        time.sleep(0.5)
+    assert status.startswith(f"playing voice-{take} (corpus voice, 30 fps"), status
+    voice = f"/var/lib/dancesampler/models/voice-{take}.dsb"
+    assert box.ssh(f"stat -c %U {voice}").stdout.strip() == "dancesampler"
+    assert level_db(box.sound(2.0)) > -60
+    # Back to the factory model for the tests that follow.
+    box.ssh(f"rm {voice} && systemctl restart dancesampler")
+    box.wait_playing()
+
+
 def test_a_release_that_never_comes_up_is_rolled_back(box, tmp_path):
     good = box.ssh("readlink /opt/dancesampler/current").stdout.strip().rsplit("/", 1)[-1]
     project = tmp_path / "project"
