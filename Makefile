@@ -47,7 +47,7 @@ NAME    ?= mymodel
 CONFIG  ?= config/train.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-hw test-arm64 test-box train export default-model pull-data wheels deploy flash-model provision bench check-bundle system-packages test-packages clean
+.PHONY: help run host test test-hw test-arm64 test-box train export default-model pull-data wheels deploy flash-model provision bench check-bundle system-packages test-packages clean
 
 help:  ## print this help
 	@echo "dancesampler — make TARGET"
@@ -55,6 +55,8 @@ help:  ## print this help
 
 run: $(VENV_OK).device  ## play live: Pi camera and ALSA where present, else synthetic dancer into a WAV (SECONDS=N to stop)
 	$(PY) -m device run $(if $(SECONDS),--seconds $(call q,$(SECONDS)),)
+
+host: $(VENV_OK).all  ## install the host tools in .venv: training, export and its checks in both runtimes, evaluation
 
 test: $(VENV_OK).all test-packages  ## run the whole test suite (what CI runs)
 	$(PY) -m tests.platform.prepare box

@@ -189,3 +189,52 @@ def test_no_sound_card_is_one_line_without_alsa_lib_noise(tmp_path):
                     env={**os.environ, "ALSA_CONFIG_PATH": str(conf)})
     one_line_error(result, "ALSA device 'default': cannot open for playback")
     assert "ALSA lib" not in result.stderr
+
+
+def test_host_commands_without_the_host_tools_say_what_to_install_before_any_work(
+        monkeypatch, capsys, tmp_path):
+    """After `make run` alone the venv has the box's packages only: a command that
+    needs TensorFlow or matplotlib says so in one line, before it reads anything."""
+    import importlib.util
+
+    from train_host.__main__ import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("tensorflow", "keras", "matplotlib")
+                        else real(name, *a))
+    assert main(["train", "--data", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert err == ("dancesampler: error: python -m train_host train needs the host tools "
+                   "(tensorflow, keras, matplotlib not installed); install them with: "
+                   "make host\n")
+    # evaluate needs matplotlib only for its report, and says so before scoring.
+    assert main(["evaluate", "missing.dsb", "--data", str(tmp_path), "--report",
+                 str(tmp_path / "report")]) == 1
+    assert "evaluate needs the host tools (matplotlib not installed)" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
+    # Leave-one-take-out with corpus voices needs no training stack.
+    from argparse import Namespace
+
+    from train_host.__main__ import missing_host_tools
+
+    assert missing_host_tools(Namespace(command="crossval", voice="corpus")) == []
+    assert missing_host_tools(Namespace(command="crossval", voice="model")) == [
+        "tensorflow", "keras", "matplotlib"]
+
+
+def test_a_run_never_replaces_an_earlier_runs_default_wav(tmp_path):
+    config = tmp_path / "device.yaml"
+    config.write_text(f"audio:\n  wav_path: {tmp_path / 'run.wav'}\n")
+    first = device("run", "--config", str(config), "--seconds", "1")
+    assert first.returncode == 0, first.stderr
+    before = (tmp_path / "run.wav").read_bytes()
+    second = device("run", "--config", str(config), "--seconds", "2")
+    assert second.returncode == 0, second.stderr
+    assert f"WAV file {tmp_path / 'run-2.wav'}" in second.stdout
+    assert (tmp_path / "run.wav").read_bytes() == before
+    assert (tmp_path / "run-2.wav").stat().st_size > len(before)
+    # A file named by hand is what was asked for: replaced, and the log says so.
+    again = device("run", "--seconds", "1", "--audio", f"wav:{tmp_path / 'run.wav'}")
+    assert again.returncode == 0, again.stderr
+    assert f"{tmp_path / 'run.wav'} replaces the earlier file of that name" in again.stderr

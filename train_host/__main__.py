@@ -71,10 +71,36 @@ def main(argv: list[str] | None = None) -> int:
     add_corpus_commands(commands)
 
     args = parser.parse_args(argv)
+    missing = missing_host_tools(args)
+    if missing:
+        print(f"dancesampler: error: python -m train_host {args.command} needs the host tools "
+              f"({', '.join(missing)} not installed); install them with: make host",
+              file=sys.stderr)
+        return 1
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from device.cli import dispatch
 
     return dispatch(args)
+
+
+# What each command imports beyond the box's own packages (pyproject's "host" extra).
+_TRAINING = ("tensorflow", "keras", "matplotlib", "av")
+HOST_TOOLS = {"train": _TRAINING, "export": ("tensorflow", "keras"),
+              "default-model": _TRAINING, "bench-train": _TRAINING, "crossval": _TRAINING,
+              "import-video": ("av",), "import-mocap": ("av",)}
+
+
+def missing_host_tools(args) -> list[str]:
+    """The host packages ``args``' command needs that are not installed, found before
+    any work starts (a report must not fail after all its scoring)."""
+    import importlib.util
+
+    needed = list(HOST_TOOLS.get(args.command, ()))
+    if args.command == "crossval" and getattr(args, "voice", "model") == "corpus":
+        needed = ["av"]
+    if args.command == "evaluate" and getattr(args, "report", None):
+        needed.append("matplotlib")
+    return [name for name in needed if importlib.util.find_spec(name) is None]
 
 
 def _train_demo(config_path, out: Path | None, init_from=None):

@@ -50,12 +50,25 @@ def sound_card_present() -> bool:
 def resolve_output(spec: str, *, default_wav: str | Path = "out/run.wav",
                    card_only: bool = False) -> str:
     """``spec`` with ``auto`` decided: ``alsa`` where a sound card is present, else
-    ``wav:DEFAULT_WAV``; ``card_only`` (the box under systemd) makes it ``alsa``
-    whether a card is there yet or not. Decided once, at start: a card that goes
-    away later is waited for, never swapped for a file."""
+    ``wav:`` the default file (``fresh_path``: an earlier run's is never replaced);
+    ``card_only`` (the box under systemd) makes it ``alsa`` whether a card is there
+    yet or not. Decided once, at start: a card that goes away later is waited for,
+    never swapped for a file."""
     if spec.partition(":")[0] != "auto":
         return spec
-    return "alsa" if card_only or sound_card_present() else f"wav:{default_wav}"
+    return "alsa" if card_only or sound_card_present() else f"wav:{fresh_path(default_wav)}"
+
+
+def fresh_path(path: str | Path) -> Path:
+    """``path`` if nothing is there, else the first of ``NAME-2.EXT``, ``NAME-3.EXT``, …
+    that is free: a run's default output never replaces an earlier run's."""
+    path = Path(path)
+    n = 2
+    candidate = path
+    while candidate.exists() or candidate.with_name(f".{candidate.name}.part").exists():
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        n += 1
+    return candidate
 
 
 def open_sink(spec: str, *, sample_rate: int, period_size: int = 128, periods: int = 2,
@@ -75,7 +88,7 @@ def open_sink(spec: str, *, sample_rate: int, period_size: int = 128, periods: i
         # The default file's folder (the project's out/) is made; one named by
         # hand must exist.
         return WavSink(arg, sample_rate=sample_rate,
-                       make_folder=Path(arg) == Path(default_wav))
+                       make_folder=Path(arg).parent == Path(default_wav).parent)
     raise AudioError(f"audio output {spec!r}: expected 'auto', 'alsa', 'alsa:DEVICE' or 'wav:PATH'")
 
 

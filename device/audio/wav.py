@@ -58,6 +58,8 @@ class WavSink:
         try:
             self._file.close()
             if self.samples:
+                if self.path.exists():
+                    log.warning("audio: %s replaces the earlier file of that name", self.path)
                 os.replace(self._part, self.path)
             else:
                 self._part.unlink()
