@@ -450,7 +450,8 @@ class RecorderConfig:
     sessions_dir: str = field(default="sessions", metadata=_PATH)
     """Folder the takes are written to."""
     music_dir: str = field(default="music", metadata=_PATH)
-    """Folder of WAV tracks for 'track:NAME' (a path that exists as given is used as is)."""
+    """Folder of tracks for 'track:NAME' (any audio file PyAV reads; a path that exists as
+    given is used as is)."""
     audio_in: str = field(default="alsa", metadata=_AUDIO_IN)
     """Sound of a take: 'alsa' (the default capture device), 'alsa:DEVICE',
     'track:NAME' (the box plays the track and records it with the frames), or

@@ -94,15 +94,56 @@ def parse_audio_in(spec: str) -> tuple[str, str]:
 
 
 def _load_wav(path: Path, sample_rate: int, what: str) -> np.ndarray:
+    """The ``what``'s samples at ``sample_rate``, mono: a 16-bit mono WAV at that rate
+    as it is; any other audio file PyAV reads (WAV of another kind, FLAC, MP3, Ogg …)
+    decoded, mixed to mono and resampled, with one line saying so."""
     from device.audio.wav import read_wav
 
-    samples, rate = read_wav(path)
+    try:
+        samples, rate = read_wav(path)
+    except AudioError:
+        if not path.is_file():
+            raise
+        samples, rate = _decode(path, sample_rate, what), sample_rate
     if rate != sample_rate:
-        raise AudioError(f"{path}: the {what} is at {rate} Hz but takes are recorded at "
-                         f"{sample_rate} Hz; convert it first (e.g. sox IN -r {sample_rate} OUT)")
+        samples, rate = _decode(path, sample_rate, what), sample_rate
     if not len(samples):
         raise AudioError(f"{path}: the {what} holds no samples")
     return samples
+
+
+MAX_TRACK_S = 1800.0
+"""The longest track decoded (half an hour)."""
+
+
+def _decode(path: Path, sample_rate: int, what: str) -> np.ndarray:
+    import av  # PyAV, as the video camera uses
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(f"{path}: the {what} has no sound")
+            stream = container.streams.audio[0]
+            source = (f"{stream.codec_context.name}, {stream.rate} Hz, "
+                      f"{stream.channels} channel{'' if stream.channels == 1 else 's'}")
+            # Planar, every channel resampled as it is, then their mean: a mono mix
+            # that never clips (swresample's own mix adds the channels at -3 dB).
+            resampler = av.AudioResampler(format="fltp", layout=stream.layout.name,
+                                          rate=sample_rate)
+            pieces, count = [], 0
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    pieces.append(out.to_ndarray().mean(axis=0))
+                    count += len(pieces[-1])
+                if count > MAX_TRACK_S * sample_rate:
+                    raise AudioError(f"{path}: the {what} is longer than "
+                                     f"{MAX_TRACK_S / 60:g} minutes")
+            pieces.extend(out.to_ndarray().mean(axis=0) for out in resampler.resample(None))
+    except av.FFmpegError as exc:
+        raise AudioError(f"{path}: the {what} cannot be read as audio ({exc})") from None
+    log.info("record: %s %s is %s: mixed to mono and resampled to %d Hz", what, path, source,
+             sample_rate)
+    return np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32)
 
 
 class TakeRecorder:

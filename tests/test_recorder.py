@@ -428,16 +428,50 @@ def test_a_refused_block_of_track_is_handed_over_again(tmp_path):
     assert read_session(info.path).timestamps[-1] == pytest.approx(1000 / SR)
 
 
-def test_a_track_at_another_rate_is_refused_with_one_clear_line(tmp_path, capfd):
-    path = _write_wav(tmp_path / "cd.wav", np.zeros(4410, np.float32), rate=44100)
-    with pytest.raises(AudioError, match=r"cd\.wav: the track is at 44100 Hz but takes are "
-                                         r"recorded at 22050 Hz"):
-        TakeRecorder(tmp_path, audio_in=f"track:{path}", fps=FPS, sample_rate=SR)
-    assert record("--camera", "synthetic", "--audio-in", f"wav:{path}",
-                  "--out", str(tmp_path / "takes")) == 1
-    err = capfd.readouterr().err.strip()
-    assert err.startswith("dancesampler: error:") and "44100 Hz" in err and "\n" not in err
-    assert not (tmp_path / "takes").exists()
+def test_a_track_in_any_common_format_is_mixed_to_mono_and_resampled(tmp_path, caplog):
+    """A CD-rate stereo WAV and a FLAC play as tracks: decoded (PyAV), mixed to mono
+    and resampled to the take's rate, with one line saying so; a file that is not
+    audio is one clear line."""
+    import wave
+
+    import av
+
+    t = np.arange(44100) / 44100
+    left, right = 0.5 * np.sin(2 * np.pi * 441 * t), 0.25 * np.sin(2 * np.pi * 441 * t)
+    stereo = np.round(np.stack([left, right], axis=1) * 32767).astype("<i2")
+    cd = tmp_path / "cd.wav"
+    with wave.open(str(cd), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(44100)
+        w.writeframes(stereo.tobytes())
+    flac = tmp_path / "song.flac"
+    with av.open(str(flac), "w") as out:
+        stream = out.add_stream("flac", rate=44100, layout="stereo")
+        frame = av.AudioFrame.from_ndarray(stereo.reshape(1, -1), format="s16", layout="stereo")
+        frame.sample_rate = 44100
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    for path in (cd, flac):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="device.recorder"):
+            recorder = TakeRecorder(tmp_path / "takes", audio_in=f"track:{path}", fps=FPS,
+                                    sample_rate=SR)
+        audio = recorder.audio
+        assert abs(len(audio) - SR) <= 2, len(audio)
+        middle = audio[2000:-2000]
+        # Mixed to mono: the mean of the channels, a 441 Hz sine of amplitude 0.375.
+        assert np.sqrt(np.mean(middle ** 2)) == pytest.approx(0.375 / np.sqrt(2), rel=0.02)
+        spectrum = np.abs(np.fft.rfft(middle * np.hanning(len(middle))))
+        assert np.argmax(spectrum) * SR / len(middle) == pytest.approx(441, abs=3)
+        assert f"track {path} is " in caplog.text and \
+            "mixed to mono and resampled to 22050 Hz" in caplog.text
+    text = tmp_path / "notes.txt"
+    text.write_text("not a song")
+    with pytest.raises(AudioError, match=r"notes\.txt: the track cannot be read as audio"):
+        TakeRecorder(tmp_path / "takes", audio_in=f"track:{text}", fps=FPS, sample_rate=SR)
 
 
 def test_capture_fills_what_an_overrun_lost_with_silence(alsa_devices):
