@@ -366,6 +366,17 @@ if [ -d {models} ]; then
     mv -f {models}/".$n.new" {models}/"$n"
   done
 fi
+# The release's tracks join the box's music folder; a track the box already has
+# under that name is never replaced.
+if [ -d {music} ]; then
+  for t in current/music/*; do
+    [ -f "$t" ] || continue
+    n=$(basename "$t")
+    [ -e {music}/"$n" ] && continue
+    cp "$t" {music}/".$n.new" && chmod 0644 {music}/".$n.new"
+    mv -f {music}/".$n.new" {music}/"$n"
+  done
+fi
 """
 
 
@@ -375,7 +386,8 @@ def _switch(remote: Remote, box: Box, rid: str) -> None:
         base=shlex.quote(box.base), target=shlex.quote(f"releases/{rid}"), rid=shlex.quote(rid),
         unit_dir=shlex.quote(box.path("etc/systemd/system")), config=shlex.quote(config),
         config_dir=shlex.quote(posixpath.dirname(config)),
-        models=shlex.quote(box.path(box_path(DeviceConfig().model.models_dir)))),
+        models=shlex.quote(box.path(box_path(DeviceConfig().model.models_dir))),
+        music=shlex.quote(box.path(box_path(DeviceConfig().recorder.music_dir)))),
         f"switching to release {rid}")
 
 

@@ -1,7 +1,9 @@
 """Building a release: the folder that ``deploy`` copies to a box.
 
 A release holds what the box runs and nothing else: the ``device`` package,
-``config/``, the systemd unit, the shipped ``models/*.dsb``, the pinned
+``config/``, the systemd unit, the shipped ``models/*.dsb``, a demo track to
+record with (``music/demo.wav``: the demo instrument played by the synthetic
+dancer, made here, the same samples every time), the pinned
 requirements the box's venv is made from (``requirements.txt``) and, when
 prepared, ``wheels/``: binary wheels for aarch64 / CPython 3.11 so the box
 installs without reaching a package index. ``release.json`` lists every file
@@ -61,6 +63,31 @@ _CONTENT = (("device", "device"), ("config", "config"),
 _SKIP = {"__pycache__", ".pytest_cache"}
 
 
+DEMO_TRACK = "music/demo.wav"
+DEMO_TRACK_S = 30.0
+_DEMO_TRACK_SEED = 2026
+
+
+def _write_demo_track(path: Path) -> None:
+    """A short track a dancer can record to at once (``track:demo.wav``): the demo
+    instrument as the synthetic dancer plays it, 16-bit mono at the box's rate."""
+    import wave
+
+    from device.audio import to_int16
+    from device.config import DeviceConfig
+    from train_host.demo_data import make_demo_take
+
+    cfg = DeviceConfig()
+    take = make_demo_take(DEMO_TRACK_S, seed=_DEMO_TRACK_SEED, fps=cfg.camera.fps,
+                          sample_rate=cfg.audio.sample_rate)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(cfg.audio.sample_rate)
+        out.writeframes(to_int16(take.audio).tobytes())
+
+
 class ReleaseError(DanceSamplerError, OSError):
     """A release could not be built, or its wheels not fetched."""
 
@@ -103,6 +130,7 @@ def build_release(project: str | os.PathLike, out: str | os.PathLike,
         raise ReleaseError(f"{project / 'models'}: no *.dsb bundle to ship")
     for model in models:
         _copy(model, staging / "models" / model.name)
+    _write_demo_track(staging / DEMO_TRACK)
     (staging / REQUIREMENTS).write_text(requirements_text())
     (staging / WHEELS).mkdir()
     if wheels is not None:

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from firmware_tools.deploy import Box, DeployFailed, deploy, rsync_to, rsync_to_command
@@ -157,7 +158,14 @@ def test_a_release_holds_what_the_box_runs_and_its_id_is_its_content(project, tm
     assert first.id == again.id and len(first.id) == 16
     names = set(first.files)
     assert {"device/__main__.py", "config/device.yaml", "systemd/dancesampler.service",
-            "models/default.dsb", "requirements.txt"} <= names
+            "models/default.dsb", "music/demo.wav", "requirements.txt"} <= names
+    # The demo track a dancer can record with at once: half a minute, audible, 16-bit
+    # mono at the box's rate.
+    from device.audio.wav import read_wav
+
+    track, rate = read_wav(first.path / "music/demo.wav")
+    assert rate == 22050 and len(track) == 30 * rate
+    assert 20 * np.log10(np.sqrt(np.mean(track ** 2))) > -30
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     pins = (first.path / "requirements.txt").read_text()
     for pin in ("numpy==1.26.4", "tflite-runtime==2.14.0", "av==16.0.1", "pyalsaaudio==0.11.0"):
@@ -196,7 +204,13 @@ def test_first_deploy_switches_to_the_release_and_a_second_changes_nothing(
     release = new_release(project, tmp_path, 1)
     state_models = Path(box.root) / "var/lib/dancesampler/models"
     state_models.mkdir(parents=True)          # made by provision
+    music = Path(box.root) / "var/lib/dancesampler/music"
+    music.mkdir(parents=True)
+    (music / "mine.wav").write_bytes(b"the box's own")
     result, lines = run_deploy(remote, release, box)
+    # The demo track joins the box's own tracks.
+    assert sorted(p.name for p in music.iterdir()) == ["demo.wav", "mine.wav"]
+    assert (music / "mine.wav").read_bytes() == b"the box's own"
 
     assert result.changed and result.release == release.id and result.previous is None
     # The release's bundles are in the box's one models folder, beside flashed ones.

@@ -244,6 +244,8 @@ def test_the_box_keeps_its_models_and_takes_in_its_state_folder(box, tmp_path):
     for folder in ("sessions", "models", "music"):
         owner = box.ssh(f"stat -c %U /var/lib/dancesampler/{folder}").stdout.strip()
         assert owner == "dancesampler", folder
+    # The release's demo track, to record with at once (track:demo.wav).
+    assert "demo.wav" in box.ssh("ls /var/lib/dancesampler/music").stdout.split()
 
     second = tmp_path / "second.dsb"
     shutil.copy2(ROOT / "models" / "default.dsb", second)
