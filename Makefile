@@ -47,7 +47,7 @@ NAME    ?= mymodel
 CONFIG  ?= config/train.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help run host test test-hw test-arm64 test-box train export default-model pull-data wheels deploy flash-model provision bench check-bundle system-packages test-packages clean
+.PHONY: help run host status test test-hw test-arm64 test-box train export default-model pull-data wheels deploy flash-model provision bench check-bundle system-packages test-packages clean
 
 help:  ## print this help
 	@echo "dancesampler — make TARGET"
@@ -103,6 +103,10 @@ wheels: $(VENV_OK).device  ## fetch the box's aarch64/CPython 3.11 wheels into o
 deploy: $(VENV_OK).device  ## put this tree on the box PI=user@host (several: PI="a b"); rolls back if it does not come up
 	@test -n $(call q,$(PI)) || { echo "make: say which box: make deploy PI=user@host" >&2; exit 2; }
 	$(PY) -m firmware_tools deploy $(call qs,$(PI))
+
+status: $(VENV_OK).device  ## one row per box PI="a b …": release, voice, state, uptime, takes, last error
+	@test -n $(call q,$(PI)) || { echo "make: say which boxes: make status PI=\"user@box1 user@box2\"" >&2; exit 2; }
+	$(PY) -m firmware_tools status $(call qs,$(PI))
 
 flash-model: $(VENV_OK).device  ## copy BUNDLE=models/NAME.dsb to the box PI=user@host, checked there first
 	@test -n $(call q,$(PI)) || { echo "make: say which box: make flash-model BUNDLE=… PI=user@host" >&2; exit 2; }

@@ -98,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     _box_options(provision)
     provision.set_defaults(func=_provision)
 
+    status = commands.add_parser(
+        "status", help="one row per box: release, voice, state, uptime, takes, last error",
+        description="Ask every HOST at once over SSH what it is doing; a box that does not "
+                    "answer is one line, after the table.")
+    status.add_argument("hosts", metavar="HOST", nargs="+", help="a box, as user@host or host")
+    _box_options(status)
+    status.set_defaults(func=_status)
+
     args = parser.parse_args(argv)
     from device.cli import dispatch
 
@@ -233,6 +241,13 @@ def _flash_model(args) -> int:
     box = box_from_args(args)
     return _each_host(args, lambda remote: flash_model(
         remote, args.bundle, box, report=lambda line: print(line, flush=True)))
+
+
+def _status(args) -> int:
+    from firmware_tools.deploy import box_from_args
+    from firmware_tools.status import fleet_status
+
+    return fleet_status(_remotes(args), box_from_args(args))
 
 
 def _provision(args) -> int:

@@ -616,3 +616,30 @@ def test_the_tools_look_where_the_service_keeps_takes_models_and_music(monkeypat
     script = provision_script()
     for folder in (takes, models, music):
         assert f'"$R{folder}"' in script
+
+
+def test_fleet_status_is_one_row_per_box_and_one_line_per_box_that_does_not_answer(
+        remote, box, stubs, project, tmp_path):
+    from firmware_tools.ssh import Remote
+    from firmware_tools.status import fleet_status
+
+    release = new_release(project, tmp_path, 1)
+    run_deploy(remote, release, box)
+    sessions = Path(box.root) / "var/lib/dancesampler/sessions"
+    for name in ("20261204T100000Z-a", "20261204T100500Z-b"):
+        (sessions / name).mkdir(parents=True)
+        (sessions / name / "session.yaml").write_text("label: x\n")
+    lines, errors = [], []
+    nowhere = Remote("nobody@nosuchbox.invalid", connect_timeout=5)
+    code = fleet_status([remote, nowhere], box, print_line=lines.append,
+                        print_error=errors.append)
+    assert code == 1
+    assert lines[0].split() == ["box", "release", "voice", "state", "up", "takes", "last",
+                                "error"]
+    [row] = lines[1:]
+    cells = row.split()
+    assert cells[:4] == [str(remote), release.id, "default", "playing"]
+    # The stand-in journal's last line (the real one is asked for error lines only).
+    assert row.endswith("Failed with result 'exit-code'.") and " 2 " in row
+    [error] = errors
+    assert error.startswith("dancesampler: error: nobody@nosuchbox.invalid") and "\n" not in error

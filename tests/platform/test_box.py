@@ -314,6 +314,16 @@ def test_a_voice_from_the_last_take_is_built_and_played_under_the_unit(box):
     voice = f"/var/lib/dancesampler/models/voice-{take}.dsb"
     assert box.ssh(f"stat -c %U {voice}").stdout.strip() == "dancesampler"
     assert level_db(box.sound(2.0)) > -60
+    # The fleet's view of it (`make status`), beside a box that does not answer.
+    fleet = firmware_tools("status", "root@127.0.0.1", "nobody@nosuchbox.invalid",
+                           *box.options)
+    assert fleet.returncode == 1
+    header, row = fleet.stdout.splitlines()
+    assert header.split()[:3] == ["box", "release", "voice"]
+    release = box.ssh("basename $(readlink /opt/dancesampler/current)").stdout.strip()
+    assert row.split()[:5] == [f"root@127.0.0.1:{box.port}", release, f"voice-{take}",
+                               "(corpus)", "playing"], row
+    assert fleet.stderr.startswith("dancesampler: error: nobody@nosuchbox.invalid")
     # Back to the factory model for the tests that follow.
     box.ssh(f"rm {voice} && systemctl restart dancesampler")
     box.wait_playing()
