@@ -276,3 +276,26 @@ def test_the_converter_keeps_the_rounded_weights(tiny_run):
         same = [g for g in in_graph if g.shape == kernel.shape and
                 np.allclose(g, kernel, atol=1e-6 * np.abs(kernel).max())]
         assert same, f"a {kernel.shape} kernel was rounded again by the converter"
+
+
+def test_export_prints_its_stages_and_none_of_tensorflows_own_noise(tiny_run, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    def export(*extra):
+        return subprocess.run([sys.executable, "-m", "train_host", *extra, "export",
+                               str(tiny_run.path), "--out", str(tmp_path / "x.dsb")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    quiet = export()
+    assert quiet.returncode == 0, quiet.stderr
+    lines = quiet.stderr.splitlines()
+    assert lines and all(line.startswith(("INFO train_host", "WARNING train_host"))
+                         for line in lines), quiet.stderr
+    assert any("converting to int8" in line for line in lines)
+    assert quiet.stdout == f"wrote {tmp_path / 'x.dsb'}\n"
+    # --debug lets TensorFlow speak.
+    loud = export("--debug")
+    assert loud.returncode == 0 and len(loud.stderr.splitlines()) > len(lines) + 3

@@ -77,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
               f"({', '.join(missing)} not installed); install them with: make host",
               file=sys.stderr)
         return 1
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from train_host.console import DEBUG_ENV
+
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if args.debug else "3")
     from device.cli import dispatch
 
     return dispatch(args)

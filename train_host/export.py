@@ -23,6 +23,7 @@ import numpy as np
 
 from device.bundle import PERFORMER, AudioParams, Manifest, TensorSpec, write_bundle
 from device.runtime import Performer
+from train_host.console import quiet
 from train_host.train import CALIBRATION_FILE, Run, config_hash, load_run
 
 log = logging.getLogger(__name__)
@@ -197,9 +198,13 @@ def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
     windows = calibration["train"][:cfg.export.representative_windows]
     stronger = np.clip(windows * np.float32(cfg.export.headroom), 0.0, 1.0)
     representative = np.concatenate([windows, stronger]) if cfg.export.headroom > 1 else windows
-    graph = to_int8_tflite(round_weights(model, representative), representative)
-    refuse_collapsed(graph, str(run.path), representative)
-    metrics = parity(model, graph, calibration["validation"])
+    log.info("rounding the weights (GPTQ) and converting to int8 …")
+    with quiet():
+        graph = to_int8_tflite(round_weights(model, representative), representative)
+        refuse_collapsed(graph, str(run.path), representative)
+    log.info("measuring the int8 graph against the float model in both runtimes …")
+    with quiet():
+        metrics = parity(model, graph, calibration["validation"])
     log.info("exported %d bytes in %.1f s; int8 against float: %s dB SNR",
              len(graph), time.monotonic() - started,
              ", ".join(f"{v:.1f} ({k})" for k, v in metrics["int8_snr_db_by_runtime"].items()))

@@ -205,9 +205,12 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
             record.update({f"val_{k}": v for k, v in
                            _mean_terms(evaluate, scored, t.batch_size).items()})
         history.append(record)
-        log.info("epoch %d/%d  train %.4f  motion-only spectral %.4f  val %.4f  (%.0f s)",
+        elapsed = time.monotonic() - started
+        log.info("epoch %d/%d  train %.4f  motion-only spectral %.4f  val %.4f  (%.0f s; "
+                 "step %d of %d, about %s left)",
                  epoch + 1, t.epochs, record["train_total"], record["train_motion_spectral"],
-                 record.get("val_motion_spectral", float("nan")), time.monotonic() - started)
+                 record.get("val_motion_spectral", float("nan")), elapsed, steps, total_steps,
+                 _minutes(elapsed / steps * (total_steps - steps)))
         # Keep the latest epoch (to look at, or to continue from) and the best one.
         _save_weights(model, checkpoint)
         score = record.get("val_motion_spectral", record["train_motion_spectral"])
@@ -236,6 +239,10 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
                 motiongram_params=cfg.motiongram, sample_rate=cfg.data.sample_rate,
                 seed=cfg.seed)
     return run
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _progress_bar(batches: int):
