@@ -235,18 +235,21 @@ def write_bundle(path: str | Path, manifest: Manifest, graphs: dict[str, bytes])
     members = {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
                for name, data in sorted(graphs.items())}
     manifest = replace(manifest, members=members)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        _add(archive, MANIFEST, manifest.to_json().encode())
-        for name, data in sorted(graphs.items()):
-            _add(archive, name, data)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as out:
-        out.write(buffer.getvalue())
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as out:
+            # Straight into the file: a corpus voice's audio is not held twice.
+            with zipfile.ZipFile(out, "w") as archive:
+                _add(archive, MANIFEST, manifest.to_json().encode())
+                for name, data in sorted(graphs.items()):
+                    _add(archive, name, data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -61,6 +61,7 @@ MAX_VALUE = 1e6
 """The largest magnitude a voice's index, basis or mean may hold."""
 _MU = 255.0
 _CHUNK = 4096
+_AUDIO_CHUNK = 1 << 20
 
 
 class CorpusError(DanceSamplerError, ValueError):
@@ -115,8 +116,60 @@ def corpus_from_takes(paths: list[str | Path], shape: VoiceShape, cfg: CorpusCon
                                          motiongram=shape.motiongram, resample=resample)
         gained = MotionGain(shape.motion_gain, shape.motiongram, fps=shape.fps).apply(motion)
         pieces.append(Piece(Path(path).name, session.info.label, gained, audio))
+        del session   # its frames and sound: only the timeline's are kept
     return write_corpus(pieces, shape, cfg, name=name, out=out,
                         source={"data": {"takes": [str(p) for p in paths]}})
+
+
+BUILD_TIMEOUT_S = 300.0
+"""Longest a voice's build in a child process may take."""
+
+
+def build_in_child(takes: list[Path], shape: VoiceShape, cfg: CorpusConfig, *, name: str,
+                   out: Path, timeout: float = BUILD_TIMEOUT_S) -> Path:
+    """``corpus_from_takes`` in a child process at a lower CPU priority: what the show
+    does, so the build's memory (a few hundred MB for a long take) is the child's, and
+    a build the kernel kills for memory takes the show down with it never. One
+    ``CorpusError`` line when it fails."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child_build, name="voice-builder",
+                            args=(send, [str(t) for t in takes], shape, cfg, name, str(out)))
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(timeout):
+            child.kill()
+            raise CorpusError(f"{out.name}: the build took longer than {timeout:g} s; gave up")
+        kind, value = receive.recv()
+    except EOFError:
+        child.join(5)
+        raise CorpusError(f"{out.name}: the build ended without a word (exit "
+                          f"{child.exitcode}; out of memory?)") from None
+    finally:
+        child.join(5)
+        receive.close()
+    if kind != "ok":
+        raise CorpusError(value)
+    return Path(value)
+
+
+def _child_build(send, takes, shape, cfg, name, out) -> None:
+    import os
+
+    os.nice(10)
+    try:
+        path = corpus_from_takes(takes, shape, cfg, name=name, out=out)
+    except DanceSamplerError as exc:
+        send.send(("error", str(exc)))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent in one line
+        send.send(("error", f"{type(exc).__name__}: {exc}"))
+    else:
+        send.send(("ok", str(path)))
+    finally:
+        send.close()
 
 
 def write_corpus(pieces: list[Piece], shape: VoiceShape, cfg: CorpusConfig, *, name: str,
@@ -152,21 +205,18 @@ def build_corpus(pieces: list[Piece], shape: VoiceShape, cfg: CorpusConfig, *, n
         log.info("corpus: %.0f s of takes, keeping the first %.0f %% of each "
                  "(corpus.max_seconds %g)", total / shape.fps, share * 100, cfg.max_seconds)
         ends = [e[:int(len(e) * share)] for e in ends]
-    level = _rms_db(np.concatenate([p.audio[e[0] * a.hop_samples:e[-1] * a.hop_samples
-                                            + a.segment_samples]
-                                    for p, e in zip(pieces, ends) if len(e)]))
+    spans = [(p.audio, e[0] * a.hop_samples, e[-1] * a.hop_samples + a.segment_samples)
+             for p, e in zip(pieces, ends) if len(e)]
+    level = _rms_db(spans)
     if level < SILENT_DB:
         raise CorpusError(f"{_names(pieces)}: the sound is silent ({level:.0f} dBFS RMS, under "
                           f"{SILENT_DB:g}); a voice needs the music the dance was recorded with")
 
-    spans, starts, follows, activity, takes = [], [], [], [], []
+    starts, follows, activity, takes = [], [], [], []
     offset = 0
     for piece, e in zip(pieces, ends):
         if not len(e):
             continue
-        first = e[0] * a.hop_samples
-        span = piece.audio[first:e[-1] * a.hop_samples + a.segment_samples]
-        spans.append(span)
         starts.append(offset + (e - e[0]) * a.hop_samples)
         # The next grain plays on only where it is the very next frame of the same take.
         base = sum(map(len, follows))
@@ -176,9 +226,9 @@ def build_corpus(pieces: list[Piece], shape: VoiceShape, cfg: CorpusConfig, *, n
         activity.append(_activity(piece.motion, e, shape.motiongram.width))
         takes.append({"name": piece.name, "label": piece.label,
                       "seconds": round(len(e) / shape.fps, 3), "grains": len(e)})
-        offset += len(span)
+        offset += (e[-1] - e[0]) * a.hop_samples + a.segment_samples
     grains = np.stack([np.concatenate(starts), np.concatenate(follows)], axis=1).astype(np.int64)
-    audio = np.concatenate([_encode(span, cfg.sample_format) for span in spans])
+    audio = _encode_spans(spans, offset, cfg.sample_format)
     mean, basis, index = _index(pieces, ends, w, cfg.dims)
     moving = np.concatenate(activity)
     moving = moving[moving > shape.motion_gain.floor]
@@ -265,9 +315,29 @@ def _names(pieces) -> str:
         if names else "no takes"
 
 
-def _rms_db(x: np.ndarray) -> float:
-    power = float(np.mean(np.square(x, dtype=np.float64))) if len(x) else 0.0
-    return 10 * np.log10(max(power, 1e-12))
+def _rms_db(spans) -> float:
+    """RMS level (dBFS) of the ``(audio, start, stop)`` spans together, a chunk at a time."""
+    total, count = 0.0, 0
+    for audio, start, stop in spans:
+        for s in range(start, stop, _AUDIO_CHUNK):
+            x = audio[s:min(stop, s + _AUDIO_CHUNK)].astype(np.float64)
+            total += float(np.dot(x, x))
+            count += len(x)
+    return 10 * np.log10(max(total / max(count, 1), 1e-12))
+
+
+def _encode_spans(spans, samples: int, sample_format: str) -> np.ndarray:
+    """The spans one after the other in the stored sample format, a chunk at a time
+    (a float copy of an hour of takes would be 300 MB)."""
+    out = np.empty(samples, "<i2" if sample_format == "int16" else np.uint8)
+    at = 0
+    for audio, start, stop in spans:
+        for s in range(start, stop, _AUDIO_CHUNK):
+            chunk = _encode(audio[s:min(stop, s + _AUDIO_CHUNK)], sample_format)
+            out[at:at + len(chunk)] = chunk
+            at += len(chunk)
+    assert at == samples
+    return out
 
 
 def _encode(audio: np.ndarray, sample_format: str) -> np.ndarray:

@@ -82,7 +82,7 @@ def motiongram(frames: np.ndarray, params: MotiongramParams = MotiongramParams()
 
 def ticks_motiongram(frames: np.ndarray, index: np.ndarray,
                      params: MotiongramParams = MotiongramParams(),
-                     chunk: int = 4096) -> np.ndarray:
+                     chunk: int = 1024) -> np.ndarray:
     """The motiongram a camera gives that shows ``frames[index[k]]`` at tick ``k``.
 
     Where an index repeats the one before it, the tick carries the previous

@@ -454,15 +454,15 @@ class Performance:
     def _voice_from(self, take: Path) -> None:
         """Off the audio thread: a corpus voice from ``take`` in the models folder
         (the one already built from it, if there is one), then play it."""
-        from device.corpus import VoiceShape, corpus_from_takes, voice_file
+        from device.corpus import VoiceShape, build_in_child, voice_file
 
         with self._loading:
             path = resolve_path(self.cfg.model.models_dir) / voice_file(take)
             started = time.monotonic()
             try:
                 if not path.exists():
-                    corpus_from_takes([take], VoiceShape.of(self.engine.bundle.manifest),
-                                      self.cfg.corpus, name=path.stem, out=path)
+                    build_in_child([take], VoiceShape.of(self.engine.bundle.manifest),
+                                   self.cfg.corpus, name=path.stem, out=path)
                     log.info("voice: built %s from %s in %.1f s", path.name, take.name,
                              time.monotonic() - started)
                 prepared = self.engine.prepare(load_bundle(path, self.cfg))

@@ -81,9 +81,12 @@ def take_timeline(session: Session, *, fps: int, sample_rate: int,
                     "%.1f s that have sound", info.path.name, missing / sample_rate,
                     keep / fps)
         index = index[:keep]
-    sound = np.zeros(len(index) * hop, np.float32)
-    n = min(len(sound), have)
-    sound[:n] = audio[start:start + n]
+    needed = len(index) * hop
+    if have >= needed:   # the usual case: a view, not a copy of the take's sound
+        sound = np.asarray(audio[start:start + needed], np.float32)
+    else:
+        sound = np.zeros(needed, np.float32)
+        sound[:have] = audio[start:start + have]
     return ticks_motiongram(session.frames, index, motiongram), sound, first
 
 
