@@ -146,8 +146,10 @@ def build_in_child(takes: list[Path], shape: VoiceShape, cfg: CorpusConfig, *, n
         kind, value = receive.recv()
     except EOFError:
         child.join(5)
-        raise CorpusError(f"{out.name}: the build ended without a word (exit "
-                          f"{child.exitcode}; out of memory?)") from None
+        code = child.exitcode
+        why = (f"killed by signal {-code}{' (out of memory?)' if code == -9 else ''}"
+               if code is not None and code < 0 else f"exit {code}")
+        raise CorpusError(f"{out.name}: the build ended without a word ({why})") from None
     finally:
         child.join(5)
         receive.close()
@@ -159,7 +161,10 @@ def build_in_child(takes: list[Path], shape: VoiceShape, cfg: CorpusConfig, *, n
 def _child_build(send, takes, shape, cfg, name, out) -> None:
     import os
 
-    os.nice(10)
+    try:
+        os.nice(10)
+    except OSError:   # a service whose system calls exclude it: build at its priority
+        pass
     try:
         path = corpus_from_takes(takes, shape, cfg, name=name, out=out)
     except DanceSamplerError as exc:

@@ -319,3 +319,14 @@ def test_damaged_voices_are_refused_in_one_line_or_play_never_crash(voice, tmp_p
         outcomes["played"] += 1
     print(outcomes)
     assert outcomes["refused"] > 60
+
+
+def test_a_build_in_a_child_process_reports_back_in_one_line(takes, shape, tmp_path):
+    from device.corpus import build_in_child
+
+    made = build_in_child(takes[:1], shape, CorpusConfig(), name="child", out=tmp_path / "c.dsb")
+    assert read_bundle(made).manifest.corpus["takes"][0]["name"] == takes[0].name
+    silent = _silent_take(tmp_path / "silent", seconds=8.0)
+    with pytest.raises(CorpusError, match=r"the sound is silent") as caught:
+        build_in_child([silent], shape, CorpusConfig(), name="q", out=tmp_path / "q.dsb")
+    assert "\n" not in str(caught.value) and not (tmp_path / "q.dsb").exists()
