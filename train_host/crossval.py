@@ -91,9 +91,11 @@ def crossval(data_roots: list[str | os.PathLike], cfg, *, out: str | os.PathLike
         if bar is not None:
             bar.update(i + 1, [("log_mel", model["log_mel_distance_db"])])
         else:
-            log.info("fold %d/%d, take %s: %s (model log-mel %.2f dB, %.0f s so far)",
-                     i + 1, len(takes), take.name, done, model["log_mel_distance_db"],
-                     time.monotonic() - started)
+            elapsed = time.monotonic() - started
+            log.info("fold %d/%d, take %s: %s (model log-mel %.2f dB, %.0f s so far, about "
+                     "%.0f s left)", i + 1, len(takes), take.name, done,
+                     model["log_mel_distance_db"], elapsed,
+                     elapsed / (i + 1) * (len(takes) - i - 1))
     metrics, reference = pool_takes([score for fold in folds for score in fold["scores"]])
     return {"name": name, "out": str(out), "folds": folds,
             "pooled": {"metrics": metrics, "reference": reference}}

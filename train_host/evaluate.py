@@ -751,7 +751,10 @@ def run_evaluation(bundle_path: str | os.PathLike, data_roots: list[str | os.Pat
         takes.append(result)
         if want_excerpt:
             excerpt, longest = take_excerpt, len(examples)
-        log.info("take %s: %d segments", path.name, len(examples))
+        elapsed = time.perf_counter() - t0
+        log.info("take %d/%d, %s: %d segments (%.0f s so far, about %.0f s left)", i + 1,
+                 len(eval_paths), path.name, len(examples), elapsed,
+                 elapsed / (i + 1) * (len(eval_paths) - i - 1))
     if not takes:
         raise EvaluationError(f"none of the {len(eval_paths)} take(s) in "
                               f"{', '.join(map(str, data_roots))} is long enough for one "
