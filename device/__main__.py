@@ -271,22 +271,16 @@ def _corpus(args) -> int:
 
     from device.config import resolve_path
     from device.corpus import VoiceShape, corpus_from_takes, voice_file
+    from device.performance import load_bundle
 
     cfg = _config(args)
-    like = _load_bundle(cfg) if args.like is None else _load_bundle(
-        _config_with(cfg, {"model.bundle": args.like}))
+    like = load_bundle(args.like or cfg.model.bundle, cfg)
     out = Path(args.out) if args.out else resolve_path(cfg.model.models_dir) / voice_file(
         Path(args.takes[-1]))
     path = corpus_from_takes(args.takes, VoiceShape.of(like.manifest), cfg.corpus,
                              name=args.name or out.stem, out=out)
     print(f"wrote {path}")
     return 0
-
-
-def _config_with(cfg, overrides):
-    from device.config import with_overrides
-
-    return with_overrides(cfg, overrides)
 
 
 def _bench(args) -> int:

@@ -27,6 +27,7 @@ import logging
 import multiprocessing
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -143,8 +144,6 @@ def synthetic_corpus(like: Bundle, cfg: DeviceConfig, seconds: float) -> Bundle:
     manifest, members = build_corpus(
         pieces, shape, CorpusConfig(max_seconds=3600, sample_format="mulaw"),
         name=f"synthetic-corpus-{seconds:g}s")
-    from pathlib import Path
-
     return Bundle(Path(manifest.name), manifest, members)
 
 

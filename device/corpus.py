@@ -12,8 +12,11 @@ its first ``dims`` principal components. Live, each frame:
    played is chosen instead when it is at most ``1 + continuity`` times as far
    (concatenative synthesis's continuity cost), so a dance close to the recorded
    one plays the recorded music itself, and a new gesture jumps;
-3. scales the grain by the dancer's activity (the quantity of motion of the last
-   frames against half the corpus's typical one, at most 1): stillness is quiet.
+3. at a stop between the dancer's moves (a motion beat) takes instead, among the
+   nearest grains, the one that starts with the sharpest attack;
+4. brings the grain part of the way to the takes' overall level (``leveling``) and
+   scales it by the dancer's activity (the quantity of motion of the last frames
+   against half the corpus's typical one, at most 1): stillness is quiet.
 
 The engine overlap-adds one segment per frame as it does a model's, so the
 following grain lines up sample for sample with the one before (the recording
@@ -106,8 +109,7 @@ def corpus_from_takes(paths: list[str | Path], shape: VoiceShape, cfg: CorpusCon
     the voice's sample rate, or ``resample`` given)."""
     from device.session import read_session
 
-    if Path(out).exists():
-        raise CorpusError(f"{out}: already exists; pass another --out, or delete it first")
+    _refuse_existing(out)   # before reading any take
     pieces = []
     for path in paths:
         session = read_session(path)
@@ -181,11 +183,14 @@ def write_corpus(pieces: list[Piece], shape: VoiceShape, cfg: CorpusConfig, *, n
                  out: str | Path, source: dict | None = None) -> Path:
     """Build the voice from ``pieces`` and write it as a bundle; its path. A file
     already at ``out`` is refused, never replaced."""
-    out = Path(out)
-    if out.exists():
-        raise CorpusError(f"{out}: already exists; pass another --out, or delete it first")
+    _refuse_existing(out)
     manifest, members = build_corpus(pieces, shape, cfg, name=name, source=source)
     return write_bundle(out, manifest, members)
+
+
+def _refuse_existing(out: str | Path) -> None:
+    if Path(out).exists():
+        raise CorpusError(f"{out}: already exists; pass another --out, or delete it first")
 
 
 def voice_file(take: Path) -> str:
@@ -370,10 +375,6 @@ def _npy(array: np.ndarray) -> bytes:
 # ---- playing ---------------------------------------------------------------------
 
 
-_DTYPES = {AUDIO: None, INDEX: np.float32, BASIS: np.float32, MEAN: np.float32,
-           GRAINS: np.int64}
-
-
 class CorpusVoice:
     """One motion window in, one grain of recorded sound out (what ``Performer``
     does for a model voice). Called from the model thread, one call at a time."""
@@ -436,13 +437,18 @@ class CorpusVoice:
         self.jumps = self.frames = 0
         """Frames played and, of those, jumps (not the grain after the last one)."""
 
+    def _samples(self, start: int, stop: int) -> np.ndarray:
+        """float32 samples ``start:stop`` of the voice's audio, decoded."""
+        return self._table[self._audio[start:stop].astype(np.int32) + self._offset]
+
     def _attack(self, grain: int) -> float:
         """How much louder the grain's first hop is than the hop before it."""
         start, hop = int(self._starts[grain]), self._hop
         if start < hop:
             return 0.0
-        x = self._audio[start - hop:start + hop].astype(np.float32)
-        return float(np.dot(x[hop:], x[hop:]) + 1.0) / float(np.dot(x[:hop], x[:hop]) + 1.0)
+        x = self._samples(start - hop, start + hop)
+        floor = np.float32(1.0 / 32767 ** 2)   # one 16-bit step squared: never 0 / 0
+        return float(np.dot(x[hop:], x[hop:]) + floor) / float(np.dot(x[:hop], x[:hop]) + floor)
 
     def __call__(self, window: np.ndarray) -> np.ndarray:
         q = (window.reshape(-1) - self._mean) @ self._basis
@@ -463,8 +469,7 @@ class CorpusVoice:
         self.jumps += chosen != nxt
         self._previous = self.chosen = chosen
         start = self._starts[chosen]
-        segment = self._table[self._audio[start:start + self._seg].astype(np.int32)
-                              + self._offset]
+        segment = self._samples(start, start + self._seg)
         scale = min(1.0, float(amount[-ACTIVITY_FRAMES:].mean()) / self._quiet)
         if self._leveling:
             db = 10 * np.log10(max(float(np.dot(segment, segment)) / len(segment), 1e-12))
@@ -509,7 +514,8 @@ def _params(corpus: dict) -> CorpusParams:
             raise ValueError(f"{key} is {value!r}; expected a positive integer")
     if c.sample_format not in ("int16", "mulaw"):
         raise ValueError(f"sample_format is {c.sample_format!r}; expected 'int16' or 'mulaw'")
-    if not -120 <= c.level_db <= 20 if isinstance(c.level_db, (int, float)) else True:
+    if isinstance(c.level_db, bool) or not isinstance(c.level_db, (int, float)) \
+            or not -120 <= c.level_db <= 20:
         raise ValueError(f"level_db is {c.level_db!r}; expected dBFS from -120 to 20")
     for key in ("continuity", "quiet_below", "seconds", "leveling"):
         value = getattr(c, key)

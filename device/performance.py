@@ -203,8 +203,9 @@ class Performance:
                 on_record_toggle=lambda: self._events.put(("record-toggle", None)),
                 on_record_delete_last=lambda: self._events.put(("delete-last", None)),
                 on_next_model=lambda: self._events.put(("next-model", None)),
-                on_voice_from_last_take=lambda: self._events.put(("voice-from-last-take",
-                                                                  None)))
+                on_voice_from_last_take=lambda: threading.Thread(
+                    target=self._voice_from_last_take, name="voice-button",
+                    daemon=True).start())
         except ControlsError as exc:
             # Buttons are a convenience; the music is the point. Play without them.
             log.warning("%s; playing without buttons", exc)
@@ -220,6 +221,8 @@ class Performance:
         as it does a button's, and return the reply."""
         if command == "status":
             return {"ok": True, **self._state()}
+        if command == "voice-from-last-take":
+            return self._voice_from_last_take()
         request = _Request()
         self._events.put((command, request))
         if not request.done.wait(TIMEOUT_S):
@@ -391,17 +394,6 @@ class Performance:
             threading.Thread(target=self._load_next_model, name="model-loader",
                              daemon=True).start()
             return {"ok": True, **self._state(), "note": "loading the next model"}
-        if action == "voice-from-last-take":
-            if self.recorder is not None and self.recorder.recording:
-                return {"ok": False, **self._state(),
-                        "error": "a take is being recorded; stop it first"}
-            take = last_session(self.recorder.root if self.recorder is not None
-                                else resolve_path(self.cfg.recorder.sessions_dir))
-            if take is None:
-                return {"ok": False, **self._state(), "error": "there is no take yet"}
-            threading.Thread(target=self._voice_from, args=(take,), name="voice-builder",
-                             daemon=True).start()
-            return {"ok": True, **self._state(), "note": f"building a voice from {take.name}"}
         if self.recorder is None:
             log.warning("controls: %s asked for, but this box has no recorder set up", action)
             return {"ok": False, "error": "this box has no recorder set up"}
@@ -450,6 +442,28 @@ class Performance:
                           len(candidates), folder, self.engine.bundle.manifest.name)
         finally:
             self._loading.release()
+
+    def _voice_from_last_take(self) -> dict:
+        """The model button's long press, or the control channel's request: a voice
+        from the newest take, built and played by another thread. Never run on the
+        model thread: finding the newest take reads every take's header."""
+        if self.engine is None:
+            return {"ok": False, **self._state(), "error": "the box is still starting"}
+        if self.recorder is not None and self.recorder.recording:
+            reply = {"ok": False, **self._state(), "error": "a take is being recorded; stop "
+                                                              "it first"}
+        else:
+            take = last_session(self.recorder.root if self.recorder is not None
+                                else resolve_path(self.cfg.recorder.sessions_dir))
+            if take is None:
+                reply = {"ok": False, **self._state(), "error": "there is no take yet"}
+            else:
+                threading.Thread(target=self._voice_from, args=(take,), name="voice-builder",
+                                 daemon=True).start()
+                return {"ok": True, **self._state(),
+                        "note": f"building a voice from {take.name}"}
+        log.warning("voice: %s", reply["error"])
+        return reply
 
     def _voice_from(self, take: Path) -> None:
         """Off the audio thread: a corpus voice from ``take`` in the models folder
