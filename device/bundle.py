@@ -38,10 +38,16 @@ log = logging.getLogger(__name__)
 
 FORMAT = "dancesampler-bundle"
 FORMAT_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+"""The version written, unless the graph has a noise output (``NOISE_VERSION``)."""
+NOISE_VERSION = 5
+"""Version 5 adds ``noise``: a model whose graph also gives the amplitudes of
+filtered noise (``device.noise``). Only such bundles are written as version 5, so
+a box that reads version 4 still takes every bundle it can play."""
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 """Version 1 bundles (one output tensor, no ``level``), version 2 bundles (no
-``motion_gain``: the motion is used as measured) and version 3 bundles (no
-``voice``: always a model) still play."""
+``motion_gain``: the motion is used as measured), version 3 bundles (no
+``voice``: always a model) and version 4 bundles (no ``noise``) still play."""
+MAX_NOISE_BANDS = 256
 VOICES = ("model", "corpus")
 """What makes a bundle's sound: ``model``, the performer graph; ``corpus``, grains
 of recorded takes chosen by motion (``device.corpus``)."""
@@ -102,6 +108,9 @@ class Manifest:
     """The segment (version 1) or, with ``level``, the segment's shape."""
     level: TensorSpec | None = None
     """The segment's RMS level, [1, 1] (version 2); the segment is the shape scaled to it."""
+    noise: TensorSpec | None = None
+    """The amplitudes of the segment's noise bands, [1, bands] (version 5); the box
+    adds the noise they shape to the shape before scaling it (``device.noise``)."""
     motion_gain: MotionGainParams | None = None
     """How the motion was scaled to the dancer's level in training (version 3); the
     box scales live motion the same way. None (versions 1 and 2): not scaled."""
@@ -142,7 +151,7 @@ class Manifest:
             raise BundleError(f"{where}: bundle format version {version!r} is not supported "
                               f"(this device reads versions "
                               f"{', '.join(map(str, READABLE_VERSIONS))})")
-        optional = {"voice", "corpus"} | {1: {"level", "motion_gain"},
+        optional = {"voice", "corpus", "noise"} | {1: {"level", "motion_gain"},
                                           2: {"motion_gain"}}.get(version, set())
         if version >= 4 and data.get("voice") == "corpus":
             optional |= {"level", "latent_size", "style_centroids"}
@@ -161,6 +170,9 @@ class Manifest:
                 values["level"] = TensorSpec(tuple(data["level"]["shape"]), data["level"]["dtype"])
             values["motion_gain"] = (MotionGainParams(**data["motion_gain"]) if version >= 3
                                      else None)
+            noise = data.get("noise") if version >= NOISE_VERSION else None
+            values["noise"] = (TensorSpec(tuple(noise["shape"]), noise["dtype"])
+                               if noise is not None else None)
             unknown = set(values) - {f.name for f in fields(cls)}
             for key in unknown:
                 values.pop(key)
@@ -183,6 +195,8 @@ class Manifest:
                      f"out {list(self.output.shape)} {self.output.dtype}"
                      + (f" and level {list(self.level.shape)} {self.level.dtype}"
                         if self.level else "")
+                     + (f" and noise {list(self.noise.shape)} {self.noise.dtype}"
+                        if self.noise else "")
                      + f", latent {self.latent_size}")
         lines = [
             f"name        {self.name} (created {self.created})",
@@ -363,7 +377,7 @@ def _check_types(manifest: Manifest, where: str) -> None:
         hints = typing.get_type_hints(type(obj))
         for f in fields(obj):
             check(section + f.name, getattr(obj, f.name), hints.get(f.name))
-    for name in ("input", "output", "level"):
+    for name in ("input", "output", "level", "noise"):
         spec = getattr(manifest, name)
         if spec is None:
             continue
@@ -414,6 +428,13 @@ def _check_shapes(manifest: Manifest, where: str) -> None:
                           f"[1, {a.segment_samples}]")
     if m.level is not None and tuple(m.level.shape) != (1, 1):
         raise BundleError(f"{where}: level shape {list(m.level.shape)} should be [1, 1]")
+    if m.noise is not None:
+        if m.level is None:
+            raise BundleError(f"{where}: a noise output needs a level output")
+        if len(m.noise.shape) != 2 or m.noise.shape[0] != 1 \
+                or not 2 <= m.noise.shape[1] <= min(MAX_NOISE_BANDS, a.segment_samples // 2):
+            raise BundleError(f"{where}: noise shape {list(m.noise.shape)} should be [1, bands] "
+                              f"with 2 to {min(MAX_NOISE_BANDS, a.segment_samples // 2)} bands")
     if m.motion_gain is not None:
         for f in fields(MotionGainParams):
             value, low, high = getattr(m.motion_gain, f.name), f.metadata["min"], f.metadata["max"]

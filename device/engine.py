@@ -84,9 +84,13 @@ def tried_voice(bundle: Bundle, *, runtime: str = "auto", threads: int = 1):
     """What plays ``bundle`` (``device.corpus.open_voice``: its graph's performer, or
     its corpus), once it has made, from a still motion window, one segment of the
     size the manifest promises with every sample finite: a bundle that disagrees
-    with its manifest is refused before it can take over the show."""
+    with its manifest is refused before it can take over the show. A model's noise
+    bands are set for the engine's overlap-add (``NoiseBands.for_stream``)."""
     m = bundle.manifest
     performer = open_voice(bundle, runtime=runtime, threads=threads)
+    noise = getattr(performer, "noise", None)
+    if noise is not None:   # the engine overlap-adds: noise at the stream's level
+        noise.for_stream(m.audio.hop_samples)
     try:
         segment = performer(np.zeros((m.window_frames, m.motiongram.features), np.float32))
     except Exception as exc:  # noqa: BLE001 - whatever the runtime raises, refuse the bundle

@@ -89,7 +89,8 @@ def load_bundle(path: str | Path, cfg: DeviceConfig) -> Bundle:
     check_compatible(bundle.manifest, fps=cfg.camera.fps, motiongram=cfg.motiongram,
                      sample_rate=cfg.audio.sample_rate, where=str(bundle.path))
     if not bundle.is_corpus:   # a corpus voice is arrays numpy reads, no graph
-        probe_graph(bundle.performer, runtime=cfg.model.runtime, where=str(bundle.path))
+        probe_graph(bundle.performer, runtime=cfg.model.runtime, where=str(bundle.path),
+                    audio=bundle.manifest.audio)
     return bundle
 
 

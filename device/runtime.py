@@ -15,7 +15,10 @@ output is the audio segment. With two, they are the segment's shape (batch x
 segment samples) and its level (batch x 1), and the segment is their product
 (train_host.vae.synthesize): the shape stays near unit RMS and the level carries
 the loudness, each with its own int8 range, so a quiet segment is as finely
-quantized as a loud one (docs/bundle.md).
+quantized as a loud one (docs/bundle.md). With three, the third gives the
+amplitudes of the segment's noise bands (batch x bands): the noise they shape,
+drawn afresh each call (``device.noise``), is added to the shape before the
+level scales it.
 
 A graph from outside (a bundle flashed or picked by the model button) is first
 loaded and run once in a child process (``probe_graph``): the runtimes' graph
@@ -38,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from device.errors import BundleError, ModelRuntimeError
+from device.noise import NoiseBands
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,7 @@ class Performer:
     """
 
     def __init__(self, model: bytes, *, runtime="auto", threads: int = 1,
-                 where: str = "model"):
+                 where: str = "model", audio=None, noise_rng: np.random.Generator | None = None):
         # ``runtime`` may also be an Interpreter-like class (the host passes
         # TensorFlow's own, to run the reference kernels); its ``runtime_name``
         # then names it.
@@ -86,14 +90,15 @@ class Performer:
             raise BundleError(f"{where}: the graph does not load in {self.runtime} ({exc})") from None
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) not in (1, 2):
-            raise BundleError(f"{where}: expected one input and one or two output tensors, "
+        if len(inputs) != 1 or len(outputs) not in (1, 2, 3):
+            raise BundleError(f"{where}: expected one input and one to three output tensors, "
                               f"got {len(inputs)} and {len(outputs)}")
         self._in = inputs[0]
-        # With two outputs, the level is the one with a single value per batch.
+        # By size: the shape (a segment), the noise bands, the level (one value).
         outputs.sort(key=lambda d: int(np.prod(d["shape"])), reverse=True)
         self._out = outputs[0]
-        self._level = outputs[1] if len(outputs) == 2 else None
+        self._level = outputs[-1] if len(outputs) >= 2 else None
+        self._noise = outputs[1] if len(outputs) == 3 else None
         self.input_shape = tuple(int(d) for d in self._in["shape"])
         self.output_shape = tuple(int(d) for d in self._out["shape"])
         if self.input_shape[0] != 1 or self.output_shape[0] != 1:
@@ -101,23 +106,44 @@ class Performer:
         if self._level is not None and tuple(self._level["shape"]) != (1, 1):
             raise BundleError(f"{where}: the level output must be [1, 1], got "
                               f"{list(self._level['shape'])}")
+        self.noise = None
+        if self._noise is not None:
+            bands = int(np.prod(self._noise["shape"]))
+            if audio is None:
+                raise BundleError(f"{where}: the graph has a noise output; its audio "
+                                  "parameters are needed to play it")
+            if tuple(self._noise["shape"]) != (1, bands) or \
+                    not 2 <= bands <= self.output_shape[-1] // 2:
+                raise BundleError(f"{where}: the noise output must be [1, bands], got "
+                                  f"{list(self._noise['shape'])}")
+            self.noise = NoiseBands(bands, segment_samples=audio.segment_samples,
+                                    sample_rate=audio.sample_rate, rng=noise_rng)
+            if self.output_shape != (1, audio.segment_samples):
+                raise BundleError(f"{where}: the graph makes {list(self.output_shape)} "
+                                  f"where its audio parameters say [1, {audio.segment_samples}]")
         self._in_scale, self._in_zero = _quantization(self._in)
         self._out_quantization = _quantization(self._out)
         self._level_quantization = _quantization(self._level) if self._level else None
+        self._noise_quantization = _quantization(self._noise) if self._noise else None
         self._buffer = np.zeros(self.input_shape, self._in["dtype"])
-        log.info("model: %s, input %s %s, output %s %s%s", self.runtime, list(self.input_shape),
-                 np.dtype(self._in["dtype"]).name, list(self.output_shape),
-                 np.dtype(self._out["dtype"]).name, " with level" if self._level else "")
+        log.info("model: %s, input %s %s, output %s %s%s%s", self.runtime,
+                 list(self.input_shape), np.dtype(self._in["dtype"]).name,
+                 list(self.output_shape), np.dtype(self._out["dtype"]).name,
+                 " with level" if self._level else "",
+                 f" and {self.noise.bands} noise bands" if self.noise else "")
 
     @classmethod
     def of(cls, bundle, *, runtime: str = "auto", threads: int = 1) -> Performer:
         """The performer of a ``device.bundle.Bundle``, checked against its manifest."""
+        m = bundle.manifest
         performer = cls(bundle.performer, runtime=runtime, threads=threads,
-                        where=str(bundle.path))
-        if performer.has_level != (bundle.manifest.level is not None):
-            raise BundleError(f"{bundle.path}: the manifest says the graph has "
-                              f"{'a' if bundle.manifest.level else 'no'} level output, "
-                              f"the graph has {'one' if performer.has_level else 'none'}")
+                        where=str(bundle.path), audio=m.audio)
+        for what, said, has in (("level", m.level is not None, performer.has_level),
+                                ("noise", m.noise is not None, performer.noise is not None)):
+            if said != has:
+                raise BundleError(f"{bundle.path}: the manifest says the graph has "
+                                  f"{'a' if said else 'no'} {what} output, "
+                                  f"the graph has {'one' if has else 'none'}")
         return performer
 
     @property
@@ -138,6 +164,8 @@ class Performer:
         segment = self._read(self._out, self._out_quantization)[0]
         if self._level is None:
             return segment
+        if self.noise is not None:
+            segment += self.noise.render(self._read(self._noise, self._noise_quantization)[0])
         segment *= self._read(self._level, self._level_quantization)[0, 0]
         return segment
 
@@ -157,10 +185,11 @@ def _quantization(detail: dict) -> tuple[float, int]:
 
 
 def probe_graph(model: bytes, *, runtime: str = "auto", where: str = "model",
-                timeout: float = PROBE_TIMEOUT_S) -> None:
+                audio=None, timeout: float = PROBE_TIMEOUT_S) -> None:
     """Load ``model`` and run it once on a still window in a child process; a
     ``BundleError`` (one line) if that fails, crashes or hangs. A graph that passed
-    once in this process is not probed again."""
+    once in this process is not probed again. ``audio`` (the bundle's
+    ``AudioParams``) lets a graph with a noise output play."""
     key = (hashlib.sha256(model).hexdigest(), runtime)
     if key in _probed:
         return
@@ -168,7 +197,10 @@ def probe_graph(model: bytes, *, runtime: str = "auto", where: str = "model",
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
     try:
-        result = subprocess.run([sys.executable, "-m", "device.runtime", runtime, where],
+        audio_arg = (f"{audio.sample_rate},{audio.segment_samples},{audio.hop_samples}"
+                     if audio is not None else "")
+        result = subprocess.run([sys.executable, "-m", "device.runtime", runtime, where,
+                                 audio_arg],
                                 input=model, capture_output=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         raise BundleError(f"{where}: the graph did not load and run within {timeout:g} s") from None
@@ -183,11 +215,15 @@ def probe_graph(model: bytes, *, runtime: str = "auto", where: str = "model",
 
 
 def _probe(argv: list[str]) -> int:
-    """The child of ``probe_graph``: the graph on stdin, runtime and name as arguments."""
-    runtime, where = (list(argv) + ["auto", "model"][len(argv):])[:2]
+    """The child of ``probe_graph``: the graph on stdin; runtime, name and the audio
+    parameters (``rate,segment,hop``, or empty) as arguments."""
+    from device.bundle import AudioParams
+
+    runtime, where, audio_arg = (list(argv) + ["auto", "model", ""][len(argv):])[:3]
     model = sys.stdin.buffer.read()
     try:
-        performer = Performer(model, runtime=runtime, where=where)
+        audio = AudioParams(*map(int, audio_arg.split(","))) if audio_arg else None
+        performer = Performer(model, runtime=runtime, where=where, audio=audio)
         window = np.zeros(performer.input_shape[1:], np.float32)
         if not np.isfinite(performer(window)).all():
             raise BundleError(f"{where}: the graph gives samples that are not finite")

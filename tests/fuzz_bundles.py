@@ -110,7 +110,8 @@ def run_case(data: bytes, where: Path, runtimes: tuple[str, ...]) -> str:
     outcome = "accepted"
     for runtime in runtimes:
         try:
-            probe_graph(bundle.performer, runtime=runtime, where=str(where))
+            probe_graph(bundle.performer, runtime=runtime, where=str(where),
+                        audio=bundle.manifest.audio)
         except BundleError as exc:
             _one_line(exc, where)
             outcome = "refused"

@@ -45,6 +45,9 @@ class VaeConfig:
     """Dimensions of the latent space."""
     hidden_units: int = field(default=384, metadata={"min": 8, "max": 1024})
     """Units in each hidden layer."""
+    noise_bands: int = field(default=0, metadata={"min": 0, "max": 256})
+    """Bands of filtered noise the audio decoder also controls (``device.noise``);
+    0: partials only. A model without them may be fine-tuned into one with them."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,9 @@ class TrainConfig:
             problems.append(
                 f"data.segment_seconds: {d.segment_seconds:g} s ({d.segment_samples} samples) "
                 f"is shorter than one camera frame ({d.hop_samples} samples at {d.fps} fps)")
+        if self.model.noise_bands == 1 or self.model.noise_bands > d.segment_samples // 2:
+            problems.append(f"model.noise_bands: {self.model.noise_bands}; expected 0 (none) or "
+                            f"2 to {min(256, d.segment_samples // 2)}")
         return problems
 
 

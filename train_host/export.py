@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from device.bundle import PERFORMER, AudioParams, Manifest, TensorSpec, write_bundle
+from device.bundle import (FORMAT_VERSION, NOISE_VERSION, PERFORMER, AudioParams, Manifest,
+                           TensorSpec, write_bundle)
+from device.noise import NoiseBands
 from device.runtime import Performer
 from train_host.console import quiet
 from train_host.train import CALIBRATION_FILE, Run, config_hash, load_run
@@ -115,7 +117,8 @@ PARITY_TARGET_DB = 30.0
 _COLLAPSED_SCALE = 1e-6
 
 
-def refuse_collapsed(graph: bytes, where: str, windows: np.ndarray) -> None:
+def refuse_collapsed(graph: bytes, where: str, windows: np.ndarray,
+                     audio: AudioParams | None = None) -> None:
     """Refuse a graph that plays one sound whatever the dancer does.
 
     Two signs, both checked in TensorFlow's own interpreter without delegates: an
@@ -138,8 +141,12 @@ def refuse_collapsed(graph: bytes, where: str, windows: np.ndarray) -> None:
             continue
         if float(scales.max()) < _COLLAPSED_SCALE:
             refuse(f"layer {name.split(';')[0]} gives the same output for every motion window")
-    performer = Performer(graph, runtime=reference_interpreter, where=where)
-    outputs = [performer(window) for window in windows]
+    performer = Performer(graph, runtime=reference_interpreter, where=where, audio=audio)
+    outputs = []
+    for window in windows:
+        if performer.noise is not None:   # the same noise each time: compare the model
+            performer.noise.rng = np.random.default_rng(0)
+        outputs.append(performer(window))
     if len(outputs) > 1 and all(np.array_equal(outputs[0], o) for o in outputs[1:]):
         refuse(f"it gives the same sound for all {len(outputs)} calibration windows")
 
@@ -166,18 +173,26 @@ def reference_interpreter(**kwargs):
 reference_interpreter.runtime_name = "reference kernels"
 
 
-def parity(model, graph: bytes, windows: np.ndarray) -> dict:
+def parity(model, graph: bytes, windows: np.ndarray, audio: AudioParams | None = None) -> dict:
     """Float Keras against the int8 graph, one window at a time, in the reference
     kernels (tflite-runtime 2.14 on the box) and in the installed LiteRT runtime.
+    A model with noise bands plays the same noise, drawn in the same order, in both.
 
     ``int8_snr_db`` is the lower of the two: what a box may play.
     """
-    from train_host.vae import perform
+    from train_host.vae import noise_bands, perform
 
-    reference = np.stack([perform(model, w[None])[0] for w in windows])
+    def noise():
+        return NoiseBands(noise_bands(model), segment_samples=audio.segment_samples,
+                          sample_rate=audio.sample_rate,
+                          rng=np.random.default_rng(0)) if noise_bands(model) else None
+
+    floats = noise()
+    reference = np.stack([perform(model, w[None], floats)[0] for w in windows])
     by_kernels = {}
     for runtime in (reference_interpreter, "auto"):
-        performer = Performer(graph, runtime=runtime, where="exported graph")
+        performer = Performer(graph, runtime=runtime, where="exported graph", audio=audio,
+                              noise_rng=np.random.default_rng(0))
         quantized = np.stack([performer(w) for w in windows])
         by_kernels[performer.runtime] = round(snr_db(reference, quantized), 2)
     worst = min(by_kernels, key=by_kernels.get)
@@ -194,6 +209,8 @@ def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
     cfg, data = run.config, run.config.data
     calibration = np.load(run.path / CALIBRATION_FILE)
     model = performer(run.vae)
+    audio = AudioParams(data.sample_rate, data.segment_samples, data.hop_samples)
+    bands = cfg.model.noise_bands
     started = time.monotonic()
     windows = calibration["train"][:cfg.export.representative_windows]
     stronger = np.clip(windows * np.float32(cfg.export.headroom), 0.0, 1.0)
@@ -201,10 +218,10 @@ def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
     log.info("rounding the weights (GPTQ) and converting to int8 …")
     with quiet():
         graph = to_int8_tflite(round_weights(model, representative), representative)
-        refuse_collapsed(graph, str(run.path), representative)
+        refuse_collapsed(graph, str(run.path), representative, audio)
     log.info("measuring the int8 graph against the float model in both runtimes …")
     with quiet():
-        metrics = parity(model, graph, calibration["validation"])
+        metrics = parity(model, graph, calibration["validation"], audio)
     log.info("exported %d bytes in %.1f s; int8 against float: %s dB SNR",
              len(graph), time.monotonic() - started,
              ", ".join(f"{v:.1f} ({k})" for k, v in metrics["int8_snr_db_by_runtime"].items()))
@@ -219,12 +236,14 @@ def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
         fps=data.fps,
         motiongram=cfg.motiongram,
         motion_gain=cfg.motion_gain,
-        audio=AudioParams(data.sample_rate, data.segment_samples, data.hop_samples),
+        audio=audio,
         window_frames=data.window_frames,
         latent_size=cfg.model.latent_size,
         input=TensorSpec((1, data.window_frames, cfg.motiongram.features), "int8"),
         output=TensorSpec((1, data.segment_samples), "int8"),
         level=TensorSpec((1, 1), "int8"),
+        noise=TensorSpec((1, bands), "int8") if bands else None,
+        format_version=NOISE_VERSION if bands else FORMAT_VERSION,
         style_centroids=run.info["style_centroids"],
         # Nothing here may vary between two builds of the same config (no wall
         # times, no folder names): a rebuilt bundle must be byte-identical.

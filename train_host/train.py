@@ -81,8 +81,9 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
     """Train on ``train_set`` and write the run folder ``out``.
 
     A fresh model, or with ``init_from`` a copy of that run's model fine-tuned on
-    the new takes (same architecture and parameters required; its input scale is
-    kept, so the motion it learned still means the same). Training ends after
+    the new takes (same architecture and parameters required, but for noise bands a
+    model without them may gain: the new output starts from scratch; its input
+    scale is kept, so the motion it learned still means the same). Training ends after
     ``training.epochs`` or ``training.max_steps``, whichever comes first. The run
     keeps the last epoch's weights: the spectral loss's log floor makes the
     validation loss a poor judge of which epoch sounds best, so the epoch with
@@ -103,14 +104,18 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
                           segment_samples=data.segment_samples,
                           hop_samples=data.hop_samples,
                           latent_size=cfg.model.latent_size,
-                          hidden_units=cfg.model.hidden_units, input_scale=scale)
+                          hidden_units=cfg.model.hidden_units, input_scale=scale,
+                          noise_bands=cfg.model.noise_bands)
     if init_from is not None:
-        for name, part in model.parts.items():
-            part.set_weights(init_from.vae.parts[name].get_weights())
-        log.info("fine-tuning %s", init_from.path)
+        _copy_weights(init_from.vae, model)
+        log.info("fine-tuning %s%s", init_from.path,
+                 f" (its noise output of {cfg.model.noise_bands} bands is new)"
+                 if cfg.model.noise_bands != init_from.config.model.noise_bands else "")
     variables = model.trainable_variables
     optimizer = tf.keras.optimizers.Adam(t.learning_rate)
     log_mel = vae_mod.LogMel(data.sample_rate, data.segment_samples) if t.mel_weight else None
+    noise_renderer = (vae_mod.NoiseRenderer(cfg.model.noise_bands, data.segment_samples,
+                                            data.sample_rate) if cfg.model.noise_bands else None)
 
     def losses(x, y, beta, seed, training):
         # In training the motion encoder sees the window with noise on it (in
@@ -129,8 +134,12 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
             mu, logvar = vae_mod.product_of_experts(*experts[name])
             noise = tf.random.stateless_normal(tf.shape(mu), seed=tf.stack([seed, i]))
             z = mu + tf.exp(0.5 * logvar) * noise if training else mu
-            shape, level = model.audio_decoder(z, training=training)
-            audio = vae_mod.synthesize(shape, level)
+            shape, level, *bands = model.audio_decoder(z, training=training)
+            sound = shape
+            if noise_renderer is not None:
+                # Fresh noise for every segment and step, as the box draws it.
+                sound = shape + noise_renderer(bands[0], tf.stack([seed, 10 + 2 * i]))
+            audio = vae_mod.synthesize(sound, level)
             motion = model.motion_decoder(z, training=training)
             spectral = vae_mod.spectral_loss(y, audio)
             waveform = tf.reduce_mean(tf.square(y - audio))
@@ -279,10 +288,27 @@ def _load_weights(model, folder: Path) -> None:
                                "train the run again") from None
 
 
+def _copy_weights(base, model) -> None:
+    """Every layer's weights from ``base``'s model into ``model``'s, part by part and
+    layer by layer in order; a noise output ``base`` lacks keeps its fresh weights."""
+    for name, part in model.parts.items():
+        given = [layer for layer in base.parts[name].layers if layer.weights]
+        wanted = [layer for layer in part.layers if layer.weights]
+        if len(wanted) == len(given) + 1 and wanted[-1].name == "noise":
+            wanted = wanted[:-1]
+        for source, target in zip(given, wanted, strict=True):
+            target.set_weights(source.get_weights())
+
+
 def _check_same_model(cfg: TrainConfig, base: Run) -> None:
-    """Fine-tuning needs the same architecture and the same motion and audio."""
-    keys = ("motiongram", "motion_gain", "model")
+    """Fine-tuning needs the same architecture and the same motion and audio; a
+    model without noise bands may gain them."""
+    keys = ("motiongram", "motion_gain")
     differ = [k for k in keys if getattr(cfg, k) != getattr(base.config, k)]
+    mine, theirs = cfg.model, base.config.model
+    if dataclasses.replace(mine, noise_bands=0) != dataclasses.replace(theirs, noise_bands=0) \
+            or theirs.noise_bands not in (0, mine.noise_bands):
+        differ.append("model")
     for k in ("fps", "sample_rate", "segment_seconds", "window_frames"):
         if getattr(cfg.data, k) != getattr(base.config.data, k):
             differ.append(f"data.{k}")
@@ -329,7 +355,8 @@ def load_run(path: str | Path) -> Run:
                           segment_samples=cfg.data.segment_samples,
                           hop_samples=cfg.data.hop_samples,
                           latent_size=cfg.model.latent_size,
-                          hidden_units=cfg.model.hidden_units, input_scale=info["input_scale"])
+                          hidden_units=cfg.model.hidden_units, input_scale=info["input_scale"],
+                          noise_bands=cfg.model.noise_bands)
     _load_weights(model, path / "weights")
     return Run(path, cfg, model, info)
 

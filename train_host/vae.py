@@ -39,6 +39,12 @@ come, and played one static chord whatever the dance (pitch-class movement 0.09
 of the demo instrument's, even when the notes could be seen in the motion);
 asked for the amplitudes of partials, the decoder's output is a spectrum,
 what the spectral loss measures, and the notes can move (docs/model.md).
+
+With ``noise_bands`` the audio decoder also gives the amplitudes of that many
+bands of filtered noise (``device.noise``): the sound above the highest partial
+and between partials that real music has and sines cannot make. Training draws
+fresh noise for every segment (``NoiseRenderer``), as the box does, and the
+noise joins the shape before the level scales it.
 """
 
 from __future__ import annotations
@@ -115,8 +121,10 @@ def partials_basis(segment_samples: int, hop_samples: int) -> np.ndarray:
 
 
 def build(*, window_frames: int, features: int, segment_samples: int, hop_samples: int,
-          latent_size: int, hidden_units: int, input_scale: float) -> JointVAE:
-    """A freshly initialised model (call ``keras.utils.set_random_seed`` first)."""
+          latent_size: int, hidden_units: int, input_scale: float,
+          noise_bands: int = 0) -> JointVAE:
+    """A freshly initialised model (call ``keras.utils.set_random_seed`` first);
+    with ``noise_bands``, its audio decoder also gives noise band amplitudes."""
     dense = keras.layers.Dense
     motion = keras.Input((window_frames, features), name="motion")
     h = keras.layers.Rescaling(input_scale)(keras.layers.Flatten()(motion))
@@ -142,7 +150,13 @@ def build(*, window_frames: int, features: int, segment_samples: int, hop_sample
     amplitudes = dense(len(basis), name="partials")(h)
     shape = dense(segment_samples, use_bias=False, trainable=False, name="shape",
                   kernel_initializer=keras.initializers.Constant(basis))(amplitudes)
-    audio_decoder = keras.Model(z, [shape, dense(1, name="level")(h)], name="audio_decoder")
+    outputs = [shape, dense(1, name="level")(h)]
+    if noise_bands:
+        # Started quiet (a tenth of the usual initial weights): a model fine-tuned
+        # into noise bands begins close to the partials-only model it was.
+        outputs.append(dense(noise_bands, name="noise", kernel_initializer=keras.initializers
+                             .VarianceScaling(0.01, "fan_avg", "uniform"))(h))
+    audio_decoder = keras.Model(z, outputs, name="audio_decoder")
     h = _hidden(hidden_units, z)
     h = dense(window_frames * features)(h)
     motion_decoder = keras.Model(z, keras.layers.Reshape((window_frames, features))(h),
@@ -159,6 +173,27 @@ def synthesize(shape, level):
     return shape * level
 
 
+class NoiseRenderer:
+    """``device.noise.NoiseBands`` in TensorFlow, for training: the same filters
+    and scale, fresh noise from a stateless seed. No overlap-add here (training
+    sees single segments), so no stream gain either."""
+
+    def __init__(self, bands: int, segment_samples: int, sample_rate: int):
+        from device.noise import band_filters, spectrum_scale
+
+        self.filters = tf.constant(band_filters(bands, segment_samples, sample_rate))
+        self.scale = spectrum_scale(segment_samples)
+        self.segment = segment_samples
+
+    def __call__(self, amplitudes, seed):
+        """(N, segment) noise for (N, bands) amplitudes; ``seed`` a stateless seed pair."""
+        shape = tf.matmul(tf.abs(amplitudes), self.filters) * self.scale
+        real = tf.random.stateless_normal(tf.shape(shape), seed=seed)
+        imag = tf.random.stateless_normal(tf.shape(shape), seed=seed + tf.constant([0, 1],
+                                                                                  seed.dtype))
+        return tf.signal.irfft(tf.complex(real * shape, imag * shape), [self.segment])
+
+
 def shape_level_penalty(shape):
     """The squared log of the shape's RMS: it keeps the shape tensor near unit level
     whether the segment is quiet or loud, so its int8 steps suit both."""
@@ -170,14 +205,27 @@ def performer(vae: JointVAE) -> keras.Model:
     """The graph the box runs: motion window to the audio segment of its posterior mean."""
     motion = keras.Input(vae.motion_encoder.input_shape[1:], batch_size=1, name="motion")
     latent, _ = vae.motion_encoder(motion)
-    shape, level = vae.audio_decoder(latent)
-    return keras.Model(motion, [shape, level], name="performer")
+    return keras.Model(motion, vae.audio_decoder(latent), name="performer")
 
 
-def perform(model: keras.Model, motion: np.ndarray) -> np.ndarray:
-    """The float audio segments the performer graph gives for a batch of windows."""
-    shape, level = model(motion, training=False)
-    return synthesize(shape, level).numpy()
+def perform(model: keras.Model, motion: np.ndarray, noise=None) -> np.ndarray:
+    """The float audio segments the performer graph gives for a batch of windows.
+
+    A model with a noise output needs ``noise``, a ``device.noise.NoiseBands``
+    (one segment's noise drawn per window, in order, as the box draws them).
+    """
+    shape, level, *bands = [t.numpy() for t in model(motion, training=False)]
+    if bands:
+        if noise is None:
+            raise ValueError("this model has a noise output: pass its NoiseBands")
+        shape = shape + np.stack([noise.render(a) for a in bands[0]])
+    return shape * level
+
+
+def noise_bands(model: keras.Model) -> int:
+    """How many noise bands the audio decoder or performer graph gives (0: none)."""
+    outputs = model.outputs
+    return int(outputs[2].shape[-1]) if len(outputs) == 3 else 0
 
 
 def motion_latent(vae: JointVAE, motion: np.ndarray) -> np.ndarray:
