@@ -22,9 +22,10 @@ from pythonosc.udp_client import SimpleUDPClient
 from device.config import OscConfig, load_device_config, with_overrides
 from device.control import request
 from device.errors import ConfigError
-from device.osc import WEK_INPUTS, OscService
+from device.osc import WEK_INPUTS, OscService, wek_inputs
 from device.performance import Performance
-from device.publish import BOX_RUNTIME_DIR, FRAME_HEADER, FRAME_MAGIC
+from device.publish import (BOX_RUNTIME_DIR, FRAME_HEADER, FRAME_MAGIC, STATE_MAGIC, FrameData,
+                            FramePublisher)
 from device.recorder import TakeRecorder
 from tests.conftest import ROOT, one_line_error
 from tests.test_recorder import SR, _write_wav
@@ -257,6 +258,48 @@ def test_senders_not_allowed_and_bad_messages_are_counted_and_never_stop_it(
     assert "messages with bad arguments: 3 (e.g. /dancesampler/volume: volume takes a " \
            "number from 0 to 1, not 'loud')" in lines[1]
     assert performance.engine.stats.frames > 0
+
+
+def test_the_inputs_of_a_known_frame():
+    """Motion only in the leftmost 8 columns and the top 8 rows, gain 2."""
+    motion = np.zeros(64 + 48, np.float32)
+    motion[:8] = 0.5
+    motion[64:72] = 0.25
+    inputs = dict(zip(WEK_INPUTS, wek_inputs(FrameData(7, 2.0, -20.0, 64, motion))))
+    assert inputs["quantity"] == pytest.approx(2.0 * 0.5 * 8 / 64)
+    assert inputs["centroid_x"] == pytest.approx(3.5 / 63)
+    assert inputs["centroid_y"] == pytest.approx(3.5 / 47)
+    assert inputs["columns_1"] == pytest.approx(1.0) and inputs["rows_1"] == pytest.approx(0.5)
+    assert all(inputs[f"columns_{i}"] == 0 for i in range(2, 9))
+    assert all(inputs[f"rows_{i}"] == 0 for i in range(2, 7))
+    still = wek_inputs(FrameData(8, 1.0, -120.0, 64, np.zeros(112, np.float32)))
+    assert still[:3] == [0.0, 0.5, 0.5] and not any(still[3:])
+
+
+def test_junk_on_the_frames_socket_is_counted_and_frames_still_go_out(tmp_path, heard):
+    frames = tmp_path / "frames.sock"
+    service = OscService(OscConfig(send_to=f"127.0.0.1:{heard.port}"), frames=frames,
+                         control=tmp_path / "ctl.sock").start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as local:
+            for junk in (b"", b"hello", FRAME_MAGIC + bytes(FRAME_HEADER.size),
+                         STATE_MAGIC + b"[1, 2]", STATE_MAGIC + b"{not json"):
+                local.sendto(junk, str(frames))
+        until(lambda: service.tally.counts["malformed frame datagrams"] == 5, "5 counted")
+        publisher = FramePublisher(frames)
+        motion = np.full(112, 0.01, np.float32)
+        publisher.frame(motion, 64, 1.5, np.full(735, 0.1, np.float32),
+                        {"model": "m", "voice": "corpus", "recording": False, "take": None})
+        until(lambda: heard.at("/dancesampler/level"), "the frame sent on")
+        publisher.close()
+    finally:
+        service.close()
+    assert heard.at("/dancesampler/level")[0][0] == pytest.approx(-20.0, abs=1e-3)
+    assert heard.at("/dancesampler/gain")[0][0] == pytest.approx(1.5)
+    assert heard.at("/dancesampler/quantity")[0][0] == pytest.approx(0.01)
+    assert heard.at("/wek/inputs")[0][0] == pytest.approx(0.015)
+    assert heard.at("/dancesampler/model") == [["m", "corpus"]]
+    assert not heard.at("/dancesampler/motiongram")    # not asked for
 
 
 def test_bad_osc_settings_are_one_line_naming_the_key(tmp_path):
