@@ -178,6 +178,7 @@ class OscService:
         self._pending: queue.Queue[tuple[str, object, str]] = queue.Queue(PENDING)
         self._threads: list[threading.Thread] = []
         self._sockets: list[socket.socket] = []
+        self._bound = False   # whether the frames socket on disk is this service's
         self._state: dict = {}
         self._take: str | None = None   # the take announced as started, not yet as stopped
         self.out = OscOut(cfg.send_to, self.tally) if cfg.send_to else None
@@ -216,6 +217,8 @@ class OscService:
             sock.close()
         if self.out is not None:
             self.out.close()
+        if self._bound:
+            self._bound = False
             try:
                 if stat.S_ISSOCK(self.frames_path.lstat().st_mode):
                     self.frames_path.unlink()
@@ -245,6 +248,7 @@ class OscService:
             pass
         try:
             sock.bind(str(path))
+            self._bound = True
             os.chmod(path, 0o660)
             try:
                 os.chown(path, -1, grp.getgrnam(SERVICE_GROUP).gr_gid)

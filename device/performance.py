@@ -423,12 +423,13 @@ class Performance:
                              daemon=True).start()
             return {"ok": True, **self._state(), "note": "loading the next model"}
         if action == "volume":
-            self._volume = value
+            self._volume = value   # a stream reopened after a lost card starts there
             if self.stream is not None:
                 self.stream.set_volume(value)   # glides there in the audio thread
-                return {"ok": True, **self._state()}
-            return {"ok": True, **self._state(), "note": "a sample-exact file run has no "
-                                                         "master volume"}
+            elif isinstance(self.sink, WavSink) and self.finite:
+                return {"ok": True, **self._state(), "note": "a sample-exact file run has "
+                                                             "no master volume"}
+            return {"ok": True, **self._state()}
         if action == "sensitivity":
             self.engine.gain.set_sensitivity(value)
             return {"ok": True, **self._state()}
@@ -461,7 +462,7 @@ class Performance:
         folder = resolve_path(self.cfg.model.models_dir)
         path = folder / f"{name}.dsb"
         if not path.is_file():
-            there = ", ".join(p.stem for p in bundles_after(folder, path)) or "none"
+            there = ", ".join(sorted(p.stem for p in bundles_after(folder, path))) or "none"
             return {"ok": False, **self._state(),
                     "error": f"no voice {name!r} in {folder} (there: {there})"}
         if path.resolve() == self.engine.bundle.path.resolve():

@@ -22,7 +22,7 @@ from pythonosc.udp_client import SimpleUDPClient
 from device.config import OscConfig, load_device_config, with_overrides
 from device.control import request
 from device.errors import ConfigError
-from device.osc import WEK_INPUTS, OscService, wek_inputs
+from device.osc import WEK_INPUTS, OscError, OscService, wek_inputs
 from device.performance import Performance
 from device.publish import (BOX_RUNTIME_DIR, FRAME_HEADER, FRAME_MAGIC, STATE_MAGIC, FrameData,
                             FramePublisher)
@@ -295,6 +295,17 @@ def test_junk_on_the_frames_socket_is_counted_and_frames_still_go_out(tmp_path, 
     finally:
         service.close()
     assert heard.at("/dancesampler/level")[0][0] == pytest.approx(-20.0, abs=1e-3)
+    # A second service on the same socket is refused, and leaves the first's alone.
+    first = OscService(OscConfig(send_to=f"127.0.0.1:{heard.port}"), frames=frames,
+                       control=tmp_path / "ctl.sock").start()
+    try:
+        with pytest.raises(OscError, match="another OSC service takes frames on"):
+            OscService(OscConfig(send_to=f"127.0.0.1:{heard.port}"), frames=frames,
+                       control=tmp_path / "ctl.sock").start()
+        assert frames.exists()
+    finally:
+        first.close()
+    assert not frames.exists()
     assert heard.at("/dancesampler/gain")[0][0] == pytest.approx(1.5)
     assert heard.at("/dancesampler/quantity")[0][0] == pytest.approx(0.01)
     assert heard.at("/wek/inputs")[0][0] == pytest.approx(0.015)
@@ -324,11 +335,23 @@ def test_bad_osc_settings_are_one_line_naming_the_key(tmp_path):
     one_line_error(result, "osc.motiongrams: unknown key (did you mean 'motiongram'?)")
 
 
-def test_with_osc_off_the_service_says_so_and_exits():
+def test_with_osc_off_the_service_says_so_and_exits_and_a_port_in_use_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "device", "osc"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "osc.send_to and osc.listen are both empty" in result.stderr
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        config = tmp_path / "device.yaml"
+        config.write_text(f"osc:\n  send_to: 127.0.0.1:6448\n  listen: 127.0.0.1:{port}\n")
+        result = subprocess.run([sys.executable, "-m", "device", "osc", "--config", str(config),
+                                 "--frames", str(tmp_path / "frames.sock")], cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+    one_line_error(result, f"osc.listen: cannot listen on 127.0.0.1:{port}: Address already "
+                           "in use")
+    assert not (tmp_path / "frames.sock").exists()
 
 
 # ---- the unit file ---------------------------------------------------------------
