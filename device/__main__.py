@@ -63,16 +63,30 @@ def main(argv: list[str] | None = None) -> int:
                               description="Send one command to the box running here over its "
                                           "control channel (docs/control.md).")
     ctl.add_argument("action", choices=("record", "stop", "delete-last", "next-model",
-                                        "voice-from-last-take", "status"),
+                                        "voice-from-last-take", "status", "volume",
+                                        "sensitivity", "voice"),
                      help="record: start a take; stop: end it; delete-last: delete the last "
                           "take; next-model: play the next bundle; voice-from-last-take: "
                           "build a corpus voice from the newest take and play it; status: "
-                          "what it is doing")
+                          "what it is doing; volume V: master volume, 0 to 1; sensitivity "
+                          "S: motion sensitivity, 0.05 to 20; voice NAME: play the bundle "
+                          "NAME.dsb of the models folder")
+    ctl.add_argument("value", nargs="?", help="for volume, sensitivity and voice")
     ctl.add_argument("--json", action="store_true", help="print the box's reply as JSON")
     ctl.add_argument("--socket", help="the box's control socket (default: "
                                       "$RUNTIME_DIRECTORY/control.sock, /run/dancesampler/"
                                       "control.sock, or out/control.sock in the checkout)")
     ctl.set_defaults(func=_ctl)
+
+    osc = commands.add_parser(
+        "osc", help="the OSC service: each frame's motion out, commands in (docs/osc.md)",
+        description="Send the running box's motion as OSC to osc.send_to and take OSC "
+                    "commands on osc.listen (docs/osc.md); exits at once when both are empty.")
+    osc.add_argument("--socket", help="the box's control socket (default: as for ctl)")
+    osc.add_argument("--frames", help="the socket the box's frames arrive on (default: "
+                                      "/run/dancesampler-osc/frames.sock under systemd or "
+                                      "where that folder exists, else out/frames.sock)")
+    osc.set_defaults(func=_osc)
 
     corpus = commands.add_parser(
         "corpus", help="a corpus voice: grains of takes, chosen live by the dancer's motion")
@@ -239,9 +253,19 @@ def _record(args) -> int:
 def _ctl(args) -> int:
     import json
 
-    from device.control import ControlError, request
+    from device.control import VALUE_COMMANDS, ControlError, check_value, request
 
-    reply = request(args.action, args.socket)
+    value = args.value
+    if args.action in VALUE_COMMANDS and args.action != "voice" and value is not None:
+        try:
+            value = float(value)
+        except ValueError:
+            pass   # check_value names what it takes
+    if args.action in VALUE_COMMANDS and value is None:
+        raise ControlError(f"{args.action} needs a value (python -m device ctl "
+                           f"{args.action} VALUE)")
+    check_value(args.action, value)
+    reply = request(args.action, args.socket, value=value)
     if args.json:
         print(json.dumps(reply))
     if not reply.get("ok"):
@@ -250,6 +274,24 @@ def _ctl(args) -> int:
         note = f" ({reply['note']})" if reply.get("note") else ""
         print(f"{reply.get('status') or reply.get('state')}{note}")
     return 0
+
+
+def _osc(args) -> int:
+    import threading
+    from pathlib import Path
+
+    from device.osc import serve
+    from device.service import install_stop_signals
+
+    cfg = _config(args)
+    stop = threading.Event()
+    signals = install_stop_signals(stop, deadline_s=3.0)
+    try:
+        return serve(cfg.osc, stop, frames=Path(args.frames) if args.frames else None,
+                     control_socket=Path(args.socket) if args.socket else None)
+    finally:
+        if signals.received is None:
+            signals.restore()
 
 
 def _sessions(args) -> int:

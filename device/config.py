@@ -439,6 +439,67 @@ class CorpusConfig:
     recorded, 1 every grain equally loud (silence is never lifted)."""
 
 
+_SEND_TO = {"pattern": r"|(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):\d{1,5}",
+            "pattern_help": "'' (off) or 'HOST:PORT' (e.g. '192.168.1.20:6448'; "
+                            "an IPv6 address in brackets)"}
+_LISTEN = {"pattern": r"|(\[[0-9A-Fa-f:.]+\]|[0-9.]+):\d{1,5}",
+           "pattern_help": "'' (off) or 'ADDRESS:PORT' (e.g. '0.0.0.0:9000', '[::]:9000')"}
+
+
+def host_port(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6]:PORT``) as (host, port), the brackets taken off."""
+    host, _, port = value.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def networks(value: str) -> list[str]:
+    """The addresses and networks of an allowlist: words split at spaces and commas."""
+    return [word for word in re.split(r"[\s,]+", value) if word]
+
+
+@dataclass(frozen=True)
+class OscConfig:
+    """OSC over the network, spoken by its own small service (``python -m device
+    osc``, docs/osc.md); the sound service never touches the network, it only
+    hands each frame's motion to that service over a local socket."""
+
+    send_to: str = field(default="", metadata=_SEND_TO)
+    """'HOST:PORT' that each frame's motion is sent to as OSC over UDP (Wekinator
+    listens on 6448); '' sends nothing (and the sound service publishes nothing)."""
+    motiongram: bool = False
+    """Also send each frame's whole motiongram (/dancesampler/motiongram)."""
+    listen: str = field(default="", metadata=_LISTEN)
+    """'ADDRESS:PORT' on which OSC commands are taken ('0.0.0.0:9000': from every
+    network); '' takes none."""
+    allow: str = field(default="127.0.0.1", metadata={
+        "pattern": r"[0-9A-Fa-f:./,\s]*", "pattern_help": "IP addresses or networks "
+        "(e.g. '127.0.0.1 192.168.1.0/24'), separated by spaces or commas"})
+    """Senders whose commands are taken: IP addresses or networks, separated by
+    spaces or commas; a message from anyone else is ignored and counted."""
+
+    def check(self) -> list[str]:
+        """Ports in range, a listening address that is an IP address, an allowlist
+        that parses."""
+        import ipaddress
+
+        problems = []
+        for key in ("send_to", "listen"):
+            value = getattr(self, key)
+            if value and not 1 <= host_port(value)[1] <= 65535:
+                problems.append(f"{key}: port {host_port(value)[1]} is not from 1 to 65535")
+        if self.listen:
+            try:
+                ipaddress.ip_address(host_port(self.listen)[0])
+            except ValueError:
+                problems.append(f"listen: {host_port(self.listen)[0]!r} is not an IP address")
+        for word in networks(self.allow):
+            try:
+                ipaddress.ip_network(word, strict=False)
+            except ValueError:
+                problems.append(f"allow: {word!r} is not an IP address or network")
+        return problems
+
+
 _AUDIO_IN = {"pattern": r"alsa(:.+)?|wav:.+|track:.+",
              "pattern_help": "'alsa', 'alsa:DEVICE', 'wav:PATH' or 'track:PATH'"}
 
@@ -494,6 +555,8 @@ class DeviceConfig:
     """Recording takes: where they go and where their sound comes from."""
     corpus: CorpusConfig = CorpusConfig()
     """Corpus voices built from takes."""
+    osc: OscConfig = OscConfig()
+    """OSC out and in, through the OSC service (docs/osc.md)."""
 
     def check(self) -> list[str]:
         return whole_multiple("audio.sample_rate", self.audio.sample_rate,

@@ -5,7 +5,7 @@ front ends, ask for here; the performance carries out both through the same
 actions. The protocol is versioned and specified in docs/control.md: one JSON
 object per line each way, one request per connection.
 
-    request:  {"v": 1, "cmd": "record"}
+    request:  {"v": 1, "cmd": "record"}        {"v": 1, "cmd": "volume", "value": 0.5}
     reply:    {"v": 1, "ok": true, "state": "recording", "model": "default",
                "status": "recording default (30 fps, compute 0.6 ms, 0 underruns)"}
     refusal:  {"v": 1, "ok": false, "error": "this box has no recorder set up"}
@@ -16,8 +16,10 @@ The socket lives in the service's runtime folder (``$RUNTIME_DIRECTORY``,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 import socket
 import stat
@@ -25,16 +27,21 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from device.config import PROJECT_ROOT
+from device.config import PROJECT_ROOT, AudioConfig, MotionConfig
 from device.errors import DanceSamplerError
 
 log = logging.getLogger(__name__)
 
 PROTOCOL = 1
-COMMANDS = ("record", "stop", "delete-last", "next-model", "voice-from-last-take", "status")
+COMMANDS = ("record", "stop", "delete-last", "next-model", "voice-from-last-take", "status",
+            "volume", "sensitivity", "voice")
 """record: start a take; stop: end it; delete-last: delete the last take;
 next-model: crossfade to the next bundle; voice-from-last-take: build a corpus
-voice from the newest take and crossfade to it; status: what the box is doing."""
+voice from the newest take and crossfade to it; status: what the box is doing;
+volume, sensitivity: set the master volume or the motion sensitivity to
+``value``; voice: crossfade to the bundle named ``value`` in the models folder."""
+VALUE_COMMANDS = ("volume", "sensitivity", "voice")
+"""The commands that take a ``value``; the others take none."""
 SOCKET_NAME = "control.sock"
 BOX_RUNTIME_DIR = Path("/run/dancesampler")
 """The unit's ``RuntimeDirectory=dancesampler``."""
@@ -46,6 +53,38 @@ TIMEOUT_S = 5.0
 
 class ControlError(DanceSamplerError, OSError):
     """The control channel could not be used; the message says why."""
+
+
+def _bounds(section: type, name: str) -> tuple[float, float]:
+    meta = {f.name: f.metadata for f in dataclasses.fields(section)}[name]
+    return meta["min"], meta["max"]
+
+
+_NUMBERS = {"volume": _bounds(AudioConfig, "volume"),
+            "sensitivity": _bounds(MotionConfig, "sensitivity")}
+"""The numbers volume and sensitivity take: the bounds of audio.volume and
+motion.sensitivity in the config."""
+
+
+def check_value(command: str, value: object) -> float | str | None:
+    """``value`` as ``command`` takes it (a float, a voice's name, or None), or a
+    ControlError saying what it takes."""
+    if command not in VALUE_COMMANDS:
+        if value is not None:
+            raise ControlError(f"{command} takes no value")
+        return None
+    if command == "voice":
+        if not isinstance(value, str) or not value or "/" in value or value.startswith(".") \
+                or len(value) > 200:
+            raise ControlError(f"voice takes the name of a bundle in the models folder "
+                               f"(its file name without .dsb), not {value!r}")
+        return value
+    low, high = _NUMBERS[command]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or not low <= value <= high:
+        raise ControlError(f"{command} takes a number from {low:g} to {high:g}, "
+                           f"not {value!r}")
+    return float(value)
 
 
 def socket_path() -> Path:
@@ -62,10 +101,11 @@ def socket_path() -> Path:
 
 
 class ControlServer:
-    """Listens on ``path`` in a thread; ``act(command)`` carries out a command and
-    returns the reply's fields (``ok`` and ``error`` or the box's state)."""
+    """Listens on ``path`` in a thread; ``act(command, value)`` carries out a
+    command (``value``: from ``check_value``) and returns the reply's fields (``ok``
+    and ``error`` or the box's state); a ControlError it raises is the refusal."""
 
-    def __init__(self, path: Path, act: Callable[[str], dict]):
+    def __init__(self, path: Path, act: Callable[[str, float | str | None], dict]):
         self.path, self.act = Path(path), act
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -156,16 +196,21 @@ class ControlServer:
         if command not in COMMANDS:
             raise ControlError(f"unknown command {command!r} (expected one of "
                                f"{', '.join(COMMANDS)})")
+        value = check_value(command, request.get("value"))
         try:
-            return self.act(command)
+            return self.act(command, value)
+        except ControlError:
+            raise
         except Exception as exc:  # noqa: BLE001 - a bad request must never stop the show
             log.exception("control: %s failed", command)
             return {"ok": False, "error": f"{command} failed: {exc}"}
 
 
-def request(command: str, path: Path | None = None, *, timeout: float = TIMEOUT_S + 5) -> dict:
-    """Send ``command`` to the box listening on ``path`` (default: ``socket_path()``)
-    and return its reply; raises ``ControlError`` naming the socket when none answers."""
+def request(command: str, path: Path | None = None, *, value: float | str | None = None,
+            timeout: float = TIMEOUT_S + 5) -> dict:
+    """Send ``command`` (with ``value``, for those that take one) to the box
+    listening on ``path`` (default: ``socket_path()``) and return its reply;
+    raises ``ControlError`` naming the socket when none answers."""
     path = Path(path) if path is not None else socket_path()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -179,7 +224,8 @@ def request(command: str, path: Path | None = None, *, timeout: float = TIMEOUT_
         except PermissionError:
             raise ControlError(f"{path}: permission denied (run as root or as a member of "
                                "the service's group)") from None
-        sock.sendall(_encode({"v": PROTOCOL, "cmd": command}))
+        sock.sendall(_encode({"v": PROTOCOL, "cmd": command,
+                              **({} if value is None else {"value": value})}))
         reply = json.loads(_read_line(sock))
     except (OSError, ValueError) as exc:
         if isinstance(exc, ControlError):

@@ -124,6 +124,12 @@ class MotiongramStream:
         self._previous = None
         self._motion = np.zeros(self.params.features, np.float32)
 
+    @property
+    def last(self) -> np.ndarray:
+        """The newest frame's motion vector (zeros before the second frame); read it,
+        never write it."""
+        return self._motion
+
     def push(self, frame: np.ndarray, repeat: bool = False) -> np.ndarray:
         """Motion vector (float32, W + H) for ``frame`` against the previous one.
 
@@ -204,6 +210,11 @@ class MotionGain:
         self.params = params
         self._alpha = 1.0 - np.exp(-1.0 / (self.fps * params.time_s))
         self._fresh_after = max(1, round(self.fps * params.time_s))   # still frames
+
+    def set_sensitivity(self, sensitivity: float) -> None:
+        """Take another ``sensitivity`` from this frame on, keeping the level reached."""
+        self.gain = np.float32(self.gain * (sensitivity / self.sensitivity))
+        self.sensitivity = float(sensitivity)
 
     def reset(self) -> None:
         """Forget the level: the next motion starts it afresh."""

@@ -18,7 +18,10 @@ promises a gallery relies on:
 - the record button starts and stops a take through the recorder hook, with the
   status light blinking while it records; a long press deletes the last take;
 - the control channel (``device.control``, ``python -m device ctl``) asks for
-  the same actions as the buttons, carried out the same way;
+  the same actions as the buttons, carried out the same way, and a few more
+  (volume, sensitivity, a voice by name);
+- with ``osc.send_to`` set, each frame's motion is handed to the OSC service
+  (``device.publish``), never waiting for it;
 - systemd hears READY once sound flows, WATCHDOG only while frames arrive and
   audio is written, and a STATUS line a technician can read.
 
@@ -48,6 +51,7 @@ from device.control import TIMEOUT_S, ControlError, ControlServer
 from device.engine import Engine, RunStats
 from device.runtime import probe_graph
 from device.errors import AudioError, CameraError, ControlsError, DanceSamplerError
+from device.publish import FramePublisher, socket_path as frames_socket_path
 from device.service import HealthWatchdog, Notifier, status_line
 from device.session import last_session
 
@@ -99,13 +103,16 @@ class Performance:
 
     def __init__(self, cfg: DeviceConfig, *, notifier: Notifier | None = None,
                  recorder: Recorder | None = None, pin_factory=None,
-                 control: Path | None = None):
+                 control: Path | None = None, frames: Path | None = None):
         self.cfg = cfg
         self.notifier = notifier or Notifier.from_environment()
         self.recorder = recorder
         self._pin_factory = pin_factory
         self._control_path = control
+        self._frames_path = frames   # where the OSC service takes frames (osc.send_to)
         self.control: ControlServer | None = None
+        self.publisher: FramePublisher | None = None
+        self._volume = cfg.audio.volume   # the master volume; `ctl volume` changes it
         # (action, its _Request or None): from the buttons and the control channel.
         self._events: queue.SimpleQueue[tuple[str, _Request | None]] = queue.SimpleQueue()
         self._prepared: queue.SimpleQueue = queue.SimpleQueue()
@@ -217,14 +224,16 @@ class Performance:
             except ControlError as exc:
                 log.error("%s; playing without the control channel", exc)
 
-    def _act(self, command: str) -> dict:
+    def _act(self, command: str, value: float | str | None = None) -> dict:
         """The control channel's thread: have the model thread carry ``command`` out,
         as it does a button's, and return the reply."""
         if command == "status":
             return {"ok": True, **self._state()}
         if command == "voice-from-last-take":
             return self._voice_from_last_take()
-        request = _Request()
+        if command == "voice":
+            return self._voice(value)
+        request = _Request(value)
         self._events.put((command, request))
         if not request.done.wait(TIMEOUT_S):
             return {"ok": False, "error": f"the box did not act within {TIMEOUT_S:g} s "
@@ -265,6 +274,8 @@ class Performance:
             else:
                 self._open_stream(self.sink)
                 write = self._push
+            if self.cfg.osc.send_to:
+                write = self._publishing(write)
             self._light("playing")
             if announce is not None:
                 announce(self)
@@ -274,6 +285,21 @@ class Performance:
                                    on_frame=self._on_frame)
         finally:
             self.close("stopping: asked to" if stop.is_set() else "stopping: the input ended")
+
+    def _publishing(self, write):
+        """``write``, then the frame's motion handed to the OSC service."""
+        publisher = self.publisher = FramePublisher(self._frames_path or frames_socket_path())
+        width = self.cfg.motiongram.width
+        log.info("osc: handing each frame's motion to the OSC service at %s", publisher.path)
+
+        def write_and_publish(hop: np.ndarray) -> None:
+            write(hop)
+            engine, take = self.engine, self.recorder and self.recorder.take_path
+            manifest = engine.bundle.manifest
+            publisher.frame(engine.motiongram.last, width, float(engine.gain.gain), hop,
+                            {"model": manifest.name, "voice": manifest.voice,
+                             "recording": self._recording, "take": take.name if take else None})
+        return write_and_publish
 
     def _write_exact(self, hop: np.ndarray) -> None:
         if self.recorder is not None:
@@ -299,6 +325,7 @@ class Performance:
 
         self.stream = AudioStream.from_config(sink, self.cfg.audio, hop_samples=self.engine.hop,
                                               on_block=on_block)
+        self.stream.set_volume(self._volume)
         confirm = max(1, round(_SOUND_CONFIRM_S * sink.sample_rate / self.stream.block_samples))
         self.stream.start()
 
@@ -347,7 +374,7 @@ class Performance:
                 action, request = self._events.get_nowait()
             except queue.Empty:
                 break
-            reply = self._handle(action)
+            reply = self._handle(action, request.value if request is not None else None)
             if request is not None:
                 request.reply = reply
                 request.done.set()
@@ -387,14 +414,26 @@ class Performance:
             return {"state": "starting"}
         manifest = self.engine.bundle.manifest
         return {"state": self._state_name(), "model": manifest.name, "voice": manifest.voice,
-                "status": self.status_text()}
+                "status": self.status_text(), "volume": self._volume,
+                "sensitivity": self.engine.gain.sensitivity}
 
-    def _handle(self, action: str) -> dict:
+    def _handle(self, action: str, value: float | None = None) -> dict:
         """Carry out one action, from a button or the control channel; the reply."""
         if action == "next-model":
             threading.Thread(target=self._load_next_model, name="model-loader",
                              daemon=True).start()
             return {"ok": True, **self._state(), "note": "loading the next model"}
+        if action == "volume":
+            self._volume = value   # a stream reopened after a lost card starts there
+            if self.stream is not None:
+                self.stream.set_volume(value)   # glides there in the audio thread
+            elif isinstance(self.sink, WavSink) and self.finite:
+                return {"ok": True, **self._state(), "note": "a sample-exact file run has "
+                                                             "no master volume"}
+            return {"ok": True, **self._state()}
+        if action == "sensitivity":
+            self.engine.gain.set_sensitivity(value)
+            return {"ok": True, **self._state()}
         if self.recorder is None:
             log.warning("controls: %s asked for, but this box has no recorder set up", action)
             return {"ok": False, "error": "this box has no recorder set up"}
@@ -416,14 +455,36 @@ class Performance:
             self.recorder.delete_last()
         return {"ok": True, **self._state(), **({"note": note} if note else {})}
 
-    def _load_next_model(self) -> None:
-        """Off the audio thread: the next bundle that loads, checks and runs, in the
-        models folder's order; each bad one on the way is skipped with one line."""
+    def _voice(self, name: str) -> dict:
+        """The control channel's thread: crossfade to the bundle ``name`` of the
+        models folder, loaded and checked as the model button's next one is."""
+        if self.engine is None:
+            return {"ok": False, **self._state(), "error": "the box is still starting"}
+        folder = resolve_path(self.cfg.model.models_dir)
+        path = folder / f"{name}.dsb"
+        if not path.is_file():
+            there = ", ".join(sorted(p.stem for p in bundles_after(folder, path))) or "none"
+            return {"ok": False, **self._state(),
+                    "error": f"no voice {name!r} in {folder} (there: {there})"}
+        if path.resolve() == self.engine.bundle.path.resolve():
+            return {"ok": True, **self._state(), "note": f"already playing {name}"}
+        if self._loading.locked():
+            return {"ok": False, **self._state(),
+                    "error": "another model is being loaded; try again in a moment"}
+        threading.Thread(target=self._load_next_model, args=([path],), name="model-loader",
+                         daemon=True).start()
+        return {"ok": True, **self._state(), "note": f"loading {name}"}
+
+    def _load_next_model(self, candidates: list[Path] | None = None) -> None:
+        """Off the audio thread: the first of ``candidates`` (default: the next
+        bundles in the models folder's order) that loads, checks and runs; each
+        bad one on the way is skipped with one line."""
         if not self._loading.acquire(blocking=False):
             return  # a load is under way; this press is absorbed
         try:
             folder = resolve_path(self.cfg.model.models_dir)
-            candidates = bundles_after(folder, self.engine.bundle.path)
+            if candidates is None:
+                candidates = bundles_after(folder, self.engine.bundle.path)
             if not candidates:
                 log.warning("model: no other bundles in %s", folder)
             for path in candidates:
@@ -497,6 +558,7 @@ class Performance:
         """Fade out and release everything; each part is closed even if another fails."""
         self.notifier.stopping(reason)
         for name, part, method in (("control channel", self.control, "close"),
+                                   ("OSC publisher", self.publisher, "close"),
                                    ("recorder", self.recorder, "close"),
                                    ("audio", self.stream, "stop"),
                                    ("sound output", None if self.stream else self.sink, "close"),
@@ -510,12 +572,14 @@ class Performance:
             except Exception as exc:  # noqa: BLE001 - report it, close the rest
                 log.error("stopping the %s failed: %s", name, exc)
         self.stream = self.camera = self.controls = self.health = self.control = None
+        self.publisher = None
 
 
 class _Request:
-    """A control channel's action waiting for the model thread's reply."""
+    """A control channel's action (and its value) waiting for the model thread's reply."""
 
-    def __init__(self):
+    def __init__(self, value: float | str | None = None):
+        self.value = value
         self.done = threading.Event()
         self.reply: dict = {}
 

@@ -7,9 +7,12 @@ On the box, under ``/opt/dancesampler`` (docs/deploy.md):
    off half way leaves the running release alone and no half release in sight;
    the next deploy carries on from what was copied.
 2. ``current`` is switched to it atomically (a new symlink renamed over the old),
-   the unit file is installed if it changed, and the service restarted. With
-   ``Type=notify``, ``systemctl restart`` returns once the program sent READY
-   (its first hop of sound); the unit must then stay active for a few seconds.
+   the unit files are installed if they changed (the OSC service's enabled if it
+   is not), and the service restarted. With ``Type=notify``, ``systemctl
+   restart`` returns once the program sent READY (its first hop of sound); the
+   unit must then stay active for a few seconds. Then the OSC service is
+   restarted too, on the new release; it is not the show, so its failing to start
+   is reported and fails nothing.
 3. If it does not, ``current`` goes back to the release that ran before, which is
    restarted, and the deploy fails naming the unit's state and its last journal
    lines. The three most recently deployed releases are kept.
@@ -27,8 +30,8 @@ held), and a second is refused naming who holds it.
 
 A release that is already current, checked and running is left alone: no copy,
 no restart.
-This never changes anything outside ``/opt/dancesampler``, the unit file,
-``/etc/dancesampler/device.yaml`` (only written when missing) and the service.
+This never changes anything outside ``/opt/dancesampler``, the unit files,
+``/etc/dancesampler/device.yaml`` (only written when missing) and the services.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from firmware_tools.ssh import Remote, RemoteError, _program
 log = logging.getLogger(__name__)
 
 UNIT = "dancesampler"
+OSC_UNIT = "dancesampler-osc"
 KEEP_RELEASES = 3
 JOURNAL_LINES = 20
 # What a venv with numpy, av and the TFLite runtime takes once installed, beyond
@@ -221,7 +225,23 @@ def _start_checked(remote: Remote, box: Box, rid: str, previous: str | None,
         raise
     _mark_good(remote, box, rid)
     report(f"{remote}: running {rid} ({status})")
+    _restart_osc(remote, box, report)
     return status
+
+
+def _restart_osc(remote: Remote, box: Box, report: Callable[[str], None]) -> None:
+    """Restart the OSC service on the release now current: with OSC off in the
+    box's config it exits at once. A failure is reported; the show plays on."""
+    try:
+        result = _run(remote, box, f"systemctl restart {OSC_UNIT}",
+                      "restarting the OSC service", check=False, timeout=RESTART_TIMEOUT_S)
+    except RemoteError as exc:
+        report(f"{remote}: warning: the OSC service was not restarted: {exc}")
+        return
+    if result.returncode != 0:
+        said = " ".join((result.stderr or result.stdout).split())[-200:]
+        report(f"{remote}: warning: the OSC service did not start ({said}); "
+               f"journalctl -u {OSC_UNIT} says why")
 
 
 _LOCK = r"""
@@ -343,12 +363,22 @@ cd {base}
 ln -sfn {target} .current-new
 mv -T .current-new current
 echo {rid} >> releases/.history
-unit={unit_dir}/dancesampler.service
-if ! cmp -s current/systemd/dancesampler.service "$unit"; then
-  mkdir -p {unit_dir}
-  cp current/systemd/dancesampler.service "$unit.new"
-  mv -f "$unit.new" "$unit"
-  systemctl daemon-reload
+reload=
+for name in dancesampler dancesampler-osc; do
+  [ -f current/systemd/$name.service ] || continue   # a release from before the OSC service
+  unit={unit_dir}/$name.service
+  if ! cmp -s current/systemd/$name.service "$unit"; then
+    mkdir -p {unit_dir}
+    cp current/systemd/$name.service "$unit.new"
+    mv -f "$unit.new" "$unit"
+    reload=1
+  fi
+done
+[ -z "$reload" ] || systemctl daemon-reload
+# A box provisioned before the OSC service came gets it enabled here.
+if [ -f current/systemd/dancesampler-osc.service ] && \
+   ! systemctl is-enabled --quiet dancesampler-osc 2>/dev/null; then
+  systemctl enable --quiet dancesampler-osc
 fi
 if [ ! -e {config} ]; then
   mkdir -p {config_dir}

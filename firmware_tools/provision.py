@@ -8,7 +8,8 @@ nothing. The steps (docs/deploy.md says why each is there):
 2. the groups and the service user ``dancesampler`` (video, audio, gpio)
 3. folders: releases, the box's own wheels, state and config
 4. a pyalsaaudio wheel, built once on the box (it publishes none)
-5. the systemd unit, installed and enabled
+5. the systemd units, installed and enabled: the sound service and the OSC
+   service (which exits at once while the config turns OSC off)
 6. with ``--read-only-root``: the overlay root file system, only when
    ``/var/lib/dancesampler`` is its own writable mount (or takes would be lost)
 
@@ -38,6 +39,7 @@ GROUPS = ("video", "audio", "gpio")
 USER = "dancesampler"
 PYALSAAUDIO = "pyalsaaudio==0.11.0"
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "dancesampler.service"
+OSC_UNIT = UNIT.with_name("dancesampler-osc.service")
 
 _SCRIPT = r"""set -eu
 R={root}
@@ -99,17 +101,19 @@ else
   python3 -m pip wheel --quiet --no-deps --no-binary :all: {alsa_pin} -w "$R/opt/dancesampler/wheels"
 fi
 
-# 5. the unit
-unit="$R/etc/systemd/system/dancesampler.service"
+# 5. the units
 mkdir -p "$R/etc/systemd/system"
+{units}"""
+
+_UNIT = r"""unit="$R/etc/systemd/system/{name}.service"
 cat > "$unit.new" <<'DANCESAMPLER_UNIT_END'
-{unit}DANCESAMPLER_UNIT_END
+{text}DANCESAMPLER_UNIT_END
 if cmp -s "$unit.new" "$unit"; then
-  rm -f "$unit.new"; say "unit: unchanged"
+  rm -f "$unit.new"; say "{what}: unchanged"
 else
-  mv -f "$unit.new" "$unit"; say "unit: installed"; systemctl daemon-reload
+  mv -f "$unit.new" "$unit"; say "{what}: installed"; systemctl daemon-reload
 fi
-systemctl is-enabled --quiet dancesampler 2>/dev/null || {{ say "enabling the unit"; systemctl enable dancesampler; }}
+systemctl is-enabled --quiet {name} 2>/dev/null || {{ say "enabling the {what}"; systemctl enable {name}; }}
 """
 
 _READ_ONLY = r"""
@@ -129,10 +133,14 @@ fi
 
 def provision_script(*, root: str = "/", read_only_root: bool = False) -> str:
     """The shell script that provisions a box whose ``/`` is ``root``."""
-    unit = UNIT.read_text()
+    units = ""
+    for path, what in ((UNIT, "unit"), (OSC_UNIT, "OSC unit")):
+        text = path.read_text()
+        if "DANCESAMPLER_UNIT_END" in text:
+            raise ValueError(f"{path.name} holds the heredoc's end marker")
+        units += _UNIT.format(name=path.stem, what=what,
+                              text=text if text.endswith("\n") else text + "\n")
     defaults = DeviceConfig()
-    if "DANCESAMPLER_UNIT_END" in unit:
-        raise ValueError("the unit file holds the heredoc's end marker")
     script = _SCRIPT.format(
         root=shlex.quote(root.rstrip("/")), packages=" ".join(APT_PACKAGES),
         pi_packages="\n".join(f"{p} {what}" for p, what in PI_PACKAGES.items()),
@@ -141,7 +149,7 @@ def provision_script(*, root: str = "/", read_only_root: bool = False) -> str:
         music=box_path(defaults.recorder.music_dir),
         groups=" ".join(GROUPS), group_list=",".join(GROUPS), user=USER,
         alsa_pin=shlex.quote(PYALSAAUDIO), alsa_version=PYALSAAUDIO.split("==")[1],
-        unit=unit if unit.endswith("\n") else unit + "\n")
+        units=units)
     return script + (_READ_ONLY.format(state=BOX_STATE_DIR) if read_only_root else "")
 
 

@@ -1,7 +1,7 @@
 """Building a release: the folder that ``deploy`` copies to a box.
 
 A release holds what the box runs and nothing else: the ``device`` package,
-``config/``, the systemd unit, the shipped ``models/*.dsb``, a demo track to
+``config/``, the systemd units, the shipped ``models/*.dsb``, a demo track to
 record with (``music/demo.wav``: the demo instrument played by the synthetic
 dancer, made here, the same samples every time), the pinned
 requirements the box's venv is made from (``requirements.txt``) and, when
@@ -48,6 +48,7 @@ BOX_REQUIREMENTS = (
     "pyyaml==6.0.2",
     "tflite-runtime==2.14.0",
     "av==16.0.1",
+    "python-osc==1.10.2",
 )
 BUILT_ON_BOX = ("pyalsaaudio==0.11.0",)
 
@@ -59,7 +60,8 @@ DEFAULT_WHEEL_CACHE = Path("out") / "wheels-aarch64-cp311"
 
 # (source in the project, name in the release); folders are copied whole.
 _CONTENT = (("device", "device"), ("config", "config"),
-            ("systemd/dancesampler.service", "systemd/dancesampler.service"))
+            ("systemd/dancesampler.service", "systemd/dancesampler.service"),
+            ("systemd/dancesampler-osc.service", "systemd/dancesampler-osc.service"))
 _SKIP = {"__pycache__", ".pytest_cache"}
 
 

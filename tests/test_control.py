@@ -167,3 +167,38 @@ def test_ctl_without_a_running_box_is_one_line(tmp_path):
         stale.close()
         request("status", tmp_path / "stale.sock")
     assert os.path.exists(tmp_path / "stale.sock")
+
+
+def test_ctl_sets_volume_and_sensitivity_and_picks_a_voice_by_name(show):
+    performance, path, _ = show
+    turned = ctl("volume", "0.3", "--socket", str(path), "--json")
+    assert turned.returncode == 0, turned.stderr
+    assert json.loads(turned.stdout)["volume"] == 0.3
+    assert performance.stream._volume_target == 0.3     # the audio thread glides there
+    assert request("sensitivity", path, value=2.5)["sensitivity"] == 2.5
+    assert performance.engine.gain.sensitivity == 2.5
+    status = request("status", path)
+    assert (status["volume"], status["sensitivity"]) == (0.3, 2.5)
+
+    for args, fragment in ((("volume", "1.5"), "volume takes a number from 0 to 1, not 1.5"),
+                           (("sensitivity", "loud"), "sensitivity takes a number from 0.05 "
+                                                     "to 20, not 'loud'"),
+                           (("volume",), "volume needs a value"),
+                           (("record", "now"), "record takes no value")):
+        one_line_error(ctl(*args, "--socket", str(path)), fragment)
+    refused = request("voice", path, value="nothing")
+    assert not refused["ok"] and "no voice 'nothing'" in refused["error"]
+    assert "(there: a, b)" in refused["error"]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:   # what ctl never sends
+        s.connect(str(path))
+        s.sendall(b'{"v": 1, "cmd": "volume", "value": true}\n')
+        assert "volume takes a number" in json.loads(s.makefile().readline())["error"]
+
+    picked = ctl("voice", "b", "--socket", str(path))
+    assert picked.returncode == 0, picked.stderr
+    assert "(loading b)" in picked.stdout
+    deadline = time.monotonic() + 15
+    while performance.engine.bundle.path.name != "b.dsb":
+        assert time.monotonic() < deadline, "voice b never played"
+        time.sleep(0.05)
+    assert request("voice", path, value="b")["note"] == "already playing b"

@@ -101,8 +101,7 @@ def project(tmp_path):
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("device", "config"):
         shutil.copytree(ROOT / name, tree / name, ignore=ignore)
-    (tree / "systemd").mkdir(parents=True)
-    shutil.copy2(ROOT / "systemd" / "dancesampler.service", tree / "systemd")
+    shutil.copytree(ROOT / "systemd", tree / "systemd")
     (tree / "models").mkdir()
     shutil.copy2(MODEL, tree / "models")
     return tree
@@ -115,9 +114,10 @@ def new_release(project, tmp_path, n):
     return build_release(project, tmp_path / "built")
 
 
-def calls(stubs, what="systemctl restart"):
+def calls(stubs, what="systemctl restart dancesampler"):
+    """The stand-ins' calls that are ``what`` or begin with it and a space."""
     return [line for line in (stubs / "calls.log").read_text().splitlines()
-            if line.startswith(what)]
+            if line == what or line.startswith(what + " ")]
 
 
 def current(box):
@@ -158,6 +158,7 @@ def test_a_release_holds_what_the_box_runs_and_its_id_is_its_content(project, tm
     assert first.id == again.id and len(first.id) == 16
     names = set(first.files)
     assert {"device/__main__.py", "config/device.yaml", "systemd/dancesampler.service",
+            "systemd/dancesampler-osc.service",
             "models/default.dsb", "music/demo.wav", "requirements.txt"} <= names
     # The demo track a dancer can record with at once: half a minute, audible, 16-bit
     # mono at the box's rate.
@@ -168,7 +169,8 @@ def test_a_release_holds_what_the_box_runs_and_its_id_is_its_content(project, tm
     assert 20 * np.log10(np.sqrt(np.mean(track ** 2))) > -30
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     pins = (first.path / "requirements.txt").read_text()
-    for pin in ("numpy==1.26.4", "tflite-runtime==2.14.0", "av==16.0.1", "pyalsaaudio==0.11.0"):
+    for pin in ("numpy==1.26.4", "tflite-runtime==2.14.0", "av==16.0.1", "pyalsaaudio==0.11.0",
+                "python-osc==1.10.2"):
         assert pin in pins
     # gpiozero is Raspberry Pi OS's own (python3-gpiozero): none shadows it.
     assert "gpiozero" not in pins
@@ -222,8 +224,12 @@ def test_first_deploy_switches_to_the_release_and_a_second_changes_nothing(
     assert (here / ".venv" / "made").exists()
     assert calls(stubs) == ["systemctl restart dancesampler"]
     assert calls(stubs, "systemctl daemon-reload")
-    assert (Path(box.root) / "etc/systemd/system/dancesampler.service").read_bytes() == \
-        (ROOT / "systemd/dancesampler.service").read_bytes()
+    for unit in ("dancesampler.service", "dancesampler-osc.service"):
+        assert (Path(box.root) / "etc/systemd/system" / unit).read_bytes() == \
+            (ROOT / "systemd" / unit).read_bytes()
+    # The OSC service follows the release it runs from, once the show is checked.
+    assert calls(stubs, "systemctl restart dancesampler-osc") == \
+        ["systemctl restart dancesampler-osc"]
     assert (Path(box.root) / "etc/dancesampler/device.yaml").exists()
     assert f"running {release.id} (active (running): playing default" in lines[-1]
     assert not [p for p in here.parent.iterdir() if p.name.startswith(".incoming")]
@@ -425,8 +431,9 @@ def test_provisioning_twice_does_each_step_once(remote, sshd, tmp_path):
     assert "groupadd --system gpio" in log
     assert any(line.startswith("useradd --system --user-group") for line in log)
     assert "systemctl enable dancesampler" in log and "systemctl daemon-reload" in log
-    assert (root / "etc/systemd/system/dancesampler.service").read_bytes() == \
-        (ROOT / "systemd/dancesampler.service").read_bytes()
+    for unit in ("dancesampler.service", "dancesampler-osc.service"):
+        assert (root / "etc/systemd/system" / unit).read_bytes() == \
+            (ROOT / "systemd" / unit).read_bytes()
     for folder in ("opt/dancesampler/releases", "opt/dancesampler/wheels",
                    "var/lib/dancesampler/models", "var/lib/dancesampler/sessions",
                    "var/lib/dancesampler/music", "etc/dancesampler"):
@@ -440,7 +447,7 @@ def test_provisioning_twice_does_each_step_once(remote, sshd, tmp_path):
                      "systemctl daemon-reload", "python3"):
         assert not [line for line in log if line.startswith(changing)], (changing, log)
     assert "provision: apt packages: all present" in second
-    assert "provision: unit: unchanged" in second
+    assert "provision: unit: unchanged" in second and "provision: OSC unit: unchanged" in second
 
     script = provision_script(read_only_root=True)
     assert script.startswith("set -eu") and "mountpoint -q" in script

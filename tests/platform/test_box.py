@@ -23,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -202,7 +203,8 @@ def test_provision_and_deploy_make_a_box_that_plays_under_systemd(box):
     assert provisioned.returncode == 0, provisioned.stderr
     said = provisioned.stdout
     for step in ("building the pyalsaaudio wheel", "adding user dancesampler",
-                 "unit: installed", "enabling the unit",
+                 "unit: installed", "enabling the unit", "OSC unit: installed",
+                 "enabling the OSC unit",
                  "python3-picamera2 is not in this box's archives (not Raspberry Pi OS): "
                  "no Pi camera",
                  "python3-lgpio is not in this box's archives (not Raspberry Pi OS): "
@@ -218,6 +220,11 @@ def test_provision_and_deploy_make_a_box_that_plays_under_systemd(box):
 
     unit = box.wait_playing()
     assert unit["NRestarts"] == "0"
+    # The OSC service is installed and enabled, and with OSC off it ran and left.
+    osc = box.ssh("systemctl show -p UnitFileState,ActiveState,Result,ExecMainStatus "
+                  "dancesampler-osc").stdout.split()
+    assert sorted(osc) == ["ActiveState=inactive", "ExecMainStatus=0", "Result=success",
+                           "UnitFileState=enabled"], osc
     sound = box.sound(3.0)
     # Kept to time by the system clock: about 3 s of sound in 3 s.
     assert 2.0 < len(sound) / (BYTES_PER_S / 2) < 4.5, f"{len(sound)} samples in 3 s"
@@ -332,6 +339,77 @@ def test_a_voice_from_the_last_take_is_built_and_played_under_the_unit(box):
     # Back to the factory model for the tests that follow.
     box.ssh(f"rm {voice} && systemctl restart dancesampler")
     box.wait_playing()
+
+
+def test_the_osc_service_sends_the_motion_and_takes_commands_under_its_own_unit(box):
+    """OSC turned on in the box's config: the sound service (still without a
+    network) hands its frames to the OSC unit (its own dynamic user, in the group
+    dancesampler), which sends them to a python-osc server on this machine; a
+    python-osc client here records, stops and deletes a take through the control
+    channel."""
+    from pythonosc.dispatcher import Dispatcher
+    from pythonosc.osc_server import BlockingOSCUDPServer
+    from pythonosc.udp_client import SimpleUDPClient
+
+    heard: list[tuple[str, list]] = []
+    dispatcher = Dispatcher()
+    dispatcher.set_default_handler(lambda address, *args: heard.append((address, list(args))))
+    server = BlockingOSCUDPServer(("127.0.0.1", 0), dispatcher)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        listen = probe.getsockname()[1]
+    config = "/etc/dancesampler/device.yaml"
+    ctl = "cd /opt/dancesampler/current && .venv/bin/python -m device ctl"
+    sessions = "ls /var/lib/dancesampler/sessions"
+    before = box.ssh(sessions).stdout.split()
+
+    def until(condition, what, seconds=30.0):
+        deadline = time.monotonic() + seconds
+        while not condition():
+            assert time.monotonic() < deadline, (what, box.ssh(
+                "journalctl -u dancesampler-osc -n 20 --no-pager -o cat").stdout)
+            time.sleep(0.3)
+
+    box.ssh(f"cp {config} {config}.before && printf '%s\\n' 'osc:' "
+            f"'  send_to: 127.0.0.1:{server.server_address[1]}' "
+            f"'  listen: 127.0.0.1:{listen}' '  allow: 127.0.0.1' >> {config} && "
+            "systemctl restart dancesampler dancesampler-osc")
+    try:
+        box.wait_playing()
+        until(lambda: sum(a == "/wek/inputs" for a, _ in heard) >= 30, "/wek/inputs arrive")
+        inputs = [args for a, args in heard if a == "/wek/inputs"]
+        assert {len(args) for args in inputs} == {17}
+        assert ["default", "model"] in [args for a, args in heard if a == "/dancesampler/model"]
+        user = box.ssh("ps -o user=,group= -p $(systemctl show -p MainPID --value "
+                       "dancesampler-osc)").stdout.split()
+        assert user[0] not in ("root", "dancesampler"), user     # its own dynamic user
+        assert box.ssh("stat -c %G:%a /run/dancesampler-osc/frames.sock").stdout.strip() \
+            == "dancesampler:660"
+
+        client = SimpleUDPClient("127.0.0.1", listen)
+        client.send_message("/dancesampler/record", [])
+        until(lambda: box.ssh(f"{ctl} status").stdout.startswith("recording"), "recording")
+        until(lambda: ["started"] in [args[:1] for a, args in heard
+                                     if a == "/dancesampler/take"], "the take announced")
+        time.sleep(1)
+        client.send_message("/dancesampler/stop", 1)
+        until(lambda: box.ssh(f"{ctl} status").stdout.startswith("playing"), "stopped")
+        assert len(box.ssh(sessions).stdout.split()) == len(before) + 1
+        client.send_message("/dancesampler/delete-last", [])
+        until(lambda: box.ssh(sessions).stdout.split() == before, "the take deleted")
+        journal = box.ssh("journalctl -u dancesampler-osc --no-pager -o cat").stdout
+        for said in ("osc: record from 127.0.0.1: recording default",
+                     "osc: stop from 127.0.0.1: playing default",
+                     "osc: delete-last from 127.0.0.1"):
+            assert said in journal, journal
+    finally:
+        server.shutdown()
+        server.server_close()
+        box.ssh(f"mv {config}.before {config} && systemctl restart dancesampler "
+                "dancesampler-osc")
+    box.wait_playing()
+    assert box.ssh("systemctl show -p NRestarts --value dancesampler-osc").stdout.strip() == "0"
 
 
 def test_a_release_that_never_comes_up_is_rolled_back(box, tmp_path):
