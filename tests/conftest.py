@@ -96,6 +96,29 @@ def tiny_bundle(tiny_run, tmp_path_factory) -> Path:
                   created="2026-01-01T00:00:00Z")
 
 
+@pytest.fixture(scope="session")
+def tiny_noise_run(tiny_run, tiny_config_file, tmp_path_factory):
+    """The tiny run fine-tuned for two epochs into 16 noise bands (``device.noise``)."""
+    from device.config import with_overrides
+    from train_host.config import load_train_config
+    from train_host.demo_data import demo_examples
+    from train_host.train import train
+
+    cfg = with_overrides(load_train_config(tiny_config_file),
+                         {"model.noise_bands": 16, "training.epochs": 2})
+    train_set, validation, summary = demo_examples(cfg)
+    return train(cfg, train_set, validation, tmp_path_factory.mktemp("runs") / "tiny-noise",
+                 data_summary=summary, init_from=tiny_run)
+
+
+@pytest.fixture(scope="session")
+def tiny_noise_bundle(tiny_noise_run, tmp_path_factory) -> Path:
+    from train_host.export import export
+
+    return export(tiny_noise_run, tmp_path_factory.mktemp("bundles") / "tiny-noise.dsb",
+                  name="tiny-noise", created="2026-01-01T00:00:00Z")
+
+
 @pytest.fixture
 def default_bundle() -> Path:
     if not DEFAULT_BUNDLE.exists():

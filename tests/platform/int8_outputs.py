@@ -1,5 +1,5 @@
 """``python -m tests.platform.int8_outputs BUNDLE WINDOWS OUT``: the raw int8
-outputs (shape and level tensors) of a bundle's graph in tflite-runtime for each
+outputs (shape, level and, if it has one, noise tensors) of a bundle's graph in tflite-runtime for each
 motion window in the ``.npy`` file WINDOWS, saved to the ``.npz`` file OUT. Run
 on this machine and inside the arm64 root, to compare the two platforms."""
 
@@ -16,12 +16,15 @@ from device.runtime import Performer
 def main(bundle: str, windows: str, out: str) -> int:
     performer = Performer.of(read_bundle(bundle), runtime="tflite_runtime")
     interpreter = performer._interpreter
-    shapes, levels = [], []
+    tensors = {"shape": performer._out, "level": performer._level}
+    if performer.noise is not None:
+        tensors["noise"] = performer._noise
+    outputs = {name: [] for name in tensors}
     for window in np.load(windows):
         performer(window)
-        shapes.append(interpreter.get_tensor(performer._out["index"])[0].copy())
-        levels.append(interpreter.get_tensor(performer._level["index"])[0].copy())
-    np.savez(out, shape=np.stack(shapes), level=np.stack(levels))
+        for name, detail in tensors.items():
+            outputs[name].append(interpreter.get_tensor(detail["index"])[0].copy())
+    np.savez(out, **{name: np.stack(values) for name, values in outputs.items()})
     return 0
 
 

@@ -39,7 +39,7 @@ BOX = "/opt/dancesampler"
 # own code paths. Tests in them that need the host stack skip there.
 DEVICE_TESTS = ("test_audio.py", "test_audio_stream.py", "test_overlap_add.py",
                 "test_engine.py", "test_session.py", "test_controls.py",
-                "test_latency.py", "test_video.py")
+                "test_latency.py", "test_video.py", "test_noise.py")
 ASOUNDRC = """pcm.!default {
   type file
   slave.pcm { type null }
@@ -178,15 +178,21 @@ def test_emulation_ratio_is_reported(box, tmp_path):
     assert emulated["runtime"] == "tflite_runtime"
 
 
-def test_arm64_plays_the_same_int8_outputs_within_one_step(box, tmp_path):
+@pytest.mark.parametrize("which", ["factory", "noise bands"])
+def test_arm64_plays_the_same_int8_outputs_within_one_step(box, which, request, tmp_path):
     """What differs between this host and the box's platform, one graph, one
-    runtime (tflite-runtime 2.14's reference kernels): counted, and bounded."""
+    runtime (tflite-runtime 2.14's reference kernels): counted, and bounded; for the
+    factory model and for a model fine-tuned into noise bands (a third output)."""
     from device.bundle import read_bundle
     from device.camera.synthetic import SyntheticDancer
     from device.engine import MotionWindow
     from device.motiongram import MotionGain, MotiongramStream
 
-    bundle = read_bundle(ROOT / "models" / "default.dsb")
+    path = ROOT / "models" / "default.dsb"
+    if which == "noise bands":
+        pytest.importorskip("tensorflow")
+        path = request.getfixturevalue("tiny_noise_bundle")
+    bundle = read_bundle(path)
     m = bundle.manifest
     dancer = SyntheticDancer(fps=m.fps, width=m.motiongram.width, height=m.motiongram.height,
                              seed=5, paced=False, seconds=30)
@@ -199,16 +205,19 @@ def test_arm64_plays_the_same_int8_outputs_within_one_step(box, tmp_path):
     check_dir = root / "opt" / "check"
     check_dir.mkdir(parents=True, exist_ok=True)
     np.save(check_dir / "windows.npy", windows)
+    shutil.copy(path, check_dir / "model.dsb")
     shutil.copytree(ROOT / "tests", check_dir / "tests", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    check(python_in(box, "-m tests.platform.int8_outputs models/default.dsb "
+    check(python_in(box, "-m tests.platform.int8_outputs /opt/check/model.dsb "
                          "/opt/check/windows.npy /opt/check/arm64.npz",
                     env={"PYTHONPATH": f"{box[1]}:/opt/check"}), "int8 outputs on arm64")
     subprocess.run([sys.executable, "-m", "tests.platform.int8_outputs",
-                    str(ROOT / "models" / "default.dsb"), str(check_dir / "windows.npy"),
+                    str(path), str(check_dir / "windows.npy"),
                     str(tmp_path / "host.npz")], cwd=ROOT, check=True, capture_output=True)
     arm, host = np.load(check_dir / "arm64.npz"), np.load(tmp_path / "host.npz")
-    for name in ("shape", "level"):
+    assert sorted(arm.files) == sorted(host.files) == sorted(
+        ["shape", "level"] + (["noise"] if which == "noise bands" else []))
+    for name in host.files:
         steps = np.abs(arm[name].astype(np.int32) - host[name].astype(np.int32))
         windows_differing = np.mean(steps.reshape(len(steps), -1).max(axis=1) > 0)
         print(f"arm64 against this host, {name}: {100 * np.mean(steps > 0):.2f} % of int8 "
