@@ -342,11 +342,12 @@ def _corpus(args) -> int:
 def _notes(args) -> int:
     from pathlib import Path
 
+    from device.corpus import VoiceShape
     from device.notes import default_params, write_notes
     from device.performance import load_bundle
 
     cfg = _config(args)
-    like = load_bundle(args.like or cfg.model.bundle, cfg).manifest
+    like = VoiceShape.of(load_bundle(args.like or cfg.model.bundle, cfg).manifest)
     out = Path(args.out)
     path = write_notes(like, default_params(like, args.method), name=args.name or out.stem,
                        out=out)

@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 import numpy as np
 
 from device.bundle import Bundle, Manifest, TensorSpec, write_bundle
-from device.corpus import _beat
+from device.corpus import VoiceShape, _beat
 from device.errors import BundleError, DanceSamplerError
 
 log = logging.getLogger(__name__)
@@ -165,33 +166,32 @@ def _midi(lowest: int, step: int) -> int:
 # ---- building --------------------------------------------------------------------
 
 
-def notes_manifest(like: Manifest, params: NotesParams, *, name: str) -> Manifest:
-    """A notes voice's manifest: the window, audio and motion gain of ``like`` (so the
-    model button crossfades between them), the notes settings, no members."""
+def notes_manifest(shape: VoiceShape, params: NotesParams, *, name: str) -> Manifest:
+    """A notes voice's manifest: the frame rate, window, audio and motion gain of
+    ``shape`` (a bundle's: ``VoiceShape.of(manifest)``, so the model button crossfades
+    between them), the notes settings, no members."""
     params = _check(params)
-    features = like.motiongram.features
+    features = shape.motiongram.features
     return Manifest(
-        name=name, created="1980-01-01T00:00:00Z", fps=like.fps,
-        motiongram=like.motiongram, audio=like.audio, window_frames=like.window_frames,
-        input=TensorSpec((1, like.window_frames, features), "float32"),
-        output=TensorSpec((1, like.audio.segment_samples), "float32"),
-        motion_gain=like.motion_gain, voice="notes", notes=asdict(params), training={})
+        name=name, created="1980-01-01T00:00:00Z", fps=shape.fps,
+        motiongram=shape.motiongram, audio=shape.audio, window_frames=shape.window_frames,
+        input=TensorSpec((1, shape.window_frames, features), "float32"),
+        output=TensorSpec((1, shape.audio.segment_samples), "float32"),
+        motion_gain=shape.motion_gain, voice="notes", notes=asdict(params), training={})
 
 
-def write_notes(like: Manifest, params: NotesParams, *, name: str, out) -> object:
+def write_notes(shape: VoiceShape, params: NotesParams, *, name: str, out) -> Path:
     """Write a notes voice bundle at ``out`` (refused, never replaced, if it exists)."""
-    from pathlib import Path
-
     if Path(out).exists():
         raise NotesError(f"{out}: already exists; pass another --out, or delete it first")
-    return write_bundle(out, notes_manifest(like, params, name=name), {})
+    return write_bundle(out, notes_manifest(shape, params, name=name), {})
 
 
-def default_params(like: Manifest, method: str = "motion") -> NotesParams:
-    """The settings for a voice beside ``like``: stillness and loudness measured
-    against its motion gain's reference (the level every dancer is brought to)."""
-    g = like.gain
-    reference = g.reference if g.enabled else NotesParams.reference
+def default_params(shape: VoiceShape, method: str = "motion") -> NotesParams:
+    """The settings for a voice of ``shape``: stillness and loudness measured against
+    its motion gain's reference (the level every dancer is brought to)."""
+    g = shape.motion_gain
+    reference = g.reference if g is not None and g.enabled else NotesParams.reference
     lower = {"bass_steps": 0} if method == "heuristic" else {}
     return NotesParams(method=method, reference=reference, still_below=0.25 * reference,
                        **lower)

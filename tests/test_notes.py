@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from device.bundle import read_bundle
-from device.corpus import open_voice
+from device.corpus import VoiceShape, open_voice
 from device.engine import Engine, MotionWindow
 from device.errors import BundleError
 from device.notes import SCALE, NotesParams, NotesVoice, default_params, scale_notes, \
@@ -31,8 +31,8 @@ WIDTH, HEIGHT = 64, 48
 
 
 @pytest.fixture(scope="module")
-def like():
-    return read_bundle(DEFAULT_BUNDLE).manifest
+def like() -> VoiceShape:
+    return VoiceShape.of(read_bundle(DEFAULT_BUNDLE).manifest)
 
 
 def voice_of(like, tmp_path: Path, **changes) -> NotesVoice:
