@@ -12,6 +12,8 @@ Two methods, chosen when the voice is made (``NotesParams.method``):
 ``motion`` (this project's):
   - **pitch** from the height of the motion: the centroid of the row means of the
     last few frames (high movement, high note), over ``steps`` notes of the scale;
+    a lower part (``bass_steps`` notes an octave down) from where across the picture
+    the motion is, struck with each note;
   - **onsets** at the motion beats, the stops between the dancer's moves (a local
     minimum of the smoothed quantity of motion one frame ago: the same beat the
     corpus voice takes its attacks at, and ``train_host.evaluate.motion_beats``
@@ -30,7 +32,8 @@ frames, at a fixed velocity, its pitch the height of the motion; no beats, no
 dynamics.
 
 Each note is a table computed once per pitch when the voice opens (partials 1 to 4
-of the note, each decaying faster than the one below, a 2 ms rise). A struck note
+of the note, each decaying faster than the one below, a 2 ms rise, and a short
+burst of noise at its start: the strike). A struck note
 is added into a buffer of the sound still to come; each frame the voice returns the
 next segment of that buffer and moves it on by one hop, so consecutive segments
 are slices of one continuous sound and the engine's overlap-add gives it back
@@ -125,7 +128,8 @@ def _check(p: NotesParams) -> NotesParams:
     if p.lowest % 12 not in SCALE:
         raise ValueError(f"lowest is {p.lowest}; expected a note of C major pentatonic")
     floats = {"decay_s": (0.01, 5.0), "level_db": (-60.0, 0.0), "slope_db": (0.0, 24.0),
-              "range_db": (0.0, 60.0), "strike": (0.0, 2.0), "bass_db": (-60.0, 12.0), "still_below": (0.0, 1.0), "reference": (1e-6, 1.0)}
+              "range_db": (0.0, 60.0), "strike": (0.0, 2.0), "bass_db": (-60.0, 12.0),
+              "still_below": (0.0, 1.0), "reference": (1e-6, 1.0)}
     for key, (low, high) in floats.items():
         value = getattr(p, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) \

@@ -21,8 +21,7 @@ from device.bundle import read_bundle
 from device.corpus import VoiceShape, open_voice
 from device.engine import Engine, MotionWindow
 from device.errors import BundleError
-from device.notes import SCALE, NotesParams, NotesVoice, default_params, scale_notes, \
-    write_notes
+from device.notes import SCALE, NotesVoice, default_params, scale_notes, write_notes
 from tests.conftest import DEFAULT_BUNDLE
 from tests.test_evaluate import check_schema, write_demo_take
 from train_host import evaluate as ev
@@ -226,3 +225,20 @@ def test_evaluate_scores_a_notes_bundle(tmp_path, like):
     for method, values in scores.items():
         assert values["similarity_corr"] is not None, method
         assert values["beat_align"] is not None and values["beat_align"] > 0, method
+
+
+def test_crossval_plays_the_same_notes_voice_in_every_fold(tmp_path):
+    from train_host.config import load_train_config
+    from train_host.crossval import crossval
+
+    for seed in (21, 22):
+        write_demo_take(tmp_path / "takes", 4.0, seed=seed)
+    cfg = load_train_config(None)
+    result = crossval([tmp_path / "takes"], cfg, out=tmp_path / "folds", cache_dir=None,
+                      notes="heuristic")
+    assert result["name"].endswith("-notes-heuristic") and len(result["folds"]) == 2
+    voices = [read_bundle(tmp_path / "folds" / folder / "model.dsb").manifest
+              for folder in sorted(p.name for p in (tmp_path / "folds").iterdir())]
+    assert [m.notes for m in voices] == [voices[0].notes] * 2
+    assert voices[0].notes["method"] == "heuristic"
+    check_schema(result["pooled"]["metrics"])
