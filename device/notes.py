@@ -240,9 +240,10 @@ class NotesVoice:
 
     # what to play ------------------------------------------------------------------
 
-    def step_of(self, window: np.ndarray) -> int | None:
-        """The scale step the motion's height asks for, or None without motion."""
-        rows = window[-RECENT_FRAMES:, self._width:].mean(axis=0)
+    def step_of(self, window: np.ndarray, frames: int = RECENT_FRAMES) -> int | None:
+        """The scale step the height of the last ``frames`` frames' motion asks for,
+        or None without motion."""
+        rows = window[-frames:, self._width:].mean(axis=0)
         total = float(rows.sum())
         if total <= 1e-9:
             return None
@@ -260,21 +261,22 @@ class NotesVoice:
         """(scale step, velocity) of the note this frame strikes, or None."""
         p = self.params
         amount = window[:, :self._width].mean(axis=1)
-        if float(amount[-RECENT_FRAMES:].mean()) < p.still_below \
-                and float(amount.max()) < p.still_below:
+        moving = float(amount[-RECENT_FRAMES:].mean()) >= p.still_below
+        # A stop after a move: the window's peak is the move just made.
+        beat = p.method == "motion" and _beat(amount) and float(amount.max()) >= p.still_below
+        if not (moving or beat):
             return None
         step = self.step_of(window)
+        if step is None:   # the last frames are still: where the move was
+            step = self.step_of(window, len(window))
         if step is None:
             return None
         if p.method == "heuristic":
             return (step, 0.5) if self._since >= p.grid_frames else None
-        beat = _beat(amount) and float(amount.max()) >= p.still_below
         leap = self.sounding < 0 or abs(step - self.sounding) >= p.leap
-        if not (beat or leap or self._since >= p.repeat_frames):
+        if not beat and not (moving and self._since >= 2
+                             and (leap or self._since >= p.repeat_frames)):
             return None
-        if not beat and self._since < 2:
-            return None
-        # The move just made (the window's peak) sets how hard the note is struck.
         q = float(amount.max() if beat else amount[-RECENT_FRAMES:].mean())
         db = p.slope_db * np.log2(max(q, 1e-9) / (4.0 * p.reference))
         return step, float(10 ** (max(min(db, 0.0), -p.range_db) / 20))

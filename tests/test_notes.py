@@ -113,8 +113,11 @@ def test_the_sound_is_finite_bounded_and_silent_for_a_still_dancer(tmp_path, lik
     assert np.isfinite(wild).all() and np.abs(wild).max() <= 1.0 and wild.any()
     # Then the dancer stands still: the notes ring out and the voice is silent.
     ring = int(5 * voice.params.decay_s * like.fps) + 4
+    stopped = voice.frames
     after = play(voice, like, [np.zeros(WIDTH + HEIGHT, np.float32)] * (ring + 30))
     assert not after[ring:].any()
+    # No note is struck once the last frames are still (a stop's own note at most).
+    assert all(f < stopped + 3 for f, _, _ in voice.onsets if f >= stopped)
 
 
 def test_the_heuristic_plays_on_a_fixed_grid(tmp_path, like):
