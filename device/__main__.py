@@ -100,6 +100,20 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: model.bundle)")
     corpus.set_defaults(func=_corpus)
 
+    notes = commands.add_parser(
+        "notes", help="a notes voice: the dance as notes of the C major pentatonic scale, "
+                      "no training (docs/notes.md)")
+    notes.add_argument("--out", required=True, help="the bundle to write")
+    notes.add_argument("--method", choices=("motion", "heuristic"), default="motion",
+                       help="motion: notes at the dancer's stops, pitch from the height of "
+                            "the motion, loudness from its amount (default); heuristic: the "
+                            "baseline, a note on a fixed grid while moving")
+    notes.add_argument("--name", help="the voice's name (default: the file's stem)")
+    notes.add_argument("--like", metavar="BUNDLE",
+                       help="the bundle whose window, segment and motion gain the voice "
+                            "shares (default: model.bundle)")
+    notes.set_defaults(func=_notes)
+
     bench = commands.add_parser("bench", help="measure each stage's share of the delay "
                                               "from a move to its sound")
     bench.add_argument("--bundle", help="model bundle (default: from config)")
@@ -321,6 +335,22 @@ def _corpus(args) -> int:
         Path(args.takes[-1]))
     path = corpus_from_takes(args.takes, VoiceShape.of(like.manifest), cfg.corpus,
                              name=args.name or out.stem, out=out)
+    print(f"wrote {path}")
+    return 0
+
+
+def _notes(args) -> int:
+    from pathlib import Path
+
+    from device.corpus import VoiceShape
+    from device.notes import default_params, write_notes
+    from device.performance import load_bundle
+
+    cfg = _config(args)
+    like = VoiceShape.of(load_bundle(args.like or cfg.model.bundle, cfg).manifest)
+    out = Path(args.out)
+    path = write_notes(like, default_params(like, args.method), name=args.name or out.stem,
+                       out=out)
     print(f"wrote {path}")
     return 0
 

@@ -48,9 +48,10 @@ READABLE_VERSIONS = (1, 2, 3, 4, 5)
 ``motion_gain``: the motion is used as measured), version 3 bundles (no
 ``voice``: always a model) and version 4 bundles (no ``noise``) still play."""
 MAX_NOISE_BANDS = 256
-VOICES = ("model", "corpus")
+VOICES = ("model", "corpus", "notes")
 """What makes a bundle's sound: ``model``, the performer graph; ``corpus``, grains
-of recorded takes chosen by motion (``device.corpus``)."""
+of recorded takes chosen by motion (``device.corpus``); ``notes``, notes of the
+pentatonic scale played by the box's own synthesizer (``device.notes``)."""
 SUFFIX = ".dsb"
 MANIFEST = "manifest.json"
 PERFORMER = "performer.tflite"
@@ -125,6 +126,9 @@ class Manifest:
     corpus: dict[str, Any] | None = None
     """A corpus voice's grains and how they were made (``device.corpus.CorpusParams``
     as an object); None for a model voice."""
+    notes: dict[str, Any] | None = None
+    """A notes voice's settings (``device.notes.NotesParams`` as an object); None, and
+    absent from the JSON, for the other voices."""
     members: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Member name to {"sha256": hex, "bytes": size}; filled in by write_bundle."""
     format: str = FORMAT
@@ -137,7 +141,10 @@ class Manifest:
         return self.motion_gain or MotionGainParams(reference=0.0)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        data = asdict(self)
+        if data["notes"] is None:   # only a notes voice has the key
+            del data["notes"]
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> Manifest:
@@ -151,9 +158,9 @@ class Manifest:
             raise BundleError(f"{where}: bundle format version {version!r} is not supported "
                               f"(this device reads versions "
                               f"{', '.join(map(str, READABLE_VERSIONS))})")
-        optional = {"voice", "corpus", "noise"} | {1: {"level", "motion_gain"},
+        optional = {"voice", "corpus", "noise", "notes"} | {1: {"level", "motion_gain"},
                                           2: {"motion_gain"}}.get(version, set())
-        if version >= 4 and data.get("voice") == "corpus":
+        if version >= 4 and data.get("voice") in ("corpus", "notes"):
             optional |= {"level", "latent_size", "style_centroids"}
         missing = [f.name for f in fields(cls) if f.name not in data and f.name not in optional]
         if missing:
@@ -185,7 +192,11 @@ class Manifest:
     def describe(self) -> str:
         """A few readable lines for ``check-bundle``."""
         a, m = self.audio, self.motiongram
-        if self.voice == "corpus":
+        if self.voice == "notes":
+            n = self.notes
+            sound = (f"voice       notes: C major pentatonic, {n['steps']} notes from MIDI "
+                     f"{n['lowest']}, method {n['method']}")
+        elif self.voice == "corpus":
             c = self.corpus
             sound = (f"voice       corpus: {c['grains']} grains from {len(c['takes'])} take(s), "
                      f"{c['seconds']:.1f} s of {c['sample_format']} audio, index of "
@@ -235,6 +246,11 @@ class Bundle:
     @property
     def is_corpus(self) -> bool:
         return self.manifest.voice == "corpus"
+
+    @property
+    def has_graph(self) -> bool:
+        """Whether a graph makes the sound (a model voice), not numpy alone."""
+        return self.manifest.voice == "model"
 
 
 def write_bundle(path: str | Path, manifest: Manifest, graphs: dict[str, bytes]) -> Path:
@@ -358,7 +374,7 @@ def _check_types(manifest: Manifest, where: str) -> None:
         return BundleError(f"{where}: manifest {key} is {shown[:60]}; expected {expected}")
 
     def check(key: str, value: Any, tp: Any) -> None:
-        if key == "latent_size" and manifest.voice == "corpus" and value == 0:
+        if key == "latent_size" and manifest.voice != "model" and value == 0:
             return
         if tp is int:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31:
@@ -393,6 +409,8 @@ def _check_types(manifest: Manifest, where: str) -> None:
         raise problem("voice", manifest.voice, " or ".join(map(repr, VOICES)))
     if manifest.voice == "corpus" and not isinstance(manifest.corpus, dict):
         raise problem("corpus", manifest.corpus, "an object (a corpus voice's grains)")
+    if manifest.voice == "notes" and not isinstance(manifest.notes, dict):
+        raise problem("notes", manifest.notes, "an object (a notes voice's settings)")
     for name, member in manifest.members.items():
         if not isinstance(member, dict) or not isinstance(member.get("sha256"), str):
             raise problem(f"members.{name}", member, 'an object with a "sha256" text')

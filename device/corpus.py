@@ -529,9 +529,14 @@ def _params(corpus: dict) -> CorpusParams:
 
 
 def open_voice(bundle: Bundle, *, runtime: str = "auto", threads: int = 1):
-    """What plays a bundle: its graph's ``Performer``, or a ``CorpusVoice``."""
+    """What plays a bundle: its graph's ``Performer``, a ``CorpusVoice``, or a
+    ``device.notes.NotesVoice``."""
     if bundle.is_corpus:
         return CorpusVoice(bundle)
+    if bundle.manifest.voice == "notes":
+        from device.notes import NotesVoice
+
+        return NotesVoice(bundle)
     from device.runtime import Performer
 
     return Performer.of(bundle, runtime=runtime, threads=threads)

@@ -92,7 +92,7 @@ def load_bundle(path: str | Path, cfg: DeviceConfig) -> Bundle:
     bundle = read_bundle(resolve_path(str(path)))
     check_compatible(bundle.manifest, fps=cfg.camera.fps, motiongram=cfg.motiongram,
                      sample_rate=cfg.audio.sample_rate, where=str(bundle.path))
-    if not bundle.is_corpus:   # a corpus voice is arrays numpy reads, no graph
+    if bundle.has_graph:   # a corpus or notes voice is numpy alone, no graph
         probe_graph(bundle.performer, runtime=cfg.model.runtime, where=str(bundle.path),
                     audio=bundle.manifest.audio)
     return bundle

@@ -57,12 +57,14 @@ class CrossvalError(DanceSamplerError, ValueError):
 
 def crossval(data_roots: list[str | os.PathLike], cfg, *, out: str | os.PathLike | None = None,
              init_from=None, cache_dir: str | os.PathLike | None = None,
-             corpus=None) -> dict:
+             corpus=None, notes: str | None = None) -> dict:
     """Run (or resume) every fold; return ``{"name", "out", "folds": [...], "pooled":
     {"metrics", "reference"}}``. ``cfg`` is a ``TrainConfig``; ``init_from`` a
     ``train.Run`` every fold is fine-tuned from. With ``corpus`` (a
     ``device.config.CorpusConfig``) each fold builds a corpus voice from the other
-    takes instead of training a model (``train_host.corpus``)."""
+    takes instead of training a model (``train_host.corpus``); with ``notes`` (a method
+    of ``device.notes``) every fold plays the same notes voice, which learns nothing,
+    and its baselines come from the other takes."""
     from train_host.train import config_hash
 
     takes = _takes(data_roots, cfg, cache_dir)
@@ -70,6 +72,8 @@ def crossval(data_roots: list[str | os.PathLike], cfg, *, out: str | os.PathLike
     if corpus is not None:
         name += "-corpus-" + hashlib.sha256(json.dumps(dataclasses.asdict(corpus),
                                                        sort_keys=True).encode()).hexdigest()[:6]
+    if notes is not None:
+        name += f"-notes-{notes}"
     if init_from is not None:
         name += "-from-" + hashlib.sha256(str(Path(init_from.path).resolve()).encode()) \
             .hexdigest()[:6]
@@ -82,7 +86,8 @@ def crossval(data_roots: list[str | os.PathLike], cfg, *, out: str | os.PathLike
         folder = out / f"{i + 1:02d}-{take.name}"
         result = _finished(folder, take, others, name)
         if result is None:
-            result = _run_fold(folder, take, others, cfg, name, init_from, cache_dir, corpus)
+            result = _run_fold(folder, take, others, cfg, name, init_from, cache_dir, corpus,
+                               notes)
             done = "done"
         else:
             done = "already done"
@@ -143,10 +148,20 @@ def _finished(folder: Path, take: Path, others: list[Path], name: str) -> dict |
 
 
 def _run_fold(folder: Path, take: Path, others: list[Path], cfg, name: str, init_from,
-              cache_dir, corpus=None) -> dict:
+              cache_dir, corpus=None, notes=None) -> dict:
     started = time.monotonic()
     folder.mkdir(parents=True, exist_ok=True)
-    if corpus is not None:
+    if notes is not None:
+        from device.notes import default_params, write_notes
+        from train_host.corpus import voice_shape
+
+        shape = voice_shape(cfg)
+        bundle = folder / "model.dsb"
+        bundle.unlink(missing_ok=True)   # a fold cut off before its result: made afresh
+        write_notes(shape, default_params(shape, notes), name=f"crossval-{take.name}",
+                    out=bundle)
+        summary = {"validation_sessions": []}
+    elif corpus is not None:
         from train_host.corpus import build_from_data
 
         try:
@@ -233,9 +248,12 @@ def add_commands(subparsers) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object: the folds and the pooled metrics")
     parser.add_argument("--seed", type=int, help="the config's seed, overridden")
-    parser.add_argument("--voice", choices=("model", "corpus"), default="model",
+    parser.add_argument("--voice", choices=("model", "corpus", "notes", "notes-heuristic"),
+                        default="model",
                         help="model: train one per fold; corpus: build a corpus voice from "
-                             "the other takes (seconds a fold, no training)")
+                             "the other takes (seconds a fold, no training); notes, "
+                             "notes-heuristic: the notes voice or its heuristic baseline, "
+                             "which learn nothing (docs/notes.md)")
     from train_host.corpus import add_corpus_options
 
     add_corpus_options(parser)
@@ -258,8 +276,9 @@ def _crossval_command(args) -> int:
         from train_host.corpus import corpus_config
 
         corpus = corpus_config(args)
+    notes = {"notes": "motion", "notes-heuristic": "heuristic"}.get(args.voice)
     result = crossval(args.data, cfg, out=args.out, init_from=init_from, cache_dir=cache_dir,
-                      corpus=corpus)
+                      corpus=corpus, notes=notes)
     if args.json:
         print(json.dumps(result))
     else:
