@@ -142,8 +142,9 @@ class Manifest:
 
     def to_json(self) -> str:
         data = asdict(self)
-        if data["notes"] is None:   # only a notes voice has the key
-            del data["notes"]
+        for key in ("notes", "noise"):   # only a notes voice, a model with noise has it
+            if data[key] is None:
+                del data[key]
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod

@@ -9,6 +9,8 @@ cannot be reached is one line, and the others are still shown.
 
 from __future__ import annotations
 
+import re
+
 import shlex
 import sys
 from collections.abc import Callable
@@ -80,7 +82,8 @@ def parse(name: str, values: dict[str, str]) -> BoxStatus:
         # "playing NAME (corpus voice, 30 fps, …)", "recording NAME (…)", "no sound: …"
         state = words[0].rstrip(":") if words[0] != "no" else "no sound"
         name_part = words[1] if len(words) > 1 and state in ("playing", "recording") else ""
-        voice = f"{name_part} (corpus)" if "(corpus voice" in status else name_part
+        kind = re.search(r"\((corpus|notes) voice", status)
+        voice = f"{name_part} ({kind.group(1)})" if kind else name_part
         if ";" in status:
             state += ": " + status.split(";", 1)[1].strip()
     else:

@@ -650,3 +650,15 @@ def test_fleet_status_is_one_row_per_box_and_one_line_per_box_that_does_not_answ
     assert row.endswith("Failed with result 'exit-code'.") and " 2 " in row
     [error] = errors
     assert error.startswith("dancesampler: error: nobody@nosuchbox.invalid") and "\n" not in error
+
+
+def test_fleet_status_names_the_kind_of_voice_a_box_plays():
+    from firmware_tools.status import parse
+
+    def voice(status):
+        return parse("box", {"ActiveState": "active", "SubState": "running",
+                             "StatusText": status}).voice
+
+    assert voice("playing voice-x (corpus voice, 30 fps, compute 0.4 ms)") == "voice-x (corpus)"
+    assert voice("playing tune (notes voice, 30 fps, compute 0.1 ms)") == "tune (notes)"
+    assert voice("playing default (30 fps, compute 0.2 ms, 0 underruns)") == "default"
