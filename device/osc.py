@@ -74,8 +74,11 @@ class Tally:
     """Counts what was ignored, by kind, and logs it at most once every ``every_s``:
     one line with each kind's count since the last line and one example of it."""
 
-    def __init__(self, every_s: float = REPORT_EVERY_S):
+    def __init__(self, every_s: float = REPORT_EVERY_S, *, what: str = "osc: ignored",
+                 logger: logging.Logger = log):
         self.every_s = every_s
+        self.what, self.log = what, logger
+        """How each line starts, and where it goes."""
         self.counts: collections.Counter[str] = collections.Counter()
         """Every kind's count since the start."""
         self._pending: collections.Counter[str] = collections.Counter()
@@ -101,7 +104,7 @@ class Tally:
             self._pending.clear()
             self._examples.clear()
             self._next = due + self.every_s
-        log.warning("osc: ignored: %s", what)
+        self.log.warning("%s: %s", self.what, what)
 
 
 def centroid(values: np.ndarray) -> float:

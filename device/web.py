@@ -206,7 +206,7 @@ class WebService:
         self.sessions_dir = resolve_path(cfg.recorder.sessions_dir)
         self.models_dir = resolve_path(cfg.model.models_dir)
         self.live = Live()
-        self.tally = Tally(REPORT_EVERY_S)
+        self.tally = Tally(REPORT_EVERY_S, what="web: refused", logger=log)
         self.address: tuple[str, int] | None = None
         """Where the page is served, once bound."""
         self._sessions: dict[str, float] = {}
