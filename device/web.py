@@ -155,7 +155,7 @@ class Live:
             elif isinstance(item, publish.Picture):
                 self.picture = item
             else:
-                gained = np.clip(item.motion * np.float32(item.gain) / 0.05, 0.0, 1.0)
+                gained = np.clip(item.motion * np.float32(item.gain) / 0.2, 0.0, 1.0)
                 self.frames.append((item.frame, item.gain, item.level_db,
                                     (np.sqrt(gained) * 255).astype(np.uint8).tobytes(),
                                     float(np.mean(item.motion[:item.width])) * item.gain))

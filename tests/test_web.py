@@ -347,7 +347,8 @@ def test_in_a_real_browser_the_picture_moves_a_take_lands_and_a_wrong_password_i
         first, first_frame = picture(), frame()
         until(lambda: frame() > first_frame + 6, "a later picture")
         assert picture() != first, "two pictures of a moving dancer are the same"
-        until(lambda: "playing a" in browser.find_element(By.ID, "status").text, "the status")
+        until(lambda: browser.find_element(By.ID, "status").text.startswith("playing default ("),
+              "the status line")
         until(lambda: "fps" in browser.find_element(By.ID, "figures").text
               and not browser.find_element(By.ID, "figures").text.startswith("0 fps"),
               "the frame rate")
@@ -357,7 +358,8 @@ def test_in_a_real_browser_the_picture_moves_a_take_lands_and_a_wrong_password_i
         until(lambda: box.performance.recorder.recording, "recording from the page")
         until(lambda: browser.find_element(By.ID, "state").text == "recording",
               "the page says recording")
-        time.sleep(1.0)
+        # Enough of the motiongram to see it scroll, then the page as it looks.
+        until(lambda: frame() > first_frame + 150, "5 s of motiongram")
         ARTEFACTS.mkdir(parents=True, exist_ok=True)
         shot = ARTEFACTS / "page.png"
         browser.save_screenshot(str(shot))
