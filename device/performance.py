@@ -245,11 +245,6 @@ class Performance:
             return self._voice(value)
         if command == "add-model":
             return self._add_model(Path(value))
-        if command == "delete-take":
-            if self.recorder is None:
-                return {"ok": False, "error": "this box has no recorder set up"}
-            why = self.recorder.delete_take(value)
-            return {"ok": why is None, **self._state(), **({"error": why} if why else {})}
         request = _Request(value)
         self._events.put((command, request))
         if not request.done.wait(TIMEOUT_S):
@@ -490,6 +485,10 @@ class Performance:
                 note = "not recording"
         elif action == "delete-last":
             self.recorder.delete_last()
+        elif action == "delete-take":   # here, as delete-last: only this thread changes takes
+            why = self.recorder.delete_take(value)
+            if why is not None:
+                return {"ok": False, **self._state(), "error": why}
         return {"ok": True, **self._state(), **({"note": note} if note else {})}
 
     def _voice(self, name: str) -> dict:
