@@ -70,6 +70,8 @@ SESSION_S = 12 * 3600.0
 MAX_SESSIONS = 32
 FAILURES_PER_MINUTE = 5
 """Wrong passwords one address may try in a minute; past that, 429 untried."""
+MAX_CLIENTS = 4096
+"""Addresses whose wrong passwords are remembered; past that the quietest half go."""
 REPORT_EVERY_S = 10.0
 HISTORY = 300
 """Frames of motiongram kept for the page (10 s at 30 fps)."""
@@ -166,6 +168,8 @@ class Live:
         """What the page polls: frames after the ``since``-th, the picture, meters,
         the state and the status."""
         with self.lock:
+            if since > self.count:   # a page from before this service restarted
+                since = 0
             new = min(max(0, self.count - since), len(self.frames))
             frames = list(self.frames)[len(self.frames) - new:] if new else []
             now = time.monotonic()
@@ -323,8 +327,9 @@ class WebService:
         if not check_password(password, self.password_hash):
             with self._lock:
                 failures.append(now)
-                if len(self._failures) > 1024:   # bounded: forget the quietest
-                    for key in [k for k, v in self._failures.items() if not v][:512]:
+                if len(self._failures) > MAX_CLIENTS:   # bounded: forget the quietest
+                    for key in sorted(self._failures, key=lambda k: self._failures[k][-1]
+                                      if self._failures[k] else 0.0)[:MAX_CLIENTS // 2]:
                         del self._failures[key]
             self.tally.count("wrong passwords", client)
             return HTTPStatus.UNAUTHORIZED, None

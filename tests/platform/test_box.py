@@ -433,7 +433,7 @@ def test_the_page_is_served_by_its_own_unit_with_the_provisioned_password(box):
     assert box.ssh("stat -c %U:%a /etc/dancesampler/web-password").stdout.strip() == "root:600"
     box.ssh("systemctl restart dancesampler-web")
 
-    def http(method, path, body=None, **headers):
+    def page(method, path, body=None, **headers):
         conn = http.client.HTTPConnection("127.0.0.1", box.web_port, timeout=120)
         try:
             conn.request(method, path, body=body, headers={k.replace("_", "-"): v
@@ -444,7 +444,7 @@ def test_the_page_is_served_by_its_own_unit_with_the_provisioned_password(box):
             conn.close()
 
     def login(word):
-        return http("POST", "/login", urllib.parse.urlencode({"password": word}).encode(),
+        return page("POST", "/login", urllib.parse.urlencode({"password": word}).encode(),
                     Content_Type="application/x-www-form-urlencoded")
 
     def until(condition, what, seconds=30.0):
@@ -459,20 +459,20 @@ def test_the_page_is_served_by_its_own_unit_with_the_provisioned_password(box):
                 "journalctl -u dancesampler-web -n 20 --no-pager -o cat").stdout)
             time.sleep(0.3)
 
-    until(lambda: http("GET", "/")[0] == 303, "the page answers")
-    assert http("GET", "/api/live")[0] == 401
+    until(lambda: page("GET", "/")[0] == 303, "the page answers")
+    assert page("GET", "/api/live")[0] == 401
     assert login("not it")[0] == 401
     status, headers, _ = login(password)
     assert status == 303
     cookie = headers["Set-Cookie"].split(";")[0]
 
     def get(path):
-        status, _, body = http("GET", path, Cookie=cookie)
+        status, _, body = page("GET", path, Cookie=cookie)
         assert status == 200, (path, status, body[:200])
         return body
 
     def ctl(cmd, value=None):
-        status, _, body = http("POST", "/api/ctl", json.dumps({"cmd": cmd, "value": value})
+        status, _, body = page("POST", "/api/ctl", json.dumps({"cmd": cmd, "value": value})
                                .encode(), Cookie=cookie, X_Dancesampler="1")
         assert status == 200, body
         return json.loads(body)
@@ -500,7 +500,7 @@ def test_the_page_is_served_by_its_own_unit_with_the_provisioned_password(box):
     assert name not in box.ssh("ls /var/lib/dancesampler/sessions").stdout
 
     bundle = (ROOT / "models" / "default.dsb").read_bytes()
-    status, _, body = http("POST", "/api/upload?name=uploaded.dsb", bundle, Cookie=cookie,
+    status, _, body = page("POST", "/api/upload?name=uploaded.dsb", bundle, Cookie=cookie,
                            X_Dancesampler="1")
     assert status == 200 and json.loads(body)["ok"], body
     assert box.ssh("sha256sum < /var/lib/dancesampler/models/uploaded.dsb").stdout.split()[0] \
