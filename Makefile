@@ -16,7 +16,7 @@ SYSTEM_PACKAGES := libasound2-dev gcc
 # in a container with real systemd (tests/platform/test_box.py). Installed
 # when run as root (CI); elsewhere named, and those
 # tests skip saying why (installing openssh-server starts an sshd on port 22).
-TEST_PACKAGES := rsync openssh-client openssh-server debootstrap systemd-container
+TEST_PACKAGES := rsync openssh-client openssh-server debootstrap systemd-container chromium chromium-driver
 
 # $(call ensure_packages,PACKAGES,required|optional): apt-get install the missing
 # ones as root; otherwise name them (and fail, when required).
@@ -32,7 +32,7 @@ if [ "$$(id -u)" = 0 ]; then \
 elif [ "$(2)" = required ]; then \
   echo "make: missing system packages:$$missing; run: sudo apt-get install$$missing" >&2; exit 1; \
 else \
-  echo "make: note: the SSH tests will skip without:$$missing (sudo apt-get install$$missing)" >&2; \
+  echo "make: note: the SSH, container and browser tests will skip without:$$missing (sudo apt-get install$$missing)" >&2; \
 fi
 endef
 

@@ -64,14 +64,17 @@ def main(argv: list[str] | None = None) -> int:
                                           "control channel (docs/control.md).")
     ctl.add_argument("action", choices=("record", "stop", "delete-last", "next-model",
                                         "voice-from-last-take", "status", "volume",
-                                        "sensitivity", "voice"),
-                     help="record: start a take; stop: end it; delete-last: delete the last "
+                                        "sensitivity", "voice", "delete-take", "add-model"),
+                     help="record [LABEL]: start a take; stop: end it; delete-last: delete the last "
                           "take; next-model: play the next bundle; voice-from-last-take: "
                           "build a corpus voice from the newest take and play it; status: "
                           "what it is doing; volume V: master volume, 0 to 1; sensitivity "
                           "S: motion sensitivity, 0.05 to 20; voice NAME: play the bundle "
-                          "NAME.dsb of the models folder")
-    ctl.add_argument("value", nargs="?", help="for volume, sensitivity and voice")
+                          "NAME.dsb of the models folder; delete-take NAME: delete the take "
+                          "folder NAME; add-model PATH: check the bundle at PATH and copy it "
+                          "into the models folder")
+    ctl.add_argument("value", nargs="?", help="for record (a label), volume, sensitivity, "
+                                              "voice, delete-take and add-model")
     ctl.add_argument("--json", action="store_true", help="print the box's reply as JSON")
     ctl.add_argument("--socket", help="the box's control socket (default: "
                                       "$RUNTIME_DIRECTORY/control.sock, /run/dancesampler/"
@@ -87,6 +90,28 @@ def main(argv: list[str] | None = None) -> int:
                                       "/run/dancesampler-osc/frames.sock under systemd or "
                                       "where that folder exists, else out/frames.sock)")
     osc.set_defaults(func=_osc)
+
+    web = commands.add_parser(
+        "web", help="the technician's page: picture, meters, controls, takes (docs/web.md)",
+        description="Serve the running box's page on web.listen (docs/web.md); exits at "
+                    "once when it is empty.")
+    web.add_argument("--socket", help="the box's control socket (default: as for ctl)")
+    web.add_argument("--frames", help="the socket the box's frames arrive on (default: "
+                                      "/run/dancesampler-web/frames.sock under systemd or "
+                                      "where that folder exists, else out/web-frames.sock)")
+    web.add_argument("--password-file", dest="password_file",
+                     help="the password's hash (default: systemd's credential web-password, "
+                          "else /etc/dancesampler/web-password, else out/web-password)")
+    web.set_defaults(func=_web)
+
+    web_password = commands.add_parser(
+        "web-password", help="set the page's password: its salted hash into a file",
+        description="Read a password (typed twice, or one line on stdin) and write its "
+                    "PBKDF2-SHA256 hash, which the page's service checks logins against.")
+    web_password.add_argument("--out", help="where (default: out/web-password in the "
+                                            "checkout; the box's is /etc/dancesampler/"
+                                            "web-password, root's only)")
+    web_password.set_defaults(func=_web_password)
 
     corpus = commands.add_parser(
         "corpus", help="a corpus voice: grains of takes, chosen live by the dancer's motion")
@@ -270,7 +295,7 @@ def _ctl(args) -> int:
     from device.control import VALUE_COMMANDS, ControlError, check_value, request
 
     value = args.value
-    if args.action in VALUE_COMMANDS and args.action != "voice" and value is not None:
+    if args.action in ("volume", "sensitivity") and value is not None:
         try:
             value = float(value)
         except ValueError:
@@ -306,6 +331,50 @@ def _osc(args) -> int:
     finally:
         if signals.received is None:
             signals.restore()
+
+
+def _web(args) -> int:
+    import threading
+    from pathlib import Path
+
+    from device.service import install_stop_signals
+    from device.web import serve
+
+    cfg = _config(args)
+    stop = threading.Event()
+    signals = install_stop_signals(stop, deadline_s=3.0)
+    try:
+        return serve(cfg, stop, frames=Path(args.frames) if args.frames else None,
+                     control_socket=Path(args.socket) if args.socket else None,
+                     password_file=Path(args.password_file) if args.password_file else None)
+    finally:
+        if signals.received is None:
+            signals.restore()
+
+
+def _web_password(args) -> int:
+    import getpass
+    import os
+    from pathlib import Path
+
+    from device.config import PROJECT_ROOT
+    from device.web import CREDENTIAL, WebError, hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password for the page: ")
+        if getpass.getpass("again: ") != password:
+            raise WebError("the two passwords differ; nothing written")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        raise WebError("the password must have at least 8 characters; nothing written")
+    out = Path(args.out) if args.out else PROJECT_ROOT / "out" / CREDENTIAL
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(hash_password(password) + "\n")
+    print(f"wrote the hash of the page's password to {out}")
+    return 0
 
 
 def _sessions(args) -> int:

@@ -500,6 +500,34 @@ class OscConfig:
         return problems
 
 
+@dataclass(frozen=True)
+class WebConfig:
+    """The technician's page, served by its own small service (``python -m device
+    web``, docs/web.md); the sound service only hands it each frame and the
+    camera's picture over a local socket."""
+
+    listen: str = field(default="0.0.0.0:8080", metadata=_LISTEN)
+    """'ADDRESS:PORT' the page is served on ('0.0.0.0:8080': every IPv4 network);
+    '' turns the page off (and the sound service publishes nothing for it).
+    Nothing but the login page is served without the password set at provision."""
+    upload_max_mb: int = field(default=64, metadata={"min": 1, "max": 1024})
+    """Largest bundle the page takes, in megabytes."""
+
+    def check(self) -> list[str]:
+        """A port in range and a listening address that is an IP address."""
+        import ipaddress
+
+        if not self.listen:
+            return []
+        host, port = host_port(self.listen)
+        problems = [] if 1 <= port <= 65535 else [f"listen: port {port} is not from 1 to 65535"]
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            problems.append(f"listen: {host!r} is not an IP address")
+        return problems
+
+
 _AUDIO_IN = {"pattern": r"alsa(:.+)?|wav:.+|track:.+",
              "pattern_help": "'alsa', 'alsa:DEVICE', 'wav:PATH' or 'track:PATH'"}
 
@@ -557,6 +585,8 @@ class DeviceConfig:
     """Corpus voices built from takes."""
     osc: OscConfig = OscConfig()
     """OSC out and in, through the OSC service (docs/osc.md)."""
+    web: WebConfig = WebConfig()
+    """The technician's page, through the web service (docs/web.md)."""
 
     def check(self) -> list[str]:
         return whole_multiple("audio.sample_rate", self.audio.sample_rate,

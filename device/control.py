@@ -34,14 +34,19 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = 1
 COMMANDS = ("record", "stop", "delete-last", "next-model", "voice-from-last-take", "status",
-            "volume", "sensitivity", "voice")
-"""record: start a take; stop: end it; delete-last: delete the last take;
-next-model: crossfade to the next bundle; voice-from-last-take: build a corpus
-voice from the newest take and crossfade to it; status: what the box is doing;
-volume, sensitivity: set the master volume or the motion sensitivity to
-``value``; voice: crossfade to the bundle named ``value`` in the models folder."""
-VALUE_COMMANDS = ("volume", "sensitivity", "voice")
-"""The commands that take a ``value``; the others take none."""
+            "volume", "sensitivity", "voice", "delete-take", "add-model")
+"""record: start a take (labelled ``value``, if given); stop: end it; delete-last:
+delete the last take; next-model: crossfade to the next bundle;
+voice-from-last-take: build a corpus voice from the newest take and crossfade to
+it; status: what the box is doing; volume, sensitivity: set the master volume or
+the motion sensitivity to ``value``; voice: crossfade to the bundle named
+``value`` in the models folder; delete-take: delete the take folder named
+``value``; add-model: check the bundle file at the path ``value`` as
+check-bundle does and copy it into the models folder (never over a file there)."""
+VALUE_COMMANDS = ("volume", "sensitivity", "voice", "delete-take", "add-model")
+"""The commands that need a ``value``."""
+OPTIONAL_VALUE_COMMANDS = ("record",)
+"""The commands that may take a ``value``; the others take none."""
 SOCKET_NAME = "control.sock"
 BOX_RUNTIME_DIR = Path("/run/dancesampler")
 """The unit's ``RuntimeDirectory=dancesampler``."""
@@ -67,8 +72,24 @@ motion.sensitivity in the config."""
 
 
 def check_value(command: str, value: object) -> float | str | None:
-    """``value`` as ``command`` takes it (a float, a voice's name, or None), or a
+    """``value`` as ``command`` takes it (a float, a name, a path, or None), or a
     ControlError saying what it takes."""
+    if command in OPTIONAL_VALUE_COMMANDS:
+        if value is not None and (not isinstance(value, str) or len(value) > 200):
+            raise ControlError(f"{command} takes no value or a take's label (text), "
+                               f"not {value!r}")
+        return value
+    if command == "delete-take":
+        if not isinstance(value, str) or not value or "/" in value or value.startswith(".") \
+                or len(value) > 200:
+            raise ControlError(f"delete-take takes the name of a take's folder, not {value!r}")
+        return value
+    if command == "add-model":
+        if not isinstance(value, str) or not value.startswith("/") \
+                or not value.endswith(".dsb") or len(value) > 1000:
+            raise ControlError(f"add-model takes the absolute path of a .dsb bundle file, "
+                               f"not {value!r}")
+        return value
     if command not in VALUE_COMMANDS:
         if value is not None:
             raise ControlError(f"{command} takes no value")

@@ -23,7 +23,6 @@ through the control channel, which refuses what it does not understand.
 from __future__ import annotations
 
 import collections
-import grp
 import ipaddress
 import logging
 import os
@@ -40,7 +39,7 @@ from pythonosc.osc_packet import OscPacket
 
 from device import control, publish
 from device.config import OscConfig, host_port, networks
-from device.control import VALUE_COMMANDS, ControlError, check_value
+from device.control import ControlError, check_value
 from device.errors import DanceSamplerError
 from device.motiongram import MotiongramParams, motion_amount
 
@@ -58,15 +57,12 @@ TRIGGERS = {f"{PREFIX}/{command}": command for command in
             ("record", "stop", "delete-last", "next-model", "voice-from-last-take")}
 """Addresses that start an action; no argument, or one number (0 or false: ignored,
 a button's release)."""
-VALUES = {f"{PREFIX}/{command}": command for command in VALUE_COMMANDS}
+VALUES = {f"{PREFIX}/{command}": command for command in ("volume", "sensitivity", "voice")}
 """Addresses that set something; one argument, as ``device ctl`` takes it."""
 REPORT_EVERY_S = 10.0
 """Most often a line about ignored messages is logged."""
 PENDING = 16
 """Commands that may wait for the box; past that, new ones are dropped and counted."""
-SERVICE_GROUP = "dancesampler"
-"""The sound service's group (provisioning makes it): the frames socket is given
-to it, so that the sound service, and only it, may send frames."""
 _POLL_S = 0.5   # how often the threads look at the stop flag
 
 
@@ -78,8 +74,11 @@ class Tally:
     """Counts what was ignored, by kind, and logs it at most once every ``every_s``:
     one line with each kind's count since the last line and one example of it."""
 
-    def __init__(self, every_s: float = REPORT_EVERY_S):
+    def __init__(self, every_s: float = REPORT_EVERY_S, *, what: str = "osc: ignored",
+                 logger: logging.Logger = log):
         self.every_s = every_s
+        self.what, self.log = what, logger
+        """How each line starts, and where it goes."""
         self.counts: collections.Counter[str] = collections.Counter()
         """Every kind's count since the start."""
         self._pending: collections.Counter[str] = collections.Counter()
@@ -105,7 +104,7 @@ class Tally:
             self._pending.clear()
             self._examples.clear()
             self._next = due + self.every_s
-        log.warning("osc: ignored: %s", what)
+        self.log.warning("%s: %s", self.what, what)
 
 
 def centroid(values: np.ndarray) -> float:
@@ -227,35 +226,13 @@ class OscService:
         self.tally.report(now=True)
 
     def _bind_frames(self) -> socket.socket:
-        """The frames socket, mode 0660, given to the sound service's group where
-        there is one; a stale one left by a service that died is replaced."""
-        path = self.frames_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        """The frames socket (``publish.bind_listener``)."""
+        try:
+            sock = publish.bind_listener(self.frames_path, who="OSC service", error=OscError)
+        except OscError as exc:
+            raise OscError(f"osc: {exc}") from None
         self._sockets.append(sock)
-        try:
-            if stat.S_ISSOCK(path.lstat().st_mode):
-                probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                try:
-                    probe.connect(str(path))
-                except OSError:
-                    path.unlink()   # nobody bound to it
-                else:
-                    raise OscError(f"osc: another OSC service takes frames on {path}")
-                finally:
-                    probe.close()
-        except FileNotFoundError:
-            pass
-        try:
-            sock.bind(str(path))
-            self._bound = True
-            os.chmod(path, 0o660)
-            try:
-                os.chown(path, -1, grp.getgrnam(SERVICE_GROUP).gr_gid)
-            except (KeyError, PermissionError):
-                pass   # off the box (no such group), or not in it: the owner's group
-        except OSError as exc:
-            raise OscError(f"osc: cannot take frames on {path}: {exc.strerror or exc}") from None
+        self._bound = True
         sock.settimeout(_POLL_S)
         log.info("osc: sending each frame's motion to %s (/wek/inputs: %d floats%s)",
                  self.cfg.send_to, len(WEK_INPUTS),
@@ -298,7 +275,7 @@ class OscService:
                 continue
             if isinstance(item, dict):
                 self._announce(item)
-            else:
+            elif isinstance(item, publish.FrameData):
                 self._send_frame(item)
 
     def _send_frame(self, frame: publish.FrameData) -> None:

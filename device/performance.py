@@ -20,8 +20,9 @@ promises a gallery relies on:
 - the control channel (``device.control``, ``python -m device ctl``) asks for
   the same actions as the buttons, carried out the same way, and a few more
   (volume, sensitivity, a voice by name);
-- with ``osc.send_to`` set, each frame's motion is handed to the OSC service
-  (``device.publish``), never waiting for it;
+- with ``osc.send_to`` set, each frame's motion is handed to the OSC service,
+  and with ``web.listen`` set, the motion and now and then the camera's picture
+  to the web service (``device.publish``), never waiting for either;
 - systemd hears READY once sound flows, WATCHDOG only while frames arrive and
   audio is written, and a STATUS line a technician can read.
 
@@ -33,7 +34,10 @@ channel waits for the answer).
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -50,10 +54,11 @@ from device.config import DeviceConfig, resolve_path
 from device.control import TIMEOUT_S, ControlError, ControlServer
 from device.engine import Engine, RunStats
 from device.runtime import probe_graph
-from device.errors import AudioError, CameraError, ControlsError, DanceSamplerError
-from device.publish import FramePublisher, socket_path as frames_socket_path
+from device.errors import AudioError, BundleError, CameraError, ControlsError, DanceSamplerError
+from device.publish import (PICTURES_PER_S, FramePublisher, socket_path as frames_socket_path,
+                            web_socket_path)
 from device.service import HealthWatchdog, Notifier, status_line
-from device.session import last_session
+from device.session import last_session, sanitize_label
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +108,20 @@ class Performance:
 
     def __init__(self, cfg: DeviceConfig, *, notifier: Notifier | None = None,
                  recorder: Recorder | None = None, pin_factory=None,
-                 control: Path | None = None, frames: Path | None = None):
+                 control: Path | None = None, frames: Path | None = None,
+                 web_frames: Path | None = None):
         self.cfg = cfg
         self.notifier = notifier or Notifier.from_environment()
         self.recorder = recorder
+        self._label = recorder.label if recorder is not None else None   # the default label
         self._pin_factory = pin_factory
         self._control_path = control
         self._frames_path = frames   # where the OSC service takes frames (osc.send_to)
         self.control: ControlServer | None = None
         self.publisher: FramePublisher | None = None
+        self._web_frames_path = web_frames   # where the web service takes frames (web.listen)
+        self.web_publisher: FramePublisher | None = None
+        self._picture: np.ndarray | None = None   # the newest camera frame, for the web page
         self._volume = cfg.audio.volume   # the master volume; `ctl volume` changes it
         # (action, its _Request or None): from the buttons and the control channel.
         self._events: queue.SimpleQueue[tuple[str, _Request | None]] = queue.SimpleQueue()
@@ -233,6 +243,8 @@ class Performance:
             return self._voice_from_last_take()
         if command == "voice":
             return self._voice(value)
+        if command == "add-model":
+            return self._add_model(Path(value))
         request = _Request(value)
         self._events.put((command, request))
         if not request.done.wait(TIMEOUT_S):
@@ -274,7 +286,7 @@ class Performance:
             else:
                 self._open_stream(self.sink)
                 write = self._push
-            if self.cfg.osc.send_to:
+            if self.cfg.osc.send_to or self.cfg.web.listen:
                 write = self._publishing(write)
             self._light("playing")
             if announce is not None:
@@ -287,18 +299,32 @@ class Performance:
             self.close("stopping: asked to" if stop.is_set() else "stopping: the input ended")
 
     def _publishing(self, write):
-        """``write``, then the frame's motion handed to the OSC service."""
-        publisher = self.publisher = FramePublisher(self._frames_path or frames_socket_path())
+        """``write``, then the frame's motion handed to the OSC service and the web
+        service (with the camera's picture now and then), as the config asks."""
         width = self.cfg.motiongram.width
-        log.info("osc: handing each frame's motion to the OSC service at %s", publisher.path)
+        publishers = []
+        if self.cfg.osc.send_to:
+            self.publisher = FramePublisher(self._frames_path or frames_socket_path())
+            publishers.append(self.publisher)
+            log.info("osc: handing each frame's motion to the OSC service at %s",
+                     self.publisher.path)
+        if self.cfg.web.listen:
+            self.web_publisher = FramePublisher(
+                self._web_frames_path or web_socket_path(),
+                picture_every=max(1, round(self.cfg.camera.fps / PICTURES_PER_S)))
+            publishers.append(self.web_publisher)
+            log.info("web: handing each frame's motion and the picture to the web service "
+                     "at %s", self.web_publisher.path)
 
         def write_and_publish(hop: np.ndarray) -> None:
             write(hop)
             engine, take = self.engine, self.recorder and self.recorder.take_path
             manifest = engine.bundle.manifest
-            publisher.frame(engine.motiongram.last, width, float(engine.gain.gain), hop,
-                            {"model": manifest.name, "voice": manifest.voice,
-                             "recording": self._recording, "take": take.name if take else None})
+            state = {"model": manifest.name, "voice": manifest.voice,
+                     "recording": self._recording, "take": take.name if take else None}
+            for publisher in publishers:
+                publisher.frame(engine.motiongram.last, width, float(engine.gain.gain), hop,
+                                state, self._picture)
         return write_and_publish
 
     def _write_exact(self, hop: np.ndarray) -> None:
@@ -369,6 +395,7 @@ class Performance:
 
     def _on_frame(self, frame: Frame) -> None:
         self.health.frame_arrived()
+        self._picture = frame.image
         while True:
             try:
                 action, request = self._events.get_nowait()
@@ -413,9 +440,12 @@ class Performance:
         if self.engine is None:
             return {"state": "starting"}
         manifest = self.engine.bundle.manifest
+        ms = list(self.engine.stats.compute_ms)[-_STATUS_WINDOW:]
         return {"state": self._state_name(), "model": manifest.name, "voice": manifest.voice,
                 "status": self.status_text(), "volume": self._volume,
-                "sensitivity": self.engine.gain.sensitivity}
+                "sensitivity": self.engine.gain.sensitivity,
+                "compute_ms": round(float(np.median(ms)), 3) if ms else None,
+                "underruns": self.stream.stats.underruns if self.stream is not None else None}
 
     def _handle(self, action: str, value: float | None = None) -> dict:
         """Carry out one action, from a button or the control channel; the reply."""
@@ -444,6 +474,8 @@ class Performance:
             if self.recorder.recording:
                 note = "already recording"
             else:
+                # A label asked for names this take only; the button's take the default.
+                self.recorder.label = sanitize_label(value) if value else self._label
                 self.recorder.start()   # the light follows in _on_frame, as it does for a
                                         # take that ends by itself
         elif action == "stop":
@@ -453,6 +485,10 @@ class Performance:
                 note = "not recording"
         elif action == "delete-last":
             self.recorder.delete_last()
+        elif action == "delete-take":   # here, as delete-last: only this thread changes takes
+            why = self.recorder.delete_take(value)
+            if why is not None:
+                return {"ok": False, **self._state(), "error": why}
         return {"ok": True, **self._state(), **({"note": note} if note else {})}
 
     def _voice(self, name: str) -> dict:
@@ -474,6 +510,41 @@ class Performance:
         threading.Thread(target=self._load_next_model, args=([path],), name="model-loader",
                          daemon=True).start()
         return {"ok": True, **self._state(), "note": f"loading {name}"}
+
+    def _add_model(self, source: Path) -> dict:
+        """The control channel's thread: the bundle at ``source`` checked as
+        check-bundle checks it (``load_bundle``: its checksums, this box's
+        settings, its graph run in a child), then copied into the models folder
+        under its own name, never over a file there."""
+        folder = resolve_path(self.cfg.model.models_dir)
+        target = folder / source.name
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.dsb", source.name):
+            return {"ok": False, **self._state(), "error": f"{source.name!r} is not a bundle's "
+                    "file name (letters, digits, '.', '_', '-', ending .dsb)"}
+        if target.exists():
+            return {"ok": False, **self._state(),
+                    "error": f"{target} exists; a bundle is never replaced from here"}
+        try:
+            if source.is_symlink() or not source.is_file():
+                raise BundleError(f"{source}: no such bundle file")
+            load_bundle(source, self.cfg)
+        except DanceSamplerError as exc:
+            log.warning("model: refused %s: %s", source.name, exc)
+            return {"ok": False, **self._state(), "error": f"refused: {exc}"}
+        staged = folder / f".{source.name}.new"
+        try:
+            shutil.copyfile(source, staged)
+            os.link(staged, target)   # fails if the name was taken meanwhile
+        except FileExistsError:
+            return {"ok": False, **self._state(),
+                    "error": f"{target} exists; a bundle is never replaced from here"}
+        except OSError as exc:
+            return {"ok": False, **self._state(),
+                    "error": f"cannot put {source.name} into {folder}: {exc.strerror or exc}"}
+        finally:
+            staged.unlink(missing_ok=True)
+        log.info("model: added %s to %s", source.name, folder)
+        return {"ok": True, **self._state(), "note": f"added {target.stem}"}
 
     def _load_next_model(self, candidates: list[Path] | None = None) -> None:
         """Off the audio thread: the first of ``candidates`` (default: the next
@@ -559,6 +630,7 @@ class Performance:
         self.notifier.stopping(reason)
         for name, part, method in (("control channel", self.control, "close"),
                                    ("OSC publisher", self.publisher, "close"),
+                                   ("web publisher", self.web_publisher, "close"),
                                    ("recorder", self.recorder, "close"),
                                    ("audio", self.stream, "stop"),
                                    ("sound output", None if self.stream else self.sink, "close"),
@@ -572,7 +644,7 @@ class Performance:
             except Exception as exc:  # noqa: BLE001 - report it, close the rest
                 log.error("stopping the %s failed: %s", name, exc)
         self.stream = self.camera = self.controls = self.health = self.control = None
-        self.publisher = None
+        self.publisher = self.web_publisher = None
 
 
 class _Request:

@@ -350,6 +350,32 @@ class TakeRecorder:
         log.info("record: deleted the last take %s", take.path.name)
         return True
 
+    def delete_take(self, name: str) -> str | None:
+        """Delete the take folder ``name`` under this recorder's root, as
+        ``delete_last`` deletes (``session.delete_session``: only a take's own
+        files); None when done, else why not (the take being recorded or still
+        written, no such take, not a take)."""
+        path = self.root / name
+        if "/" in name or name.startswith(".") or not path.is_dir() or path.is_symlink():
+            return f"no take {name!r} in {self.root}"
+        take = self._take
+        if take is not None and take.path is not None and take.path.name == name:
+            if take.active:
+                return f"{name} is being recorded; stop it first"
+            take.thread.join(_JOIN_S)
+            if take.thread.is_alive():
+                return f"{name} is still being written"
+        if self._deletable is not None and self._deletable.path is not None \
+                and self._deletable.path.name == name:
+            self._deletable = None   # a long press later must not find it gone
+        try:
+            delete_session(path)
+        except SessionError as exc:
+            log.error("record: %s", exc)
+            return str(exc)
+        log.info("record: deleted the take %s", name)
+        return None
+
     def frame(self, frame: Frame) -> None:
         """Hand one camera frame to the take, right after it was read. Never blocks;
         call from one thread. While recording is enough; every frame is better (the

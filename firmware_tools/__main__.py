@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     provision.add_argument("--read-only-root", action="store_true",
                            help="also turn on the overlay read-only root (needs "
                                 f"{BOX_STATE_DIR} on its own partition)")
+    provision.add_argument("--new-web-password", action="store_true", dest="new_web_password",
+                           help="replace the web page's password with a new one (shown once); "
+                                "without it a password already set is kept")
     _box_options(provision)
     provision.set_defaults(func=_provision)
 
@@ -257,7 +260,7 @@ def _provision(args) -> int:
     box = box_from_args(args)
     return _each_host(args, lambda remote: provision(
         remote, box, read_only_root=args.read_only_root,
-        report=lambda line: print(line, flush=True)))
+        new_web_password=args.new_web_password, report=lambda line: print(line, flush=True)))
 
 
 if __name__ == "__main__":

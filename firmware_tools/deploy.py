@@ -8,11 +8,12 @@ On the box, under ``/opt/dancesampler`` (docs/deploy.md):
    the next deploy carries on from what was copied.
 2. ``current`` is switched to it atomically (a new symlink renamed over the old),
    the unit files are installed if they changed (the OSC service's enabled if it
-   is not), and the service restarted. With ``Type=notify``, ``systemctl
+   is not, the web page's too once its password is set), and the service
+   restarted. With ``Type=notify``, ``systemctl
    restart`` returns once the program sent READY (its first hop of sound); the
-   unit must then stay active for a few seconds. Then the OSC service is
-   restarted too, on the new release; it is not the show, so its failing to start
-   is reported and fails nothing.
+   unit must then stay active for a few seconds. Then the OSC service and the
+   web page's service are restarted too, on the new release; they are not the
+   show, so their failing to start is reported and fails nothing.
 3. If it does not, ``current`` goes back to the release that ran before, which is
    restarted, and the deploy fails naming the unit's state and its last journal
    lines. The three most recently deployed releases are kept.
@@ -56,6 +57,9 @@ log = logging.getLogger(__name__)
 
 UNIT = "dancesampler"
 OSC_UNIT = "dancesampler-osc"
+WEB_UNIT = "dancesampler-web"
+WEB_PASSWORD_FILE = "etc/dancesampler/web-password"
+"""Provision sets it; without it the web unit is neither enabled nor started."""
 KEEP_RELEASES = 3
 JOURNAL_LINES = 20
 # What a venv with numpy, av and the TFLite runtime takes once installed, beyond
@@ -224,24 +228,34 @@ def _start_checked(remote: Remote, box: Box, rid: str, previous: str | None,
                  check=False, timeout=RESTART_TIMEOUT_S)
         raise
     _mark_good(remote, box, rid)
-    report(f"{remote}: running {rid} ({status})")
-    _restart_osc(remote, box, report)
+    _restart_beside(remote, box, OSC_UNIT, "OSC service", f"systemctl restart {OSC_UNIT}",
+                    report)
+    password = shlex.quote(box.path(WEB_PASSWORD_FILE))
+    _restart_beside(remote, box, WEB_UNIT, "web page's service",
+                    f"if [ -e {password} ]; then systemctl restart {WEB_UNIT}; else echo "
+                    f"nopassword; fi", report)
+    report(f"{remote}: running {rid} ({status})")   # the last line: what the box runs
     return status
 
 
-def _restart_osc(remote: Remote, box: Box, report: Callable[[str], None]) -> None:
-    """Restart the OSC service on the release now current: with OSC off in the
-    box's config it exits at once. A failure is reported; the show plays on."""
+def _restart_beside(remote: Remote, box: Box, unit: str, what: str, command: str,
+                    report: Callable[[str], None]) -> None:
+    """Restart a service beside the show (OSC, the web page) on the release now
+    current: with it off in the box's config it exits at once. A failure is
+    reported; the show plays on."""
     try:
-        result = _run(remote, box, f"systemctl restart {OSC_UNIT}",
-                      "restarting the OSC service", check=False, timeout=RESTART_TIMEOUT_S)
+        result = _run(remote, box, command, f"restarting the {what}", check=False,
+                      timeout=RESTART_TIMEOUT_S)
     except RemoteError as exc:
-        report(f"{remote}: warning: the OSC service was not restarted: {exc}")
+        report(f"{remote}: warning: the {what} was not restarted: {exc}")
         return
-    if result.returncode != 0:
+    if result.stdout.strip() == "nopassword":
+        report(f"{remote}: note: the web page has no password yet, so it is off: "
+               "provision the box again to set one")
+    elif result.returncode != 0:
         said = " ".join((result.stderr or result.stdout).split())[-200:]
-        report(f"{remote}: warning: the OSC service did not start ({said}); "
-               f"journalctl -u {OSC_UNIT} says why")
+        report(f"{remote}: warning: the {what} did not start ({said}); "
+               f"journalctl -u {unit} says why")
 
 
 _LOCK = r"""
@@ -364,8 +378,8 @@ ln -sfn {target} .current-new
 mv -T .current-new current
 echo {rid} >> releases/.history
 reload=
-for name in dancesampler dancesampler-osc; do
-  [ -f current/systemd/$name.service ] || continue   # a release from before the OSC service
+for name in dancesampler dancesampler-osc dancesampler-web; do
+  [ -f current/systemd/$name.service ] || continue   # a release from before that service
   unit={unit_dir}/$name.service
   if ! cmp -s current/systemd/$name.service "$unit"; then
     mkdir -p {unit_dir}
@@ -379,6 +393,11 @@ done
 if [ -f current/systemd/dancesampler-osc.service ] && \
    ! systemctl is-enabled --quiet dancesampler-osc 2>/dev/null; then
   systemctl enable --quiet dancesampler-osc
+fi
+# The web page's too, once provision has set its password (its credential).
+if [ -f current/systemd/dancesampler-web.service ] && [ -e {web_password} ] && \
+   ! systemctl is-enabled --quiet dancesampler-web 2>/dev/null; then
+  systemctl enable --quiet dancesampler-web
 fi
 if [ ! -e {config} ]; then
   mkdir -p {config_dir}
@@ -415,6 +434,7 @@ def _switch(remote: Remote, box: Box, rid: str) -> None:
     _run(remote, box, _SWITCH.format(
         base=shlex.quote(box.base), target=shlex.quote(f"releases/{rid}"), rid=shlex.quote(rid),
         unit_dir=shlex.quote(box.path("etc/systemd/system")), config=shlex.quote(config),
+        web_password=shlex.quote(box.path(WEB_PASSWORD_FILE)),
         config_dir=shlex.quote(posixpath.dirname(config)),
         models=shlex.quote(box.path(box_path(DeviceConfig().model.models_dir))),
         music=shlex.quote(box.path(box_path(DeviceConfig().recorder.music_dir)))),

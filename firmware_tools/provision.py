@@ -8,17 +8,23 @@ nothing. The steps (docs/deploy.md says why each is there):
 2. the groups and the service user ``dancesampler`` (video, audio, gpio)
 3. folders: releases, the box's own wheels, state and config
 4. a pyalsaaudio wheel, built once on the box (it publishes none)
-5. the systemd units, installed and enabled: the sound service and the OSC
-   service (which exits at once while the config turns OSC off)
-6. with ``--read-only-root``: the overlay root file system, only when
+5. the web page's password, set once: its salted hash in
+   ``/etc/dancesampler/web-password`` (root's only; the web unit gets it as a
+   credential), the password itself shown once by this command
+6. the systemd units, installed and enabled: the sound service, the OSC
+   service (which exits at once while the config turns OSC off) and the web
+   page's service
+7. with ``--read-only-root``: the overlay root file system, only when
    ``/var/lib/dancesampler`` is its own writable mount (or takes would be lost)
 
-It never removes anything, and never touches a release or ``device.yaml``.
+It never removes anything, and never touches a release or ``device.yaml``; a
+password already set is kept unless ``--new-web-password`` asks for a new one.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +46,8 @@ USER = "dancesampler"
 PYALSAAUDIO = "pyalsaaudio==0.11.0"
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "dancesampler.service"
 OSC_UNIT = UNIT.with_name("dancesampler-osc.service")
+WEB_UNIT = UNIT.with_name("dancesampler-web.service")
+WEB_PASSWORD_FILE = "/etc/dancesampler/web-password"
 
 _SCRIPT = r"""set -eu
 R={root}
@@ -101,7 +109,17 @@ else
   python3 -m pip wheel --quiet --no-deps --no-binary :all: {alsa_pin} -w "$R/opt/dancesampler/wheels"
 fi
 
-# 5. the units
+# 5. the web page's password: its hash only, root's only, set once
+pw="$R{web_password_file}"
+if [ -s "$pw" ] && [ {new_password} = 0 ]; then
+  say "web page password: present (kept)"
+else
+  (umask 077; printf '%s\n' {web_password_hash} > "$pw.new")
+  chmod 0600 "$pw.new"; mv -f "$pw.new" "$pw"
+  say "web page password: set"
+fi
+
+# 6. the units
 mkdir -p "$R/etc/systemd/system"
 {units}"""
 
@@ -117,7 +135,7 @@ systemctl is-enabled --quiet {name} 2>/dev/null || {{ say "enabling the {what}";
 """
 
 _READ_ONLY = r"""
-# 6. read-only root (overlay file system): takes must live on their own mount
+# 7. read-only root (overlay file system): takes must live on their own mount
 if ! mountpoint -q "$R{state}"; then
   echo "provision: --read-only-root needs {state} on its own writable partition (it is not a mount point): takes would be lost at every reboot" >&2
   exit 3
@@ -131,10 +149,17 @@ fi
 """
 
 
-def provision_script(*, root: str = "/", read_only_root: bool = False) -> str:
-    """The shell script that provisions a box whose ``/`` is ``root``."""
+def provision_script(*, root: str = "/", read_only_root: bool = False,
+                     web_password_hash: str = "", new_web_password: bool = False) -> str:
+    """The shell script that provisions a box whose ``/`` is ``root``; it sets the
+    page's password to ``web_password_hash`` (``device.web.hash_password``) where
+    none is set, or with ``new_web_password``."""
+    if not web_password_hash:
+        from device.web import hash_password
+
+        web_password_hash = hash_password(secrets.token_urlsafe(12))   # never shown
     units = ""
-    for path, what in ((UNIT, "unit"), (OSC_UNIT, "OSC unit")):
+    for path, what in ((UNIT, "unit"), (OSC_UNIT, "OSC unit"), (WEB_UNIT, "web unit")):
         text = path.read_text()
         if "DANCESAMPLER_UNIT_END" in text:
             raise ValueError(f"{path.name} holds the heredoc's end marker")
@@ -149,17 +174,29 @@ def provision_script(*, root: str = "/", read_only_root: bool = False) -> str:
         music=box_path(defaults.recorder.music_dir),
         groups=" ".join(GROUPS), group_list=",".join(GROUPS), user=USER,
         alsa_pin=shlex.quote(PYALSAAUDIO), alsa_version=PYALSAAUDIO.split("==")[1],
-        units=units)
+        web_password_file=WEB_PASSWORD_FILE, web_password_hash=shlex.quote(web_password_hash),
+        new_password=int(new_web_password), units=units)
     return script + (_READ_ONLY.format(state=BOX_STATE_DIR) if read_only_root else "")
 
 
 def provision(remote: Remote, box: Box = Box(), *, read_only_root: bool = False,
+              new_web_password: bool = False,
               report: Callable[[str], None] = print) -> list[str]:
-    """Run the provisioning script on the box; return what it said it did."""
+    """Run the provisioning script on the box; return what it said it did. A
+    password for the web page is made here and, when the box took it (it had
+    none, or ``new_web_password``), shown once: the box keeps only its hash."""
+    from device.web import hash_password
+
+    password = secrets.token_urlsafe(12)
     with remote.connection():
-        result = _run(remote, box, provision_script(root=box.root, read_only_root=read_only_root),
-                      "provisioning", timeout=1800)
+        result = _run(remote, box, provision_script(
+            root=box.root, read_only_root=read_only_root,
+            web_password_hash=hash_password(password), new_web_password=new_web_password),
+            "provisioning", timeout=1800)
     lines = [line for line in result.stdout.splitlines() if line.startswith("provision:")]
     for line in lines:
         report(f"{remote}: {line.removeprefix('provision: ')}")
+    if "provision: web page password: set" in lines:
+        report(f"{remote}: the web page's password is {password} (shown only now; the box "
+               "keeps its hash: write it down)")
     return lines

@@ -61,7 +61,8 @@ DEFAULT_WHEEL_CACHE = Path("out") / "wheels-aarch64-cp311"
 # (source in the project, name in the release); folders are copied whole.
 _CONTENT = (("device", "device"), ("config", "config"),
             ("systemd/dancesampler.service", "systemd/dancesampler.service"),
-            ("systemd/dancesampler-osc.service", "systemd/dancesampler-osc.service"))
+            ("systemd/dancesampler-osc.service", "systemd/dancesampler-osc.service"),
+            ("systemd/dancesampler-web.service", "systemd/dancesampler-web.service"))
 _SKIP = {"__pycache__", ".pytest_cache"}
 
 

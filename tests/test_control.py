@@ -184,7 +184,7 @@ def test_ctl_sets_volume_and_sensitivity_and_picks_a_voice_by_name(show):
                            (("sensitivity", "loud"), "sensitivity takes a number from 0.05 "
                                                      "to 20, not 'loud'"),
                            (("volume",), "volume needs a value"),
-                           (("record", "now"), "record takes no value")):
+                           (("stop", "now"), "stop takes no value")):
         one_line_error(ctl(*args, "--socket", str(path)), fragment)
     refused = request("voice", path, value="nothing")
     assert not refused["ok"] and "no voice 'nothing'" in refused["error"]

@@ -158,7 +158,7 @@ def test_a_release_holds_what_the_box_runs_and_its_id_is_its_content(project, tm
     assert first.id == again.id and len(first.id) == 16
     names = set(first.files)
     assert {"device/__main__.py", "config/device.yaml", "systemd/dancesampler.service",
-            "systemd/dancesampler-osc.service",
+            "systemd/dancesampler-osc.service", "systemd/dancesampler-web.service",
             "models/default.dsb", "music/demo.wav", "requirements.txt"} <= names
     # The demo track a dancer can record with at once: half a minute, audible, 16-bit
     # mono at the box's rate.
@@ -224,12 +224,17 @@ def test_first_deploy_switches_to_the_release_and_a_second_changes_nothing(
     assert (here / ".venv" / "made").exists()
     assert calls(stubs) == ["systemctl restart dancesampler"]
     assert calls(stubs, "systemctl daemon-reload")
-    for unit in ("dancesampler.service", "dancesampler-osc.service"):
+    for unit in ("dancesampler.service", "dancesampler-osc.service",
+                 "dancesampler-web.service"):
         assert (Path(box.root) / "etc/systemd/system" / unit).read_bytes() == \
             (ROOT / "systemd" / unit).read_bytes()
-    # The OSC service follows the release it runs from, once the show is checked.
+    # The OSC service follows the release it runs from, once the show is checked;
+    # the web page's waits for a password (provision sets one) and says so.
     assert calls(stubs, "systemctl restart dancesampler-osc") == \
         ["systemctl restart dancesampler-osc"]
+    assert not calls(stubs, "systemctl restart dancesampler-web")
+    assert f"{remote}: note: the web page has no password yet, so it is off: provision " \
+           "the box again to set one" in lines
     assert (Path(box.root) / "etc/dancesampler/device.yaml").exists()
     assert f"running {release.id} (active (running): playing default" in lines[-1]
     assert not [p for p in here.parent.iterdir() if p.name.startswith(".incoming")]
@@ -431,9 +436,18 @@ def test_provisioning_twice_does_each_step_once(remote, sshd, tmp_path):
     assert "groupadd --system gpio" in log
     assert any(line.startswith("useradd --system --user-group") for line in log)
     assert "systemctl enable dancesampler" in log and "systemctl daemon-reload" in log
-    for unit in ("dancesampler.service", "dancesampler-osc.service"):
+    for unit in ("dancesampler.service", "dancesampler-osc.service",
+                 "dancesampler-web.service"):
         assert (root / "etc/systemd/system" / unit).read_bytes() == \
             (ROOT / "systemd" / unit).read_bytes()
+    # The page's password: a hash only, root's only, and shown once by provision.
+    stored = root / "etc/dancesampler/web-password"
+    assert stored.stat().st_mode & 0o777 == 0o600
+    assert "provision: web page password: set" in first
+    from device.web import check_password
+
+    hashed = stored.read_text().strip()
+    assert hashed.startswith("pbkdf2-sha256$")
     for folder in ("opt/dancesampler/releases", "opt/dancesampler/wheels",
                    "var/lib/dancesampler/models", "var/lib/dancesampler/sessions",
                    "var/lib/dancesampler/music", "etc/dancesampler"):
@@ -448,6 +462,14 @@ def test_provisioning_twice_does_each_step_once(remote, sshd, tmp_path):
         assert not [line for line in log if line.startswith(changing)], (changing, log)
     assert "provision: apt packages: all present" in second
     assert "provision: unit: unchanged" in second and "provision: OSC unit: unchanged" in second
+    assert "provision: web unit: unchanged" in second
+    assert "provision: web page password: present (kept)" in second
+    assert stored.read_text().strip() == hashed
+    said = []
+    provision(remote, box, new_web_password=True, report=said.append)
+    password = re.search(r"the web page's password is (\S+) \(shown only now", said[-1])[1]
+    assert check_password(password, stored.read_text().strip())
+    assert stored.read_text().strip() != hashed
 
     script = provision_script(read_only_root=True)
     assert script.startswith("set -eu") and "mountpoint -q" in script

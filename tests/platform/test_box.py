@@ -18,6 +18,7 @@ x86-64) and skips, saying why, elsewhere.
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import shutil
 import socket
@@ -175,7 +176,10 @@ def box(tmp_path_factory):
     (root / "etc/pip.conf").write_text("[global]\nno-index = true\nfind-links = /srv/box-wheels\n")
     (root / "etc/asound.conf").write_text(ASOUND)
     (root / "etc/dancesampler").mkdir(parents=True, exist_ok=True)
-    (root / "etc/dancesampler/device.yaml").write_text(BOX_CONFIG)
+    # The page on a free port of loopback: the container shares this machine's network.
+    web_port = _free_port()
+    (root / "etc/dancesampler/device.yaml").write_text(
+        f"{BOX_CONFIG}web:\n  listen: 127.0.0.1:{web_port}\n")
     # The box's own wheel folder holds, for this platform, what a Pi gets from the
     # release's aarch64 wheels (deploy installs from both folders).
     local = root / "opt/dancesampler/wheels"
@@ -183,6 +187,7 @@ def box(tmp_path_factory):
     for wheel in AMD64.glob("*.whl"):
         shutil.copy2(wheel, local)
     container = Container(root, key, port, work / "console.log")
+    container.web_port = web_port
     container.boot()
     yield container
     container.stop()
@@ -204,7 +209,8 @@ def test_provision_and_deploy_make_a_box_that_plays_under_systemd(box):
     said = provisioned.stdout
     for step in ("building the pyalsaaudio wheel", "adding user dancesampler",
                  "unit: installed", "enabling the unit", "OSC unit: installed",
-                 "enabling the OSC unit",
+                 "enabling the OSC unit", "web unit: installed", "enabling the web unit",
+                 "web page password: set",
                  "python3-picamera2 is not in this box's archives (not Raspberry Pi OS): "
                  "no Pi camera",
                  "python3-lgpio is not in this box's archives (not Raspberry Pi OS): "
@@ -410,6 +416,100 @@ def test_the_osc_service_sends_the_motion_and_takes_commands_under_its_own_unit(
                 "dancesampler-osc")
     box.wait_playing()
     assert box.ssh("systemctl show -p NRestarts --value dancesampler-osc").stdout.strip() == "0"
+
+
+def test_the_page_is_served_by_its_own_unit_with_the_provisioned_password(box):
+    """The web unit (its own dynamic user, the password's hash as a credential)
+    shows the camera's picture from the sound service, refuses a wrong password,
+    records, lists, downloads and deletes a take, and adds an uploaded bundle."""
+    import http.client
+    import json
+    import re
+    import urllib.parse
+
+    said = firmware_tools("provision", "root@127.0.0.1", "--new-web-password", *box.options)
+    assert said.returncode == 0, said.stderr
+    password = re.search(r"the web page's password is (\S+) \(shown only now", said.stdout)[1]
+    assert box.ssh("stat -c %U:%a /etc/dancesampler/web-password").stdout.strip() == "root:600"
+    box.ssh("systemctl restart dancesampler-web")
+
+    def page(method, path, body=None, **headers):
+        conn = http.client.HTTPConnection("127.0.0.1", box.web_port, timeout=120)
+        try:
+            conn.request(method, path, body=body, headers={k.replace("_", "-"): v
+                                                            for k, v in headers.items()})
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            conn.close()
+
+    def login(word):
+        return page("POST", "/login", urllib.parse.urlencode({"password": word}).encode(),
+                    Content_Type="application/x-www-form-urlencoded")
+
+    def until(condition, what, seconds=30.0):
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                if condition():
+                    return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (what, box.ssh(
+                "journalctl -u dancesampler-web -n 20 --no-pager -o cat").stdout)
+            time.sleep(0.3)
+
+    until(lambda: page("GET", "/")[0] == 303, "the page answers")
+    assert page("GET", "/api/live")[0] == 401
+    assert login("not it")[0] == 401
+    status, headers, _ = login(password)
+    assert status == 303
+    cookie = headers["Set-Cookie"].split(";")[0]
+
+    def get(path):
+        status, _, body = page("GET", path, Cookie=cookie)
+        assert status == 200, (path, status, body[:200])
+        return body
+
+    def ctl(cmd, value=None):
+        status, _, body = page("POST", "/api/ctl", json.dumps({"cmd": cmd, "value": value})
+                               .encode(), Cookie=cookie, X_Dancesampler="1")
+        assert status == 200, body
+        return json.loads(body)
+
+    pictures = []
+    until(lambda: pictures.append(json.loads(get("/api/live"))["picture"]) or
+          len({p["frame"] for p in pictures if p}) >= 2, "two pictures")
+    seen = [p for p in pictures if p]
+    assert seen[0]["grey"] != seen[-1]["grey"], "the picture does not move"
+    assert json.loads(get("/api/live"))["status"]["state"] == "playing"
+    user = box.ssh("ps -o user= -p $(systemctl show -p MainPID --value "
+                   "dancesampler-web)").stdout.strip()
+    assert user not in ("root", "dancesampler"), user
+
+    assert ctl("record", "from the page")["ok"]
+    time.sleep(1.0)
+    assert ctl("stop")["ok"]
+    until(lambda: any(t["name"].endswith("-from_the_page") and t["frames"] > 0
+                      for t in json.loads(get("/api/takes"))), "the take listed")
+    name = next(t["name"] for t in json.loads(get("/api/takes"))
+                if t["name"].endswith("-from_the_page"))
+    tar = get(f"/takes/{name}.tar")
+    assert f"{name}/audio.wav".encode() in tar and len(tar) > 10_000
+    assert ctl("delete-take", name)["ok"]
+    assert name not in box.ssh("ls /var/lib/dancesampler/sessions").stdout
+
+    bundle = (ROOT / "models" / "default.dsb").read_bytes()
+    status, _, body = page("POST", "/api/upload?name=uploaded.dsb", bundle, Cookie=cookie,
+                           X_Dancesampler="1")
+    assert status == 200 and json.loads(body)["ok"], body
+    assert box.ssh("sha256sum < /var/lib/dancesampler/models/uploaded.dsb").stdout.split()[0] \
+        == hashlib.sha256(bundle).hexdigest()
+    assert "uploaded" in json.loads(get("/api/voices"))
+    box.ssh("rm /var/lib/dancesampler/models/uploaded.dsb")
+    journal = box.ssh("journalctl -u dancesampler-web --no-pager -o cat").stdout
+    assert "web: refused: wrong passwords: 1 (e.g. 127.0.0.1)" in journal, journal
+    assert box.ssh("systemctl show -p NRestarts --value dancesampler-web").stdout.strip() == "0"
 
 
 def test_a_release_that_never_comes_up_is_rolled_back(box, tmp_path):
