@@ -299,3 +299,27 @@ def test_export_prints_its_stages_and_none_of_tensorflows_own_noise(tiny_run, tm
     # --debug lets TensorFlow speak.
     loud = export("--debug")
     assert loud.returncode == 0 and len(loud.stderr.splitlines()) > len(lines) + 3
+
+
+def test_export_on_a_terminal_shows_each_stage_with_the_time_left(tiny_run, tmp_path):
+    import re
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    if not shutil.which("script"):
+        pytest.skip("no `script` (util-linux) to give the export a terminal")
+    command = shlex.join([sys.executable, "-m", "train_host", "export", str(tiny_run.path),
+                          "--out", str(tmp_path / "x.dsb")])
+    tty = subprocess.run(["script", "-qec", command, "/dev/null"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert tty.returncode == 0, tty.stdout
+    lines = [line.strip() for line in tty.stdout.replace("\r", "\n").splitlines() if line.strip()]
+    assert re.search(r"rounding the weights: (\d+)/\1, about 0 s left", tty.stdout)
+    assert re.search(r"int8 against float: (\d+)/\1, about 0 s left", tty.stdout)
+    # The bars, the stages' own lines, and nothing of TensorFlow's.
+    assert all(line.startswith(("INFO train_host", "WARNING train_host", "rounding the weights:",
+                                "int8 against float:", "wrote ")) for line in lines), lines

@@ -25,7 +25,7 @@ from device.bundle import (FORMAT_VERSION, NOISE_VERSION, PERFORMER, AudioParams
                            TensorSpec, write_bundle)
 from device.noise import NoiseBands
 from device.runtime import Performer
-from train_host.console import quiet
+from train_host.console import Progress, quiet
 from train_host.train import CALIBRATION_FILE, Run, config_hash, load_run
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def gptq(weights: np.ndarray, inputs: np.ndarray, damping: float = 0.01) -> np.n
     return w.astype(weights.dtype)
 
 
-def round_weights(model, windows: np.ndarray):
+def round_weights(model, windows: np.ndarray, progress=None):
     """A copy of the performer graph with every dense layer's weights rounded by
     ``gptq`` on the activations ``windows`` give, one layer after another in the
     order they run (each layer sees what the already rounded layers before it give).
@@ -104,6 +104,8 @@ def round_weights(model, windows: np.ndarray):
                 inputs = keras.Model(part.input, layer.input).predict(given, verbose=0)
                 kernel, *rest = layer.get_weights()
                 layer.set_weights([gptq(kernel, inputs), *rest])
+                if progress is not None:
+                    progress.advance()
         given = part.predict(given, verbose=0)
         given = given[0] if isinstance(given, (list, tuple)) else given
     return rounded
@@ -173,7 +175,8 @@ def reference_interpreter(**kwargs):
 reference_interpreter.runtime_name = "reference kernels"
 
 
-def parity(model, graph: bytes, windows: np.ndarray, audio: AudioParams | None = None) -> dict:
+def parity(model, graph: bytes, windows: np.ndarray, audio: AudioParams | None = None,
+           progress=None) -> dict:
     """Float Keras against the int8 graph, one window at a time, in the reference
     kernels (tflite-runtime 2.14 on the box) and in the installed LiteRT runtime.
     A model with noise bands plays the same noise, drawn in the same order, in both.
@@ -187,13 +190,19 @@ def parity(model, graph: bytes, windows: np.ndarray, audio: AudioParams | None =
                           sample_rate=audio.sample_rate,
                           rng=np.random.default_rng(0)) if noise_bands(model) else None
 
+    def each(run):
+        for w in windows:
+            yield run(w)
+            if progress is not None:
+                progress.advance()
+
     floats = noise()
-    reference = np.stack([perform(model, w[None], floats)[0] for w in windows])
+    reference = np.stack(list(each(lambda w: perform(model, w[None], floats)[0])))
     by_kernels = {}
     for runtime in (reference_interpreter, "auto"):
         performer = Performer(graph, runtime=runtime, where="exported graph", audio=audio,
                               noise_rng=np.random.default_rng(0))
-        quantized = np.stack([performer(w) for w in windows])
+        quantized = np.stack(list(each(performer)))
         by_kernels[performer.runtime] = round(snr_db(reference, quantized), 2)
     worst = min(by_kernels, key=by_kernels.get)
     return {"int8_snr_db": by_kernels[worst], "int8_runtime": worst,
@@ -204,6 +213,8 @@ def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
            created: str | None = None) -> Path:
     """Write the int8 bundle for a run. ``created`` fixes the timestamp (reproducible builds)."""
     from train_host.vae import performer
+
+    import keras
 
     run = run if isinstance(run, Run) else load_run(run)
     cfg, data = run.config, run.config.data
@@ -216,12 +227,18 @@ def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
     stronger = np.clip(windows * np.float32(cfg.export.headroom), 0.0, 1.0)
     representative = np.concatenate([windows, stronger]) if cfg.export.headroom > 1 else windows
     log.info("rounding the weights (GPTQ) and converting to int8 …")
-    with quiet():
-        graph = to_int8_tflite(round_weights(model, representative), representative)
+    with quiet() as screen:
+        layers = sum(isinstance(layer, keras.layers.Dense) for part in model.layers
+                     if isinstance(part, keras.Model) for layer in part.layers)
+        rounded = round_weights(model, representative,
+                                Progress("rounding the weights", layers, screen))
+        graph = to_int8_tflite(rounded, representative)
         refuse_collapsed(graph, str(run.path), representative, audio)
     log.info("measuring the int8 graph against the float model in both runtimes …")
-    with quiet():
-        metrics = parity(model, graph, calibration["validation"], audio)
+    with quiet() as screen:
+        held_out = calibration["validation"]
+        metrics = parity(model, graph, held_out, audio,
+                         Progress("int8 against float", 3 * len(held_out), screen))
     log.info("exported %d bytes in %.1f s; int8 against float: %s dB SNR",
              len(graph), time.monotonic() - started,
              ", ".join(f"{v:.1f} ({k})" for k, v in metrics["int8_snr_db_by_runtime"].items()))
