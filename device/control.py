@@ -121,6 +121,16 @@ def socket_path() -> Path:
     return PROJECT_ROOT / "out" / SOCKET_NAME
 
 
+def remove_socket(path: Path) -> None:
+    """Remove the socket file at ``path`` a server of ours bound; anything else found
+    there (or nothing) is left as it is."""
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
 class ControlServer:
     """Listens on ``path`` in a thread; ``act(command, value)`` carries out a
     command (``value``: from ``check_value``) and returns the reply's fields (``ok``
@@ -158,11 +168,7 @@ class ControlServer:
         except OSError:
             pass
         sock.close()
-        try:
-            if stat.S_ISSOCK(self.path.lstat().st_mode):
-                self.path.unlink()
-        except FileNotFoundError:
-            pass
+        remove_socket(self.path)
 
     def _remove_stale(self) -> None:
         """A socket file left by a box that died; refuse to take over a live one."""

@@ -28,7 +28,6 @@ import logging
 import os
 import queue
 import socket
-import stat
 import threading
 import time
 from pathlib import Path
@@ -218,11 +217,7 @@ class OscService:
             self.out.close()
         if self._bound:
             self._bound = False
-            try:
-                if stat.S_ISSOCK(self.frames_path.lstat().st_mode):
-                    self.frames_path.unlink()
-            except FileNotFoundError:
-                pass
+            control.remove_socket(self.frames_path)
         self.tally.report(now=True)
 
     def _bind_frames(self) -> socket.socket:

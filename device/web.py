@@ -40,7 +40,6 @@ import re
 import secrets
 import shutil
 import socket
-import stat
 import tarfile
 import threading
 import time
@@ -278,11 +277,7 @@ class WebService:
         if self._frames_sock is not None:
             self._frames_sock.close()
             self._frames_sock = None
-            try:
-                if stat.S_ISSOCK(self.frames_path.lstat().st_mode):
-                    self.frames_path.unlink()
-            except FileNotFoundError:
-                pass
+            control.remove_socket(self.frames_path)
         self.tally.report(now=True)
 
     # ---- frames in, status polled ----------------------------------------------------

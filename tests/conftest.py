@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,3 +128,47 @@ def default_bundle() -> Path:
     if not DEFAULT_BUNDLE.exists():
         pytest.fail(f"{DEFAULT_BUNDLE} is missing: rebuild it with `make default-model`")
     return DEFAULT_BUNDLE
+
+
+# ---- the project's systemd units, judged by systemd's own tools -----------------
+
+def systemd_analyze() -> str:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed here")
+    return tool
+
+
+def verify_quietly(unit: Path, tmp_path: Path) -> re.Match:
+    """``systemd-analyze verify`` says nothing at all about ``unit``; the match of its
+    ``ExecStart=`` (the box's venv Python) is returned for further checks.
+
+    verify fails on an ExecStart binary that is absent, as /opt/dancesampler is off
+    the box, so a copy whose ExecStart names this Python (every other line unchanged)
+    is verified. verify exits 0 even for unknown keys and bad values, so any output
+    fails."""
+    tool = systemd_analyze()
+    text = unit.read_text()
+    execstart = re.search(r"^ExecStart=(\S+)", text, re.M)
+    assert execstart and execstart.group(1) == "/opt/dancesampler/current/.venv/bin/python"
+    copy = tmp_path / unit.name
+    copy.write_text(text.replace(execstart.group(0), f"ExecStart={sys.executable}"))
+    result = subprocess.run([tool, "verify", str(copy)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), \
+        result.stdout + result.stderr
+    return execstart
+
+
+def exposure(unit: Path) -> tuple[float, str]:
+    """``systemd-analyze security --offline=yes``'s overall exposure level of ``unit``
+    and its whole output (skips where this systemd cannot judge a unit offline)."""
+    result = subprocess.run([systemd_analyze(), "security", "--offline=yes", str(unit)],
+                            capture_output=True, text=True, timeout=60)
+    output = result.stdout + result.stderr
+    if result.returncode != 0 and "offline" in output.lower():
+        pytest.skip(f"this systemd-analyze cannot judge units offline: {output.strip()}")
+    match = re.search(rf"Overall exposure level for {re.escape(unit.name)}: (\d+\.\d+)",
+                      output)
+    assert match, output
+    return float(match.group(1)), output

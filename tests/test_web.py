@@ -17,20 +17,18 @@ import tarfile
 import threading
 import time
 import urllib.parse
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from device.config import load_device_config, with_overrides
-from device.control import request
 from device.errors import ConfigError
 from device.performance import Performance
 from device.publish import PICTURE_MAGIC, FramePublisher, Picture, bind_listener, decode
 from device.recorder import TakeRecorder
 from device.web import (FAILURES_PER_MINUTE, WebError, WebService, check_password,
                         hash_password)
-from tests.conftest import ROOT, one_line_error
+from tests.conftest import ROOT, exposure, one_line_error, verify_quietly
 from tests.test_osc import until
 from tests.test_recorder import SR, _write_wav
 
@@ -378,39 +376,16 @@ def test_in_a_real_browser_the_picture_moves_a_take_lands_and_a_wrong_password_i
 
 # ---- the unit file ---------------------------------------------------------------
 
-def _systemd_analyze() -> str:
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        pytest.skip("systemd-analyze is not installed here")
-    return tool
-
-
 def test_unit_file_verifies(tmp_path):
-    tool = _systemd_analyze()
+    verify_quietly(UNIT, tmp_path)
     text = UNIT.read_text()
-    execstart = re.search(r"^ExecStart=(\S+)", text, re.M)
-    assert execstart and execstart.group(1) == "/opt/dancesampler/current/.venv/bin/python"
     assert re.search(r"^ExecStart=\S+ -m device web$", text, re.M)
     assert "LoadCredential=web-password:/etc/dancesampler/web-password" in text.splitlines()
-    copy = tmp_path / UNIT.name
-    copy.write_text(text.replace(execstart.group(0), f"ExecStart={sys.executable}"))
-    result = subprocess.run([tool, "verify", str(copy)], capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), \
-        result.stdout + result.stderr
 
 
 def test_unit_file_exposure_is_at_most_2():
-    tool = _systemd_analyze()
-    result = subprocess.run([tool, "security", "--offline=yes", str(UNIT)],
-                            capture_output=True, text=True, timeout=60)
-    output = result.stdout + result.stderr
-    if result.returncode != 0 and "offline" in output.lower():
-        pytest.skip(f"this systemd-analyze cannot judge units offline: {output.strip()}")
-    match = re.search(r"Overall exposure level for dancesampler-web\.service: (\d+\.\d+)",
-                      output)
-    assert match, output
-    assert float(match.group(1)) <= 2.0, output
+    level, output = exposure(UNIT)
+    assert level <= 2.0, output
 
 
 def test_the_page_is_one_small_file_with_no_outside_resources():
