@@ -606,8 +606,13 @@ class Handler(BaseHTTPRequestHandler):
         try:
             with tarfile.open(fileobj=self.wfile, mode="w|") as tar:
                 for path in sorted(folder.iterdir()):
-                    if path.is_file() and not path.is_symlink():
+                    # A dot file is the recorder's temporary, renamed away at any moment.
+                    if path.name.startswith(".") or path.is_symlink() or not path.is_file():
+                        continue
+                    try:
                         tar.add(path, arcname=f"{folder.name}/{path.name}")
+                    except FileNotFoundError:
+                        continue   # gone between the listing and the read
         except (OSError, tarfile.TarError) as exc:
             log.warning("web: download of %s cut off: %s", name, exc)
 

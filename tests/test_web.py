@@ -211,6 +211,7 @@ def test_takes_are_labelled_listed_downloaded_and_deleted_through_the_box(box):
     takes = json.loads(body)
     assert [t["name"] for t in takes] == [info.path.name] and takes[0]["label"] == "warm_up_1"
 
+    (info.path / ".session.yaml.tmp").write_text("a temporary the recorder renames away")
     status, headers, body = box.http("GET", f"/takes/{info.path.name}.tar", cookie=cookie)
     assert status == 200 and headers["Content-Type"] == "application/x-tar"
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:

@@ -490,8 +490,8 @@ def test_the_page_is_served_by_its_own_unit_with_the_provisioned_password(box):
     assert ctl("record", "from the page")["ok"]
     time.sleep(1.0)
     assert ctl("stop")["ok"]
-    until(lambda: any(t["name"].endswith("-from_the_page") and t["frames"] > 0
-                      for t in json.loads(get("/api/takes"))), "the take listed")
+    until(lambda: any(t["name"].endswith("-from_the_page") and t["frames"] > 0 and t["clean"]
+                      for t in json.loads(get("/api/takes"))), "the take listed and closed")
     name = next(t["name"] for t in json.loads(get("/api/takes"))
                 if t["name"].endswith("-from_the_page"))
     tar = get(f"/takes/{name}.tar")
