@@ -91,6 +91,16 @@ def main(argv: list[str] | None = None) -> int:
                                       "where that folder exists, else out/frames.sock)")
     osc.set_defaults(func=_osc)
 
+    midi = commands.add_parser(
+        "midi", help="the MIDI service: notes and controllers from the dance (docs/midi.md)",
+        description="Make the running box a MIDI source on the ALSA sequencer: controllers "
+                    "from each frame's motion and the notes voice's notes (docs/midi.md); "
+                    "exits at once when midi.enabled is false.")
+    midi.add_argument("--frames", help="the socket the box's frames arrive on (default: "
+                                       "/run/dancesampler-midi/frames.sock under systemd or "
+                                       "where that folder exists, else out/midi-frames.sock)")
+    midi.set_defaults(func=_midi)
+
     web = commands.add_parser(
         "web", help="the technician's page: picture, meters, controls, takes (docs/web.md)",
         description="Serve the running box's page on web.listen (docs/web.md); exits at "
@@ -328,6 +338,23 @@ def _osc(args) -> int:
     try:
         return serve(cfg.osc, stop, frames=Path(args.frames) if args.frames else None,
                      control_socket=Path(args.socket) if args.socket else None)
+    finally:
+        if signals.received is None:
+            signals.restore()
+
+
+def _midi(args) -> int:
+    import threading
+    from pathlib import Path
+
+    from device.midi import serve
+    from device.service import install_stop_signals
+
+    cfg = _config(args)
+    stop = threading.Event()
+    signals = install_stop_signals(stop, deadline_s=3.0)
+    try:
+        return serve(cfg.midi, stop, frames=Path(args.frames) if args.frames else None)
     finally:
         if signals.received is None:
             signals.restore()

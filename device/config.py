@@ -528,6 +528,24 @@ class WebConfig:
         return problems
 
 
+@dataclass(frozen=True)
+class MidiConfig:
+    """The box as a MIDI source on the ALSA sequencer, through its own small service
+    (``python -m device midi``, docs/midi.md); the sound service only hands it each
+    frame's motion over a local socket."""
+
+    enabled: bool = False
+    """Whether the box appears as a MIDI source at all."""
+    port: str = field(default="dancesampler", metadata={
+        "pattern": r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,31}",
+        "pattern_help": "a name of 1 to 32 letters, digits, spaces, '_', '.' or '-'"})
+    """Name of the sequencer client and its port, as other programs list it."""
+    channel: int = field(default=1, metadata={"min": 1, "max": 16})
+    """MIDI channel of the notes and controllers, 1 to 16."""
+    notes: bool = True
+    """Send the notes voice's notes (docs/notes.md) as well as the controllers."""
+
+
 _AUDIO_IN = {"pattern": r"alsa(:.+)?|wav:.+|track:.+",
              "pattern_help": "'alsa', 'alsa:DEVICE', 'wav:PATH' or 'track:PATH'"}
 
@@ -587,6 +605,8 @@ class DeviceConfig:
     """OSC out and in, through the OSC service (docs/osc.md)."""
     web: WebConfig = WebConfig()
     """The technician's page, through the web service (docs/web.md)."""
+    midi: MidiConfig = MidiConfig()
+    """The box as a MIDI source, through the MIDI service (docs/midi.md)."""
 
     def check(self) -> list[str]:
         return whole_multiple("audio.sample_rate", self.audio.sample_rate,

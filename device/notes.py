@@ -204,41 +204,25 @@ def default_params(shape: VoiceShape, method: str = "motion") -> NotesParams:
 # ---- playing ---------------------------------------------------------------------
 
 
-class NotesVoice:
-    """One motion window in, one segment of notes out (what ``Performer`` does for a
-    model voice). Called from the model thread, one call at a time."""
+class NotePicker:
+    """The notes a dance asks for, one motion window at a time: what the notes voice
+    plays and the MIDI service (``device.midi``) sends. Called one frame at a time."""
 
-    runtime = "notes"
-
-    def __init__(self, bundle: Bundle):
-        m, where = bundle.manifest, str(bundle.path)
-        try:
-            p = params_of(m.notes)
-        except (TypeError, ValueError) as exc:
-            raise BundleError(f"{where}: malformed notes ({exc})") from None
-        if bundle.graphs:
-            raise BundleError(f"{where}: a notes voice has no members, but it holds "
-                              f"{', '.join(sorted(bundle.graphs))}")
-        self.params = p
-        self._width = m.motiongram.width
-        self._height = m.motiongram.height
-        self._seg, self._hop = m.audio.segment_samples, m.audio.hop_samples
-        self.pitches = scale_notes(p.lowest, p.steps)
-        self.bass = scale_notes(p.lowest - 12, p.bass_steps)
-        self._bass_gain = np.float32(10 ** (p.bass_db / 20))
-        self._cols = np.arange(self._width, dtype=np.float32) / max(self._width - 1, 1)
-        self._tables = _note_tables(np.concatenate([self.pitches, self.bass]),
-                                    m.audio.sample_rate, p.decay_s, p.strike)
-        self._future = np.zeros(self._tables.shape[1] + self._seg, np.float32)
-        self._rows = np.arange(self._height, dtype=np.float32) / max(self._height - 1, 1)
+    def __init__(self, params: NotesParams, width: int, height: int):
+        self.params = params
+        self._width = width
+        self.shape = (width, height)
+        """The motiongram's width and height."""
+        self.pitches = scale_notes(params.lowest, params.steps)
+        self.bass = scale_notes(params.lowest - 12, params.bass_steps)
+        self._cols = np.arange(width, dtype=np.float32) / max(width - 1, 1)
+        self._rows = np.arange(height, dtype=np.float32) / max(height - 1, 1)
         self._since = 1 << 30   # frames since the last onset
         self.sounding = -1
         """Scale step of the last note struck (-1: none yet)."""
         self.onsets: list[tuple[int, int, float]] = []
         """(frame, MIDI note, velocity 0 to 1) of the most recent notes struck."""
         self.frames = 0
-
-    # what to play ------------------------------------------------------------------
 
     def step_of(self, window: np.ndarray, frames: int = RECENT_FRAMES) -> int | None:
         """The scale step the height of the last ``frames`` frames' motion asks for,
@@ -281,31 +265,61 @@ class NotesVoice:
         db = p.slope_db * np.log2(max(q, 1e-9) / (4.0 * p.reference))
         return step, float(10 ** (max(min(db, 0.0), -p.range_db) / 20))
 
-    # the sound ---------------------------------------------------------------------
+    def pick(self, window: np.ndarray) -> tuple[int, float, int | None] | None:
+        """This frame's note as (scale step, velocity 0 to 1, the lower part's step
+        or None), or None; and on to the next frame."""
+        note = self.decide(window)
+        if note is not None:
+            step, velocity = note
+            self.sounding, self._since = step, 0
+            self.onsets.append((self.frames, int(self.pitches[step]), velocity))
+            del self.onsets[:-64]
+            note = (step, velocity, self.bass_of(window) if self.params.bass_steps else None)
+        self._since += 1
+        self.frames += 1
+        return note
+
+
+class NotesVoice(NotePicker):
+    """One motion window in, one segment of notes out (what ``Performer`` does for a
+    model voice). Called from the model thread, one call at a time."""
+
+    runtime = "notes"
+
+    def __init__(self, bundle: Bundle):
+        m, where = bundle.manifest, str(bundle.path)
+        try:
+            p = params_of(m.notes)
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"{where}: malformed notes ({exc})") from None
+        if bundle.graphs:
+            raise BundleError(f"{where}: a notes voice has no members, but it holds "
+                              f"{', '.join(sorted(bundle.graphs))}")
+        super().__init__(p, m.motiongram.width, m.motiongram.height)
+        self._seg, self._hop = m.audio.segment_samples, m.audio.hop_samples
+        self._bass_gain = np.float32(10 ** (p.bass_db / 20))
+        self._tables = _note_tables(np.concatenate([self.pitches, self.bass]),
+                                    m.audio.sample_rate, p.decay_s, p.strike)
+        self._future = np.zeros(self._tables.shape[1] + self._seg, np.float32)
 
     def strike(self, step: int, velocity: float, bass: int | None = None) -> None:
-        """Start the note ``step`` of the scale now, at ``velocity`` (0 to 1), and
-        the lower part's note ``bass`` with it."""
+        """Add the note ``step`` of the scale to the sound to come, at ``velocity``
+        (0 to 1), and the lower part's note ``bass`` with it."""
         table = self._tables[step]
         gain = np.float32(velocity * 10 ** (self.params.level_db / 20))
         self._future[:len(table)] += table * gain
         if bass is not None:
             self._future[:len(table)] += self._tables[self.params.steps + bass] * (
                 gain * self._bass_gain)
-        self.sounding, self._since = step, 0
-        self.onsets.append((self.frames, int(self.pitches[step]), velocity))
-        del self.onsets[:-64]
 
     def __call__(self, window: np.ndarray) -> np.ndarray:
-        note = self.decide(window)
+        note = self.pick(window)
         if note is not None:
-            self.strike(*note, self.bass_of(window) if self.params.bass_steps else None)
+            self.strike(*note)
         segment = np.clip(self._future[:self._seg], -1.0, 1.0)
         hop = self._hop
         self._future[:-hop] = self._future[hop:]
         self._future[-hop:] = 0.0
-        self._since += 1
-        self.frames += 1
         return segment
 
 

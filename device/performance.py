@@ -55,8 +55,8 @@ from device.control import TIMEOUT_S, ControlError, ControlServer
 from device.engine import Engine, RunStats
 from device.runtime import probe_graph
 from device.errors import AudioError, BundleError, CameraError, ControlsError, DanceSamplerError
-from device.publish import (PICTURES_PER_S, FramePublisher, socket_path as frames_socket_path,
-                            web_socket_path)
+from device.publish import (PICTURES_PER_S, FramePublisher, midi_socket_path,
+                            socket_path as frames_socket_path, web_socket_path)
 from device.service import HealthWatchdog, Notifier, status_line
 from device.session import last_session, sanitize_label
 
@@ -109,7 +109,7 @@ class Performance:
     def __init__(self, cfg: DeviceConfig, *, notifier: Notifier | None = None,
                  recorder: Recorder | None = None, pin_factory=None,
                  control: Path | None = None, frames: Path | None = None,
-                 web_frames: Path | None = None):
+                 web_frames: Path | None = None, midi_frames: Path | None = None):
         self.cfg = cfg
         self.notifier = notifier or Notifier.from_environment()
         self.recorder = recorder
@@ -121,6 +121,8 @@ class Performance:
         self.publisher: FramePublisher | None = None
         self._web_frames_path = web_frames   # where the web service takes frames (web.listen)
         self.web_publisher: FramePublisher | None = None
+        self._midi_frames_path = midi_frames   # where the MIDI service takes frames (midi.enabled)
+        self.midi_publisher: FramePublisher | None = None
         self._picture: np.ndarray | None = None   # the newest camera frame, for the web page
         self._volume = cfg.audio.volume   # the master volume; `ctl volume` changes it
         # (action, its _Request or None): from the buttons and the control channel.
@@ -299,8 +301,9 @@ class Performance:
             self.close("stopping: asked to" if stop.is_set() else "stopping: the input ended")
 
     def _publishing(self, write):
-        """``write``, then the frame's motion handed to the OSC service and the web
-        service (with the camera's picture now and then), as the config asks."""
+        """``write``, then the frame's motion handed to the OSC service, the web
+        service (with the camera's picture now and then) and the MIDI service, as the
+        config asks."""
         width = self.cfg.motiongram.width
         publishers = []
         if self.cfg.osc.send_to:
@@ -315,6 +318,12 @@ class Performance:
             publishers.append(self.web_publisher)
             log.info("web: handing each frame's motion and the picture to the web service "
                      "at %s", self.web_publisher.path)
+
+        if self.cfg.midi.enabled:
+            self.midi_publisher = FramePublisher(self._midi_frames_path or midi_socket_path())
+            publishers.append(self.midi_publisher)
+            log.info("midi: handing each frame's motion to the MIDI service at %s",
+                     self.midi_publisher.path)
 
         def write_and_publish(hop: np.ndarray) -> None:
             write(hop)
@@ -631,6 +640,7 @@ class Performance:
         for name, part, method in (("control channel", self.control, "close"),
                                    ("OSC publisher", self.publisher, "close"),
                                    ("web publisher", self.web_publisher, "close"),
+                                   ("MIDI publisher", self.midi_publisher, "close"),
                                    ("recorder", self.recorder, "close"),
                                    ("audio", self.stream, "stop"),
                                    ("sound output", None if self.stream else self.sink, "close"),
@@ -644,7 +654,7 @@ class Performance:
             except Exception as exc:  # noqa: BLE001 - report it, close the rest
                 log.error("stopping the %s failed: %s", name, exc)
         self.stream = self.camera = self.controls = self.health = self.control = None
-        self.publisher = self.web_publisher = None
+        self.publisher = self.web_publisher = self.midi_publisher = None
 
 
 class _Request:

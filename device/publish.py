@@ -1,10 +1,11 @@
-"""Each frame's motion, handed by the sound service to the OSC service (``device.osc``)
-and the web page's service (``device.web``).
+"""Each frame's motion, handed by the sound service to the OSC service (``device.osc``),
+the web page's service (``device.web``) and the MIDI service (``device.midi``).
 
 The sound service has no network (``PrivateNetwork=yes``). When ``osc.send_to``
 is set it sends, per frame, one datagram to a UNIX datagram socket that the OSC
-service binds, and, when ``web.listen`` is set, another to the one the web
-service binds; it never waits for either: a send that fails (nobody listens, the
+service binds, when ``web.listen`` is set another to the one the web service
+binds, and when ``midi.enabled`` another to the MIDI service's; it never waits
+for any of them: a send that fails (nobody listens, the
 listener is behind and its queue is full) drops that datagram, and the show goes
 on. Nothing here may block the live loop or raise into it.
 
@@ -57,6 +58,8 @@ BOX_RUNTIME_DIR = Path("/run/dancesampler-osc")
 """The OSC unit's ``RuntimeDirectory=dancesampler-osc``."""
 WEB_RUNTIME_DIR = Path("/run/dancesampler-web")
 """The web unit's ``RuntimeDirectory=dancesampler-web``."""
+MIDI_RUNTIME_DIR = Path("/run/dancesampler-midi")
+"""The MIDI unit's ``RuntimeDirectory=dancesampler-midi``."""
 SERVICE_GROUP = "dancesampler"
 """The sound service's group (provisioning makes it): a frames socket is given to
 it, so that the sound service, and only it, may send frames."""
@@ -80,6 +83,14 @@ def web_socket_path() -> Path:
     if os.environ.get("RUNTIME_DIRECTORY") or WEB_RUNTIME_DIR.is_dir():
         return WEB_RUNTIME_DIR / SOCKET_NAME
     return PROJECT_ROOT / "out" / f"web-{SOCKET_NAME}"
+
+
+def midi_socket_path() -> Path:
+    """Where the MIDI service takes frames: as ``socket_path`` for the MIDI unit's
+    folder (``/run/dancesampler-midi/frames.sock``), else ``out/midi-frames.sock``."""
+    if os.environ.get("RUNTIME_DIRECTORY") or MIDI_RUNTIME_DIR.is_dir():
+        return MIDI_RUNTIME_DIR / SOCKET_NAME
+    return PROJECT_ROOT / "out" / f"midi-{SOCKET_NAME}"
 
 
 def bind_listener(path: Path, *, who: str, error: type[Exception]) -> socket.socket:

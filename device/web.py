@@ -395,13 +395,16 @@ class WebService:
     def add_bundle(self, name: str, body, length: int) -> dict:
         """Take ``length`` bytes of ``body`` as the bundle ``name`` and ask the box
         to check it and add it to its models folder (``add-model``)."""
-        if not BUNDLE_NAME.fullmatch(name):
-            return {"ok": False, "error": f"{name!r} is not a bundle's file name (letters, "
-                                          "digits, '.', '_', '-', ending .dsb)"}
         most = self.cfg.web.upload_max_mb << 20
-        if length > most:
+        if length > most:   # not read: the connection is closed under it
             return {"ok": False, "error": f"{length} bytes; web.upload_max_mb allows "
                                           f"{self.cfg.web.upload_max_mb} MB"}
+        if not BUNDLE_NAME.fullmatch(name):
+            # Read to its end, so that the sender, still sending, hears the answer.
+            while length > 0 and (chunk := body.read(min(length, 1 << 16))):
+                length -= len(chunk)
+            return {"ok": False, "error": f"{name!r} is not a bundle's file name (letters, "
+                                          "digits, '.', '_', '-', ending .dsb)"}
         self.uploads.mkdir(parents=True, exist_ok=True)
         folder = self.uploads / f"upload-{secrets.token_hex(8)}"
         folder.mkdir(mode=0o700)
@@ -577,7 +580,7 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/api/upload":
             name = urllib.parse.parse_qs(url.query).get("name", [""])[0]
             reply = self.web.add_bundle(name, self.rfile, length)
-            self.close_connection = True   # a refused upload's body may be left unread
+            self.close_connection = True   # a body too large to take is left unread
             return self._json(reply)
         return self._json({"error": f"no such page {url.path}"}, HTTPStatus.NOT_FOUND)
 

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 UNIT = "dancesampler"
 OSC_UNIT = "dancesampler-osc"
 WEB_UNIT = "dancesampler-web"
+MIDI_UNIT = "dancesampler-midi"
 WEB_PASSWORD_FILE = "etc/dancesampler/web-password"
 """Provision sets it; without it the web unit is neither enabled nor started."""
 KEEP_RELEASES = 3
@@ -230,6 +231,8 @@ def _start_checked(remote: Remote, box: Box, rid: str, previous: str | None,
     _mark_good(remote, box, rid)
     _restart_beside(remote, box, OSC_UNIT, "OSC service", f"systemctl restart {OSC_UNIT}",
                     report)
+    _restart_beside(remote, box, MIDI_UNIT, "MIDI service", f"systemctl restart {MIDI_UNIT}",
+                    report)
     password = shlex.quote(box.path(WEB_PASSWORD_FILE))
     _restart_beside(remote, box, WEB_UNIT, "web page's service",
                     f"if [ -e {password} ]; then systemctl restart {WEB_UNIT}; else echo "
@@ -378,7 +381,7 @@ ln -sfn {target} .current-new
 mv -T .current-new current
 echo {rid} >> releases/.history
 reload=
-for name in dancesampler dancesampler-osc dancesampler-web; do
+for name in dancesampler dancesampler-osc dancesampler-web dancesampler-midi; do
   [ -f current/systemd/$name.service ] || continue   # a release from before that service
   unit={unit_dir}/$name.service
   if ! cmp -s current/systemd/$name.service "$unit"; then
@@ -389,11 +392,13 @@ for name in dancesampler dancesampler-osc dancesampler-web; do
   fi
 done
 [ -z "$reload" ] || systemctl daemon-reload
-# A box provisioned before the OSC service came gets it enabled here.
-if [ -f current/systemd/dancesampler-osc.service ] && \
-   ! systemctl is-enabled --quiet dancesampler-osc 2>/dev/null; then
-  systemctl enable --quiet dancesampler-osc
-fi
+# A box provisioned before the OSC or the MIDI service came gets it enabled here.
+for name in dancesampler-osc dancesampler-midi; do
+  if [ -f current/systemd/$name.service ] && \
+     ! systemctl is-enabled --quiet $name 2>/dev/null; then
+    systemctl enable --quiet $name
+  fi
+done
 # The web page's too, once provision has set its password (its credential).
 if [ -f current/systemd/dancesampler-web.service ] && [ -e {web_password} ] && \
    ! systemctl is-enabled --quiet dancesampler-web 2>/dev/null; then

@@ -47,6 +47,7 @@ PYALSAAUDIO = "pyalsaaudio==0.11.0"
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "dancesampler.service"
 OSC_UNIT = UNIT.with_name("dancesampler-osc.service")
 WEB_UNIT = UNIT.with_name("dancesampler-web.service")
+MIDI_UNIT = UNIT.with_name("dancesampler-midi.service")
 WEB_PASSWORD_FILE = "/etc/dancesampler/web-password"
 
 _SCRIPT = r"""set -eu
@@ -159,7 +160,8 @@ def provision_script(*, root: str = "/", read_only_root: bool = False,
 
         web_password_hash = hash_password(secrets.token_urlsafe(12))   # never shown
     units = ""
-    for path, what in ((UNIT, "unit"), (OSC_UNIT, "OSC unit"), (WEB_UNIT, "web unit")):
+    for path, what in ((UNIT, "unit"), (OSC_UNIT, "OSC unit"), (WEB_UNIT, "web unit"),
+                       (MIDI_UNIT, "MIDI unit")):
         text = path.read_text()
         if "DANCESAMPLER_UNIT_END" in text:
             raise ValueError(f"{path.name} holds the heredoc's end marker")

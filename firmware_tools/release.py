@@ -49,6 +49,7 @@ BOX_REQUIREMENTS = (
     "tflite-runtime==2.14.0",
     "av==16.0.1",
     "python-osc==1.10.2",
+    "python-rtmidi==1.5.8",
 )
 BUILT_ON_BOX = ("pyalsaaudio==0.11.0",)
 
@@ -62,7 +63,8 @@ DEFAULT_WHEEL_CACHE = Path("out") / "wheels-aarch64-cp311"
 _CONTENT = (("device", "device"), ("config", "config"),
             ("systemd/dancesampler.service", "systemd/dancesampler.service"),
             ("systemd/dancesampler-osc.service", "systemd/dancesampler-osc.service"),
-            ("systemd/dancesampler-web.service", "systemd/dancesampler-web.service"))
+            ("systemd/dancesampler-web.service", "systemd/dancesampler-web.service"),
+            ("systemd/dancesampler-midi.service", "systemd/dancesampler-midi.service"))
 _SKIP = {"__pycache__", ".pytest_cache"}
 
 

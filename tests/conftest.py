@@ -130,6 +130,58 @@ def default_bundle() -> Path:
     return DEFAULT_BUNDLE
 
 
+# ---- a show beside the services that take its frames ------------------------------
+
+
+def until(condition, what: str, seconds: float = 20.0):
+    """Wait for ``condition()``; fail naming ``what`` if it never holds."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.02)
+
+
+def start_show(tmp_path: Path, bundle: Path, alsa_device: str, settings: dict, *,
+               line_s: float = 30.0, **sockets):
+    """A show as the box plays it: the synthetic dancer, the ALSA file device, two
+    copies of ``bundle`` in a models folder, a take recorder (its line input a
+    steady tone, takes in ``tmp_path/takes``) and the control channel at
+    ``tmp_path/run/ctl.sock``; ``settings``: config overrides; ``sockets``: the
+    frames sockets handed to ``Performance`` (``frames``, ``web_frames``,
+    ``midi_frames``). Returns (performance, cfg, control socket, stop, thread)
+    once it has played five frames; set ``stop`` and join ``thread`` to end it."""
+    import threading
+
+    import numpy as np
+
+    from device.config import load_device_config, with_overrides
+    from device.performance import Performance
+    from device.recorder import TakeRecorder
+    from tests.test_recorder import SR, _write_wav
+
+    models = tmp_path / "models"
+    models.mkdir(exist_ok=True)
+    for name in ("a.dsb", "b.dsb"):
+        (models / name).write_bytes(bundle.read_bytes())
+    line = _write_wav(tmp_path / "line.wav", 0.1 * np.ones(int(line_s * SR), np.float32))
+    cfg = with_overrides(load_device_config(), {
+        "camera.source": "synthetic", "audio.output": f"alsa:{alsa_device}",
+        "audio.clock": "system", "model.bundle": str(models / "a.dsb"),
+        "model.models_dir": str(models), "controls.enabled": False,
+        "recorder.sessions_dir": str(tmp_path / "takes"), **settings})
+    recorder = TakeRecorder.from_config(cfg, audio_in=f"wav:{line}")
+    ctl = tmp_path / "run" / "ctl.sock"
+    performance = Performance(cfg, recorder=recorder, control=ctl, **sockets)
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: performance.run(stop), daemon=True)
+    thread.start()
+    until(lambda: ctl.exists() and performance.engine is not None
+          and performance.engine.stats.frames >= 5, "the show started")
+    return performance, cfg, ctl, stop, thread
+
+
 # ---- the project's systemd units, judged by systemd's own tools -----------------
 
 def systemd_analyze() -> str:

@@ -159,7 +159,7 @@ def test_a_release_holds_what_the_box_runs_and_its_id_is_its_content(project, tm
     names = set(first.files)
     assert {"device/__main__.py", "config/device.yaml", "systemd/dancesampler.service",
             "systemd/dancesampler-osc.service", "systemd/dancesampler-web.service",
-            "models/default.dsb", "music/demo.wav", "requirements.txt"} <= names
+            "systemd/dancesampler-midi.service", "models/default.dsb", "music/demo.wav", "requirements.txt"} <= names
     # The demo track a dancer can record with at once: half a minute, audible, 16-bit
     # mono at the box's rate.
     from device.audio.wav import read_wav
@@ -170,7 +170,7 @@ def test_a_release_holds_what_the_box_runs_and_its_id_is_its_content(project, tm
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     pins = (first.path / "requirements.txt").read_text()
     for pin in ("numpy==1.26.4", "tflite-runtime==2.14.0", "av==16.0.1", "pyalsaaudio==0.11.0",
-                "python-osc==1.10.2"):
+                "python-osc==1.10.2", "python-rtmidi==1.5.8"):
         assert pin in pins
     # gpiozero is Raspberry Pi OS's own (python3-gpiozero): none shadows it.
     assert "gpiozero" not in pins
@@ -225,13 +225,13 @@ def test_first_deploy_switches_to_the_release_and_a_second_changes_nothing(
     assert calls(stubs) == ["systemctl restart dancesampler"]
     assert calls(stubs, "systemctl daemon-reload")
     for unit in ("dancesampler.service", "dancesampler-osc.service",
-                 "dancesampler-web.service"):
+                 "dancesampler-web.service", "dancesampler-midi.service"):
         assert (Path(box.root) / "etc/systemd/system" / unit).read_bytes() == \
             (ROOT / "systemd" / unit).read_bytes()
-    # The OSC service follows the release it runs from, once the show is checked;
-    # the web page's waits for a password (provision sets one) and says so.
-    assert calls(stubs, "systemctl restart dancesampler-osc") == \
-        ["systemctl restart dancesampler-osc"]
+    # The OSC and MIDI services follow the release they run from, once the show is
+    # checked; the web page's waits for a password (provision sets one) and says so.
+    for unit in ("dancesampler-osc", "dancesampler-midi"):
+        assert calls(stubs, f"systemctl restart {unit}") == [f"systemctl restart {unit}"]
     assert not calls(stubs, "systemctl restart dancesampler-web")
     assert f"{remote}: note: the web page has no password yet, so it is off: provision " \
            "the box again to set one" in lines
@@ -437,7 +437,7 @@ def test_provisioning_twice_does_each_step_once(remote, sshd, tmp_path):
     assert any(line.startswith("useradd --system --user-group") for line in log)
     assert "systemctl enable dancesampler" in log and "systemctl daemon-reload" in log
     for unit in ("dancesampler.service", "dancesampler-osc.service",
-                 "dancesampler-web.service"):
+                 "dancesampler-web.service", "dancesampler-midi.service"):
         assert (root / "etc/systemd/system" / unit).read_bytes() == \
             (ROOT / "systemd" / unit).read_bytes()
     # The page's password: a hash only, root's only, and shown once by provision.

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -22,22 +21,11 @@ from device.config import OscConfig, load_device_config, with_overrides
 from device.control import request
 from device.errors import ConfigError
 from device.osc import WEK_INPUTS, OscError, OscService, wek_inputs
-from device.performance import Performance
 from device.publish import (BOX_RUNTIME_DIR, FRAME_HEADER, FRAME_MAGIC, STATE_MAGIC, FrameData,
                             FramePublisher)
-from device.recorder import TakeRecorder
-from tests.conftest import ROOT, exposure, one_line_error, verify_quietly
-from tests.test_recorder import SR, _write_wav
+from tests.conftest import ROOT, exposure, one_line_error, start_show, until, verify_quietly
 
 UNIT = ROOT / "systemd" / "dancesampler-osc.service"
-
-
-def until(condition, what: str, seconds: float = 20.0):
-    """Wait for ``condition()``; fail naming ``what`` if it never holds."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.02)
 
 
 def free_port() -> int:
@@ -76,30 +64,16 @@ def heard():
 
 @pytest.fixture
 def show_factory(tmp_path, default_bundle, alsa_file_device):
-    """Start a show (synthetic dancer, ALSA file device, a take recorder, the control
-    channel) with ``osc.*`` overrides; stopped and checked at the end."""
+    """Start a show (``conftest.start_show``) with ``osc.*`` overrides; stopped and
+    checked at the end."""
     device, raw = alsa_file_device
-    models = tmp_path / "models"
-    models.mkdir()
-    for name in ("a.dsb", "b.dsb"):
-        (models / name).write_bytes(default_bundle.read_bytes())
-    line = _write_wav(tmp_path / "line.wav", 0.1 * np.ones(30 * SR, np.float32))
     running = []
 
     def start(**osc):
-        cfg = with_overrides(load_device_config(), {
-            "camera.source": "synthetic", "audio.output": f"alsa:{device}",
-            "audio.clock": "system", "model.bundle": str(models / "a.dsb"),
-            "model.models_dir": str(models), "controls.enabled": False,
-            **{f"osc.{key}": value for key, value in osc.items()}})
-        recorder = TakeRecorder.from_config(cfg, audio_in=f"wav:{line}", root=tmp_path / "takes")
-        ctl, frames = tmp_path / "run" / "ctl.sock", tmp_path / "osc" / "frames.sock"
-        performance = Performance(cfg, recorder=recorder, control=ctl, frames=frames)
-        stop = threading.Event()
-        thread = threading.Thread(target=lambda: performance.run(stop), daemon=True)
-        thread.start()
-        until(lambda: ctl.exists() and performance.engine is not None
-              and performance.engine.stats.frames >= 5, "the show started")
+        frames = tmp_path / "osc" / "frames.sock"
+        performance, cfg, ctl, stop, thread = start_show(
+            tmp_path, default_bundle, device,
+            {f"osc.{key}": value for key, value in osc.items()}, frames=frames)
         running.append((stop, thread))
         return performance, cfg, ctl, frames
 

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import urllib.parse
 
@@ -23,14 +22,10 @@ import pytest
 
 from device.config import load_device_config, with_overrides
 from device.errors import ConfigError
-from device.performance import Performance
 from device.publish import PICTURE_MAGIC, FramePublisher, Picture, bind_listener, decode
-from device.recorder import TakeRecorder
 from device.web import (FAILURES_PER_MINUTE, WebError, WebService, check_password,
                         hash_password)
-from tests.conftest import ROOT, exposure, one_line_error, verify_quietly
-from tests.test_osc import until
-from tests.test_recorder import SR, _write_wav
+from tests.conftest import ROOT, exposure, one_line_error, start_show, until, verify_quietly
 
 UNIT = ROOT / "systemd" / "dancesampler-web.service"
 PASSWORD = "aim-the-camera"
@@ -48,25 +43,10 @@ def box(tmp_path, default_bundle, alsa_file_device):
     """A show (synthetic dancer, ALSA file device, a take recorder, the control
     channel) with the page on, and the web service beside it on loopback."""
     device, raw = alsa_file_device
-    models = tmp_path / "models"
-    models.mkdir()
-    for name in ("a.dsb", "b.dsb"):
-        (models / name).write_bytes(default_bundle.read_bytes())
-    line = _write_wav(tmp_path / "line.wav", 0.1 * np.ones(60 * SR, np.float32))
-    cfg = with_overrides(load_device_config(), {
-        "camera.source": "synthetic", "audio.output": f"alsa:{device}",
-        "audio.clock": "system", "model.bundle": str(models / "a.dsb"),
-        "model.models_dir": str(models), "controls.enabled": False,
-        "recorder.sessions_dir": str(tmp_path / "takes"),
-        "web.listen": f"127.0.0.1:{free_port()}"})
-    recorder = TakeRecorder.from_config(cfg, audio_in=f"wav:{line}")
-    ctl, frames = tmp_path / "run" / "ctl.sock", tmp_path / "web" / "frames.sock"
-    performance = Performance(cfg, recorder=recorder, control=ctl, web_frames=frames)
-    stop = threading.Event()
-    thread = threading.Thread(target=lambda: performance.run(stop), daemon=True)
-    thread.start()
-    until(lambda: ctl.exists() and performance.engine is not None
-          and performance.engine.stats.frames >= 5, "the show started")
+    frames = tmp_path / "web" / "frames.sock"
+    performance, cfg, ctl, stop, thread = start_show(
+        tmp_path, default_bundle, device, {"web.listen": f"127.0.0.1:{free_port()}"},
+        line_s=60.0, web_frames=frames)
     service = WebService(cfg, frames=frames, control=ctl,
                          password_hash=hash_password(PASSWORD),
                          uploads=tmp_path / "uploads").start()

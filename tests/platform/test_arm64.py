@@ -98,7 +98,8 @@ def python_in(box, command: str, **kwargs):
 
 
 def test_the_release_imports_the_box_runtime_on_arm64(box):
-    out = check(python_in(box, "-c 'import platform, numpy, alsaaudio, tflite_runtime, av; "
+    out = check(python_in(box, "-c 'import platform, numpy, alsaaudio, tflite_runtime, av, "
+                               "pythonosc, rtmidi; "
                                "print(platform.machine(), numpy.__version__)'"),
                 "importing the box's packages")
     assert out.split()[0] == "aarch64", out

@@ -418,6 +418,39 @@ def test_the_osc_service_sends_the_motion_and_takes_commands_under_its_own_unit(
     assert box.ssh("systemctl show -p NRestarts --value dancesampler-osc").stdout.strip() == "0"
 
 
+def test_the_midi_service_runs_under_its_own_unit_and_says_why_it_cannot_play(box):
+    """Off in the config, the MIDI unit exits cleanly; turned on in a box whose
+    kernel has no ALSA sequencer (this container), it loads python-rtmidi in its
+    sandbox, says in one line what is missing and tries again later, while the
+    sound plays on."""
+    journal = "journalctl -u dancesampler-midi --no-pager -o cat"
+    assert box.ssh("systemctl is-enabled dancesampler-midi").stdout.strip() == "enabled"
+    assert "midi: off: midi.enabled is false" in box.ssh(journal).stdout
+    if box.ssh("test -e /dev/snd/seq && echo yes || true").stdout.strip() == "yes":
+        pytest.skip("this container has an ALSA sequencer: the MIDI unit would play")
+    config = "/etc/dancesampler/device.yaml"
+    box.ssh(f"cp {config} {config}.before && printf '%s\\n' 'midi:' '  enabled: true' "
+            f">> {config} && systemctl restart dancesampler dancesampler-midi")
+    try:
+        box.wait_playing()
+        deadline = time.monotonic() + 30
+        while "no ALSA sequencer" not in box.ssh(journal).stdout:
+            assert time.monotonic() < deadline, box.ssh(journal).stdout
+            time.sleep(0.3)
+        said = [line for line in box.ssh(journal).stdout.splitlines() if "midi" in line]
+        assert "dancesampler: error: midi: no ALSA sequencer: /dev/snd/seq is missing " \
+               "(the kernel's snd-seq module is not loaded)" in said, said
+        assert not [line for line in said if "Traceback" in line or "rtmidi" in line], said
+        state = box.ssh("systemctl show -p ActiveState,SubState --value "
+                        "dancesampler-midi").stdout.split()
+        assert state in (["activating", "auto-restart"], ["failed", "failed"]), state
+        assert box.ssh("systemctl is-active dancesampler").stdout.strip() == "active"
+    finally:
+        box.ssh(f"mv {config}.before {config} && systemctl restart dancesampler "
+                "dancesampler-midi")
+    box.wait_playing()
+
+
 def test_the_page_is_served_by_its_own_unit_with_the_provisioned_password(box):
     """The web unit (its own dynamic user, the password's hash as a credential)
     shows the camera's picture from the sound service, refuses a wrong password,
