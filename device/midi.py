@@ -118,9 +118,9 @@ class MidiMapper:
         return messages
 
     def _controllers(self, frame: publish.FrameData) -> list[bytes]:
-        messages = []
-        for c, value in zip(CONTROLLERS, (controller_values(frame)[c.name]
-                                          for c in CONTROLLERS)):
+        messages, values = [], controller_values(frame)
+        for c in CONTROLLERS:
+            value = values[c.name]
             top = 16383 if c.fine else 127
             code = int(round(min(max(value, 0.0), 1.0) * top))
             if self._sent.get(c.number) == code:

@@ -288,7 +288,7 @@ class Performance:
             else:
                 self._open_stream(self.sink)
                 write = self._push
-            if self.cfg.osc.send_to or self.cfg.web.listen:
+            if self.cfg.osc.send_to or self.cfg.web.listen or self.cfg.midi.enabled:
                 write = self._publishing(write)
             self._light("playing")
             if announce is not None:
