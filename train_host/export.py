@@ -85,6 +85,21 @@ def gptq(weights: np.ndarray, inputs: np.ndarray, damping: float = 0.01) -> np.n
     return w.astype(weights.dtype)
 
 
+def dense_layers(part) -> list:
+    """The dense layers of one of the performer's sub-models, in the order they run:
+    what ``round_weights`` rounds."""
+    import keras
+
+    return [layer for layer in part.layers if isinstance(layer, keras.layers.Dense)]
+
+
+def sub_models(model) -> list:
+    """The performer's chain of sub-models (motion encoder, audio decoder)."""
+    import keras
+
+    return [layer for layer in model.layers if isinstance(layer, keras.Model)]
+
+
 def round_weights(model, windows: np.ndarray, progress=None):
     """A copy of the performer graph with every dense layer's weights rounded by
     ``gptq`` on the activations ``windows`` give, one layer after another in the
@@ -98,14 +113,13 @@ def round_weights(model, windows: np.ndarray, progress=None):
     rounded = keras.models.clone_model(model)
     rounded.set_weights(model.get_weights())
     given = windows.astype(np.float32)
-    for part in [layer for layer in rounded.layers if isinstance(layer, keras.Model)]:
-        for layer in part.layers:
-            if isinstance(layer, keras.layers.Dense):
-                inputs = keras.Model(part.input, layer.input).predict(given, verbose=0)
-                kernel, *rest = layer.get_weights()
-                layer.set_weights([gptq(kernel, inputs), *rest])
-                if progress is not None:
-                    progress.advance()
+    for part in sub_models(rounded):
+        for layer in dense_layers(part):
+            inputs = keras.Model(part.input, layer.input).predict(given, verbose=0)
+            kernel, *rest = layer.get_weights()
+            layer.set_weights([gptq(kernel, inputs), *rest])
+            if progress is not None:
+                progress.advance()
         given = part.predict(given, verbose=0)
         given = given[0] if isinstance(given, (list, tuple)) else given
     return rounded
@@ -214,8 +228,6 @@ def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
     """Write the int8 bundle for a run. ``created`` fixes the timestamp (reproducible builds)."""
     from train_host.vae import performer
 
-    import keras
-
     run = run if isinstance(run, Run) else load_run(run)
     cfg, data = run.config, run.config.data
     calibration = np.load(run.path / CALIBRATION_FILE)
@@ -228,10 +240,9 @@ def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
     representative = np.concatenate([windows, stronger]) if cfg.export.headroom > 1 else windows
     log.info("rounding the weights (GPTQ) and converting to int8 …")
     with quiet() as screen:
-        layers = sum(isinstance(layer, keras.layers.Dense) for part in model.layers
-                     if isinstance(part, keras.Model) for layer in part.layers)
-        rounded = round_weights(model, representative,
-                                Progress("rounding the weights", layers, screen))
+        rounded = round_weights(model, representative, Progress(
+            "rounding the weights", sum(len(dense_layers(part)) for part in sub_models(model)),
+            screen))
         graph = to_int8_tflite(rounded, representative)
         refuse_collapsed(graph, str(run.path), representative, audio)
     log.info("measuring the int8 graph against the float model in both runtimes …")
