@@ -326,57 +326,48 @@ def _ctl(args) -> int:
 
 
 def _osc(args) -> int:
-    import threading
-    from pathlib import Path
-
     from device.osc import serve
-    from device.service import install_stop_signals
 
-    cfg = _config(args)
-    stop = threading.Event()
-    signals = install_stop_signals(stop, deadline_s=3.0)
-    try:
-        return serve(cfg.osc, stop, frames=Path(args.frames) if args.frames else None,
-                     control_socket=Path(args.socket) if args.socket else None)
-    finally:
-        if signals.received is None:
-            signals.restore()
+    return _beside(lambda cfg, stop: serve(cfg.osc, stop, frames=_path(args.frames),
+                                           control_socket=_path(args.socket)), args)
 
 
 def _midi(args) -> int:
-    import threading
-    from pathlib import Path
-
     from device.midi import serve
-    from device.service import install_stop_signals
 
-    cfg = _config(args)
-    stop = threading.Event()
-    signals = install_stop_signals(stop, deadline_s=3.0)
-    try:
-        return serve(cfg.midi, stop, frames=Path(args.frames) if args.frames else None)
-    finally:
-        if signals.received is None:
-            signals.restore()
+    return _beside(lambda cfg, stop: serve(cfg.midi, stop, frames=_path(args.frames)), args)
 
 
 def _web(args) -> int:
+    from device.web import serve
+
+    return _beside(lambda cfg, stop: serve(cfg, stop, frames=_path(args.frames),
+                                           control_socket=_path(args.socket),
+                                           password_file=_path(args.password_file)), args)
+
+
+def _beside(serve, args) -> int:
+    """Run a service beside the show (OSC, MIDI, the page): ``serve(cfg, stop)``
+    until SIGTERM or SIGINT sets ``stop``."""
     import threading
-    from pathlib import Path
 
     from device.service import install_stop_signals
-    from device.web import serve
 
     cfg = _config(args)
     stop = threading.Event()
     signals = install_stop_signals(stop, deadline_s=3.0)
     try:
-        return serve(cfg, stop, frames=Path(args.frames) if args.frames else None,
-                     control_socket=Path(args.socket) if args.socket else None,
-                     password_file=Path(args.password_file) if args.password_file else None)
+        return serve(cfg, stop)
     finally:
         if signals.received is None:
             signals.restore()
+
+
+def _path(value: str | None):
+    """An optional path argument as a Path, or None."""
+    from pathlib import Path
+
+    return Path(value) if value else None
 
 
 def _web_password(args) -> int:

@@ -89,9 +89,8 @@ def note_off(channel: int, note: int) -> bytes:
     return bytes((0x80 | (channel - 1), note, 0))
 
 
-def controller_values(frame: publish.FrameData) -> dict[str, float]:
-    """Each controller's value of one frame, 0 to 1."""
-    gained = frame.motion * np.float32(frame.gain)
+def controller_values(frame: publish.FrameData, gained: np.ndarray) -> dict[str, float]:
+    """Each controller's value of one frame, 0 to 1; ``gained``: its motion times its gain."""
     columns, rows = gained[:frame.width], gained[frame.width:]
     quantity = float(columns.mean())
     amount = 1.0 + np.log2(quantity / (4 * REFERENCE)) / DOUBLINGS if quantity > 0 else 0.0
@@ -112,13 +111,14 @@ class MidiMapper:
         self._held = 0                   # frames since they were struck
 
     def frame(self, frame: publish.FrameData) -> list[bytes]:
-        messages = self._controllers(frame)
+        gained = frame.motion * np.float32(frame.gain)   # as the voices hear it
+        messages = self._controllers(controller_values(frame, gained))
         if self.notes:
-            messages += self._notes(frame)
+            messages += self._notes(gained, frame.width)
         return messages
 
-    def _controllers(self, frame: publish.FrameData) -> list[bytes]:
-        messages, values = [], controller_values(frame)
+    def _controllers(self, values: dict[str, float]) -> list[bytes]:
+        messages = []
         for c in CONTROLLERS:
             value = values[c.name]
             top = 16383 if c.fine else 127
@@ -133,11 +133,10 @@ class MidiMapper:
                 messages.append(control_change(self.channel, c.number, code))
         return messages
 
-    def _notes(self, frame: publish.FrameData) -> list[bytes]:
-        gained = frame.motion * np.float32(frame.gain)
-        height = len(gained) - frame.width
-        if self._picker is None or self._picker.shape != (frame.width, height):
-            self._picker = NotePicker(NotesParams(), frame.width, height)
+    def _notes(self, gained: np.ndarray, width: int) -> list[bytes]:
+        height = len(gained) - width
+        if self._picker is None or self._picker.shape != (width, height):
+            self._picker = NotePicker(NotesParams(), width, height)
             self._window = MotionWindow(WINDOW_FRAMES, len(gained))
         note = self._picker.pick(self._window.push(gained))
         self._held += 1
@@ -234,22 +233,12 @@ class MidiService:
         self.tally.report(now=True)
 
     def _receive(self) -> None:
-        while not self._stop.is_set():
-            self.tally.report()
-            try:
-                data = self._sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return   # closed
-            try:
-                item = publish.decode(data)
-            except ValueError as exc:
-                self.tally.count("malformed frame datagrams", str(exc))
-                continue
-            if isinstance(item, publish.FrameData):
-                self.frames += 1
-                self._send(self.mapper.frame(item))
+        publish.take_frames(self._sock, self._stop, self.tally, self._take_frame)
+
+    def _take_frame(self, item) -> None:
+        if isinstance(item, publish.FrameData):
+            self.frames += 1
+            self._send(self.mapper.frame(item))
 
     def _send(self, messages: list[bytes]) -> None:
         for message in messages:

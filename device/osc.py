@@ -255,23 +255,13 @@ class OscService:
     # ---- frames in, OSC out --------------------------------------------------------
 
     def _receive_frames(self, sock: socket.socket) -> None:
-        while not self._stop.is_set():
-            self.tally.report()
-            try:
-                data = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return   # closed
-            try:
-                item = publish.decode(data)
-            except ValueError as exc:
-                self.tally.count("malformed frame datagrams", str(exc))
-                continue
-            if isinstance(item, dict):
-                self._announce(item)
-            elif isinstance(item, publish.FrameData):
-                self._send_frame(item)
+        publish.take_frames(sock, self._stop, self.tally, self._take_frame)
+
+    def _take_frame(self, item) -> None:
+        if isinstance(item, dict):
+            self._announce(item)
+        elif isinstance(item, publish.FrameData):
+            self._send_frame(item)
 
     def _send_frame(self, frame: publish.FrameData) -> None:
         out, width = self.out, frame.width

@@ -127,6 +127,27 @@ def bind_listener(path: Path, *, who: str, error: type[Exception]) -> socket.soc
     return sock
 
 
+def take_frames(sock: socket.socket, stop, tally, handle) -> None:
+    """A listener's loop: each datagram on ``sock`` (bound by ``bind_listener``, with
+    a timeout) decoded and handed to ``handle``, until ``stop`` (a
+    ``threading.Event``) is set or the socket is closed; a malformed one is counted
+    on ``tally`` (``device.osc.Tally``), which also reports while it waits."""
+    while not stop.is_set():
+        tally.report()
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            return   # closed
+        try:
+            item = decode(data)
+        except ValueError as exc:
+            tally.count("malformed frame datagrams", str(exc))
+            continue
+        handle(item)
+
+
 def level_db(hop: np.ndarray) -> float:
     """RMS level of ``hop`` in dBFS (full scale 1.0)."""
     power = float(np.dot(hop, hop)) / max(1, len(hop))

@@ -283,18 +283,7 @@ class WebService:
     # ---- frames in, status polled ----------------------------------------------------
 
     def _receive_frames(self) -> None:
-        while not self._stop.is_set():
-            self.tally.report()
-            try:
-                data = self._frames_sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return   # closed
-            try:
-                self.live.add(publish.decode(data))
-            except ValueError as exc:
-                self.tally.count("malformed frame datagrams", str(exc))
+        publish.take_frames(self._frames_sock, self._stop, self.tally, self.live.add)
 
     def _poll_status(self) -> None:
         while not self._stop.is_set():
