@@ -38,12 +38,14 @@ log = logging.getLogger(__name__)
 
 FORMAT = "dancesampler-bundle"
 FORMAT_VERSION = 4
-"""The version written, unless the graph has a noise output (``NOISE_VERSION``)."""
+"""The version written for a voice without a graph (corpus, notes)."""
 NOISE_VERSION = 5
 """Version 5 adds ``noise``: a model whose graph also gives the amplitudes of
-filtered noise (``device.noise``). Only such bundles are written as version 5, so
-a box that reads version 4 still takes every bundle it can play."""
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+filtered noise (``device.noise``)."""
+LATENT_VERSION = 6
+"""Version 6 adds ``latent``: a model whose graph also gives its latent, the
+posterior mean it plays from (sent over OSC). Every model exported now has it."""
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 """Version 1 bundles (one output tensor, no ``level``), version 2 bundles (no
 ``motion_gain``: the motion is used as measured), version 3 bundles (no
 ``voice``: always a model) and version 4 bundles (no ``noise``) still play."""
@@ -112,6 +114,9 @@ class Manifest:
     noise: TensorSpec | None = None
     """The amplitudes of the segment's noise bands, [1, bands] (version 5); the box
     adds the noise they shape to the shape before scaling it (``device.noise``)."""
+    latent: TensorSpec | None = None
+    """The model's latent for this window, [1, latent_size] (version 6): the
+    graph's last output, which the sound does not use; the box sends it over OSC."""
     motion_gain: MotionGainParams | None = None
     """How the motion was scaled to the dancer's level in training (version 3); the
     box scales live motion the same way. None (versions 1 and 2): not scaled."""
@@ -140,9 +145,14 @@ class Manifest:
         bundle from before the gain (format 1 or 2), which heard motion as measured."""
         return self.motion_gain or MotionGainParams(reference=0.0)
 
+    @property
+    def latent_output_size(self) -> int:
+        """How many values the graph's latent output gives; 0: it has none."""
+        return self.latent_size if self.latent is not None else 0
+
     def to_json(self) -> str:
         data = asdict(self)
-        for key in ("notes", "noise"):   # only a notes voice, a model with noise has it
+        for key in ("notes", "noise", "latent"):   # absent where the voice has none
             if data[key] is None:
                 del data[key]
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
@@ -159,7 +169,7 @@ class Manifest:
             raise BundleError(f"{where}: bundle format version {version!r} is not supported "
                               f"(this device reads versions "
                               f"{', '.join(map(str, READABLE_VERSIONS))})")
-        optional = {"voice", "corpus", "noise", "notes"} | {1: {"level", "motion_gain"},
+        optional = {"voice", "corpus", "noise", "latent", "notes"} | {1: {"level", "motion_gain"},
                                           2: {"motion_gain"}}.get(version, set())
         if version >= 4 and data.get("voice") in ("corpus", "notes"):
             optional |= {"level", "latent_size", "style_centroids"}
@@ -181,6 +191,9 @@ class Manifest:
             noise = data.get("noise") if version >= NOISE_VERSION else None
             values["noise"] = (TensorSpec(tuple(noise["shape"]), noise["dtype"])
                                if noise is not None else None)
+            latent = data.get("latent") if version >= LATENT_VERSION else None
+            values["latent"] = (TensorSpec(tuple(latent["shape"]), latent["dtype"])
+                                if latent is not None else None)
             unknown = set(values) - {f.name for f in fields(cls)}
             for key in unknown:
                 values.pop(key)
@@ -209,7 +222,8 @@ class Manifest:
                         if self.level else "")
                      + (f" and noise {list(self.noise.shape)} {self.noise.dtype}"
                         if self.noise else "")
-                     + f", latent {self.latent_size}")
+                     + f", latent {self.latent_size}"
+                     + (" (an output)" if self.latent else ""))
         lines = [
             f"name        {self.name} (created {self.created})",
             f"motion      {self.fps} fps, {m.width}x{m.height}, threshold {m.threshold:g}, "
@@ -394,7 +408,7 @@ def _check_types(manifest: Manifest, where: str) -> None:
         hints = typing.get_type_hints(type(obj))
         for f in fields(obj):
             check(section + f.name, getattr(obj, f.name), hints.get(f.name))
-    for name in ("input", "output", "level", "noise"):
+    for name in ("input", "output", "level", "noise", "latent"):
         spec = getattr(manifest, name)
         if spec is None:
             continue
@@ -454,6 +468,12 @@ def _check_shapes(manifest: Manifest, where: str) -> None:
                 or not 2 <= m.noise.shape[1] <= min(MAX_NOISE_BANDS, a.segment_samples // 2):
             raise BundleError(f"{where}: noise shape {list(m.noise.shape)} should be [1, bands] "
                               f"with 2 to {min(MAX_NOISE_BANDS, a.segment_samples // 2)} bands")
+    if m.latent is not None:
+        if m.level is None:
+            raise BundleError(f"{where}: a latent output needs a level output")
+        if tuple(m.latent.shape) != (1, m.latent_size):
+            raise BundleError(f"{where}: latent shape {list(m.latent.shape)} should be "
+                              f"[1, latent_size] = [1, {m.latent_size}]")
     if m.motion_gain is not None:
         for f in fields(MotionGainParams):
             value, low, high = getattr(m.motion_gain, f.name), f.metadata["min"], f.metadata["max"]

@@ -168,6 +168,12 @@ class Engine:
         # through the audio stream's limiter, which bends peaks instead.
         return np.multiply(hop, self.volume, out=self._out)
 
+    def latent(self) -> np.ndarray | None:
+        """The latent of the model playing, for the window of the last ``step``;
+        None where the voice has none (a corpus or notes voice, an older bundle)."""
+        given = getattr(self.performer, "latent", None)
+        return given() if given is not None else None
+
     def run(self, camera: Camera, write: Callable[[np.ndarray], object], *,
             max_frames: int | None = None, stop: threading.Event | None = None,
             on_frame: Callable[[Frame], None] | None = None) -> RunStats:

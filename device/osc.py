@@ -272,6 +272,9 @@ class OscService:
                  centroid(frame.motion[width:]), types="ff")
         out.send(f"{PREFIX}/gain", float(frame.gain), types="f")
         out.send(f"{PREFIX}/level", float(frame.level_db), types="f")
+        if len(frame.latent):
+            out.send(f"{PREFIX}/latent", *(float(v) for v in frame.latent),
+                     types="f" * len(frame.latent))
         if self.cfg.motiongram:
             out.send(f"{PREFIX}/motiongram", *(float(v) for v in frame.motion),
                      types="f" * len(frame.motion))

@@ -99,7 +99,8 @@ def load_bundle(path: str | Path, cfg: DeviceConfig) -> Bundle:
                      sample_rate=cfg.audio.sample_rate, where=str(bundle.path))
     if bundle.has_graph:   # a corpus or notes voice is numpy alone, no graph
         probe_graph(bundle.performer, runtime=cfg.model.runtime, where=str(bundle.path),
-                    audio=bundle.manifest.audio)
+                    audio=bundle.manifest.audio,
+                    latent_size=bundle.manifest.latent_output_size)
     return bundle
 
 
@@ -331,9 +332,10 @@ class Performance:
             manifest = engine.bundle.manifest
             state = {"model": manifest.name, "voice": manifest.voice,
                      "recording": self._recording, "take": take.name if take else None}
+            latent = engine.latent()
             for publisher in publishers:
                 publisher.frame(engine.motiongram.last, width, float(engine.gain.gain), hop,
-                                state, self._picture)
+                                state, self._picture, latent)
         return write_and_publish
 
     def _write_exact(self, hop: np.ndarray) -> None:

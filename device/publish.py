@@ -9,12 +9,13 @@ for any of them: a send that fails (nobody listens, the
 listener is behind and its queue is full) drops that datagram, and the show goes
 on. Nothing here may block the live loop or raise into it.
 
-Datagrams, version 1 (docs/osc.md), little-endian:
+Datagrams, version 2 (docs/osc.md), little-endian:
 
-- frame: ``b"DSF1"``, uint32 frame number, float32 motion gain, float32 level of
-  the frame's sound (dBFS), uint16 width, uint16 height, then float32 × (width +
-  height): the frame's motiongram as the camera gave it (column means, then row
-  means), before the gain;
+- frame: ``b"DSF2"``, uint32 frame number, float32 motion gain, float32 level of
+  the frame's sound (dBFS), uint16 width, uint16 height, uint16 latent size, then
+  float32 × (width + height): the frame's motiongram as the camera gave it (column
+  means, then row means), before the gain, and float32 × latent size: the model's
+  latent for the window that frame ended (none where the voice has no latent);
 - state: ``b"DSS1"`` and one JSON object: ``model``, ``voice``, ``recording``,
   ``take`` (the current or last take's folder name, or null). Sent when it
   changes, and every ``STATE_EVERY_S`` besides, so a listener that starts late
@@ -37,7 +38,7 @@ import socket
 import stat
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +47,10 @@ from device.config import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
-FRAME_MAGIC = b"DSF1"
+FRAME_MAGIC = b"DSF2"
 STATE_MAGIC = b"DSS1"
 PICTURE_MAGIC = b"DSP1"
-FRAME_HEADER = struct.Struct("<4sIffHH")
+FRAME_HEADER = struct.Struct("<4sIffHHH")
 PICTURE_HEADER = struct.Struct("<4sIHH")
 PICTURES_PER_S = 10
 """About how many pictures a second go to the web service."""
@@ -66,6 +67,7 @@ it, so that the sound service, and only it, may send frames."""
 STATE_EVERY_S = 2.0
 SILENCE_DB = -120.0
 """The level given for a frame of digital silence."""
+_NO_LATENT = np.zeros(0, np.float32)
 
 
 def socket_path() -> Path:
@@ -174,16 +176,20 @@ class FramePublisher:
         self._sock.setblocking(False)
 
     def frame(self, motion: np.ndarray, width: int, gain: float, hop: np.ndarray,
-              state: dict, picture: np.ndarray | None = None) -> None:
+              state: dict, picture: np.ndarray | None = None,
+              latent: np.ndarray | None = None) -> None:
         """Publish one frame: ``motion`` (the raw motiongram vector, ``width`` column
         means first), the motion ``gain`` applied to it, the ``hop`` of sound it
-        made, the box's ``state``, and the camera's ``picture`` (uint8, height ×
-        width), which goes out only every ``picture_every`` frames."""
+        made, the box's ``state``, the camera's ``picture`` (uint8, height ×
+        width), which goes out only every ``picture_every`` frames, and the model's
+        ``latent`` where it gives one."""
         number = self._frame & 0xFFFFFFFF
+        latent = _NO_LATENT if latent is None else latent
         header = FRAME_HEADER.pack(FRAME_MAGIC, number, gain, level_db(hop), width,
-                                   len(motion) - width)
+                                   len(motion) - width, len(latent))
         self._frame += 1
-        self._send(header + motion.astype("<f4", copy=False).tobytes())
+        self._send(header + motion.astype("<f4", copy=False).tobytes()
+                   + latent.astype("<f4", copy=False).tobytes())
         if (picture is not None and self.picture_every and self._listened
                 and number % self.picture_every == 0):
             height, across = picture.shape
@@ -220,6 +226,8 @@ class FrameData:
     width: int
     motion: np.ndarray
     """The raw motiongram vector: ``width`` column means, then the row means."""
+    latent: np.ndarray = field(default_factory=lambda: _NO_LATENT)
+    """The model's latent for this frame's window; empty where the voice has none."""
 
 
 @dataclass(frozen=True)
@@ -247,8 +255,11 @@ def decode(data: bytes) -> FrameData | Picture | dict:
         return state
     if not data.startswith(FRAME_MAGIC) or len(data) < FRAME_HEADER.size:
         raise ValueError(f"not a frame datagram (starts {data[:4]!r}, {len(data)} bytes)")
-    _, frame, gain, level, width, height = FRAME_HEADER.unpack_from(data)
-    motion = np.frombuffer(data, "<f4", offset=FRAME_HEADER.size)
-    if len(motion) != width + height or width < 1 or height < 1:
-        raise ValueError(f"a frame datagram of {len(motion)} values for {width} x {height}")
-    return FrameData(frame, gain, level, width, motion.astype(np.float32))
+    _, frame, gain, level, width, height, latent = FRAME_HEADER.unpack_from(data)
+    values = np.frombuffer(data, "<f4", offset=FRAME_HEADER.size)
+    if len(values) != width + height + latent or width < 1 or height < 1:
+        raise ValueError(f"a frame datagram of {len(values)} values for {width} x {height} "
+                         f"and a latent of {latent}")
+    values = values.astype(np.float32)
+    return FrameData(frame, gain, level, width, values[:width + height],
+                     values[width + height:])

@@ -18,7 +18,10 @@ the loudness, each with its own int8 range, so a quiet segment is as finely
 quantized as a loud one (docs/bundle.md). With three, the third gives the
 amplitudes of the segment's noise bands (batch x bands): the noise they shape,
 drawn afresh each call (``device.noise``), is added to the shape before the
-level scales it.
+level scales it. A graph may also give its latent (bundle version 6): the
+posterior mean the sound is decoded from, which the box sends over OSC and the
+sound does not use. The bundle's manifest says so and how big it is, and it is
+the output the graph's signature names last (the Keras model's order).
 
 A graph from outside (a bundle flashed or picked by the model button) is first
 loaded and run once in a child process (``probe_graph``): the runtimes' graph
@@ -48,7 +51,7 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("ai_edge_litert", "tflite_runtime")
 PROBE_TIMEOUT_S = 60.0
 """Longest a child may take to load a graph and run it once."""
-_probed: set[tuple[str, str]] = set()   # (graph SHA-256, runtime) that ran in a child
+_probed: set[tuple[str, str, int]] = set()   # (graph SHA-256, runtime, latent size) that ran
 
 
 def interpreter_class(runtime: str = "auto"):
@@ -77,7 +80,8 @@ class Performer:
     """
 
     def __init__(self, model: bytes, *, runtime="auto", threads: int = 1,
-                 where: str = "model", audio=None, noise_rng: np.random.Generator | None = None):
+                 where: str = "model", audio=None, noise_rng: np.random.Generator | None = None,
+                 latent_size: int = 0):
         # ``runtime`` may also be an Interpreter-like class (the host passes
         # TensorFlow's own, to run the reference kernels); its ``runtime_name``
         # then names it.
@@ -90,6 +94,9 @@ class Performer:
             raise BundleError(f"{where}: the graph does not load in {self.runtime} ({exc})") from None
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
+        self._latent = self._latent_output(outputs, latent_size, where) if latent_size else None
+        if self._latent is not None:
+            outputs = [d for d in outputs if d["index"] != self._latent["index"]]
         if len(inputs) != 1 or len(outputs) not in (1, 2, 3):
             raise BundleError(f"{where}: expected one input and one to three output tensors, "
                               f"got {len(inputs)} and {len(outputs)}")
@@ -125,19 +132,22 @@ class Performer:
         self._out_quantization = _quantization(self._out)
         self._level_quantization = _quantization(self._level) if self._level else None
         self._noise_quantization = _quantization(self._noise) if self._noise else None
+        self._latent_quantization = _quantization(self._latent) if self._latent else None
         self._buffer = np.zeros(self.input_shape, self._in["dtype"])
-        log.info("model: %s, input %s %s, output %s %s%s%s", self.runtime,
+        log.info("model: %s, input %s %s, output %s %s%s%s%s", self.runtime,
                  list(self.input_shape), np.dtype(self._in["dtype"]).name,
                  list(self.output_shape), np.dtype(self._out["dtype"]).name,
                  " with level" if self._level else "",
-                 f" and {self.noise.bands} noise bands" if self.noise else "")
+                 f" and {self.noise.bands} noise bands" if self.noise else "",
+                 f", latent {latent_size}" if latent_size else "")
 
     @classmethod
     def of(cls, bundle, *, runtime: str = "auto", threads: int = 1) -> Performer:
         """The performer of a ``device.bundle.Bundle``, checked against its manifest."""
         m = bundle.manifest
         performer = cls(bundle.performer, runtime=runtime, threads=threads,
-                        where=str(bundle.path), audio=m.audio)
+                        where=str(bundle.path), audio=m.audio,
+                        latent_size=m.latent_output_size)
         for what, said, has in (("level", m.level is not None, performer.has_level),
                                 ("noise", m.noise is not None, performer.noise is not None)):
             if said != has:
@@ -145,6 +155,33 @@ class Performer:
                                   f"{'a' if said else 'no'} {what} output, "
                                   f"the graph has {'one' if has else 'none'}")
         return performer
+
+    def _latent_output(self, outputs: list[dict], size: int, where: str) -> dict:
+        """The latent among ``outputs``: the one the graph's signature names last."""
+        try:
+            named = self._interpreter.get_signature_runner().get_output_details()
+        except (ValueError, RuntimeError, AttributeError) as exc:
+            raise BundleError(f"{where}: the graph has no signature naming its outputs, "
+                              f"so its latent cannot be found ({exc})") from None
+        if len(outputs) < 3:
+            raise BundleError(f"{where}: the manifest says the graph gives its latent, but "
+                              f"the graph has only {len(outputs)} outputs")
+        if len(named) != len(outputs):
+            raise BundleError(f"{where}: the graph's signature names {len(named)} of its "
+                              f"{len(outputs)} outputs")
+        order = sorted(named, key=lambda name: (len(name), name))   # output_0 … output_10
+        latent = next((d for d in outputs if d["index"] == named[order[-1]]["index"]), None)
+        if latent is None or tuple(latent["shape"]) != (1, size):
+            got = list(latent["shape"]) if latent is not None else "no output tensor"
+            raise BundleError(f"{where}: the latent output must be [1, {size}], got {got}")
+        return latent
+
+    def latent(self) -> np.ndarray | None:
+        """The latent of the last window played (float32, a fresh array), or None
+        where the graph does not give it."""
+        if self._latent is None:
+            return None
+        return self._read(self._latent, self._latent_quantization)[0]
 
     @property
     def has_level(self) -> bool:
@@ -185,12 +222,13 @@ def _quantization(detail: dict) -> tuple[float, int]:
 
 
 def probe_graph(model: bytes, *, runtime: str = "auto", where: str = "model",
-                audio=None, timeout: float = PROBE_TIMEOUT_S) -> None:
+                audio=None, latent_size: int = 0, timeout: float = PROBE_TIMEOUT_S) -> None:
     """Load ``model`` and run it once on a still window in a child process; a
     ``BundleError`` (one line) if that fails, crashes or hangs. A graph that passed
     once in this process is not probed again. ``audio`` (the bundle's
-    ``AudioParams``) lets a graph with a noise output play."""
-    key = (hashlib.sha256(model).hexdigest(), runtime)
+    ``AudioParams``) lets a graph with a noise output play; ``latent_size``, that
+    of a latent output the manifest declares."""
+    key = (hashlib.sha256(model).hexdigest(), runtime, latent_size)
     if key in _probed:
         return
     package_root = str(Path(__file__).resolve().parents[1])
@@ -200,7 +238,7 @@ def probe_graph(model: bytes, *, runtime: str = "auto", where: str = "model",
         audio_arg = (f"{audio.sample_rate},{audio.segment_samples},{audio.hop_samples}"
                      if audio is not None else "")
         result = subprocess.run([sys.executable, "-m", "device.runtime", runtime, where,
-                                 audio_arg],
+                                 audio_arg, str(latent_size)],
                                 input=model, capture_output=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         raise BundleError(f"{where}: the graph did not load and run within {timeout:g} s") from None
@@ -215,18 +253,23 @@ def probe_graph(model: bytes, *, runtime: str = "auto", where: str = "model",
 
 
 def _probe(argv: list[str]) -> int:
-    """The child of ``probe_graph``: the graph on stdin; runtime, name and the audio
-    parameters (``rate,segment,hop``, or empty) as arguments."""
+    """The child of ``probe_graph``: the graph on stdin; runtime, name, the audio
+    parameters (``rate,segment,hop``, or empty) and the latent size as arguments."""
     from device.bundle import AudioParams
 
-    runtime, where, audio_arg = (list(argv) + ["auto", "model", ""][len(argv):])[:3]
+    defaults = ["auto", "model", "", "0"]
+    runtime, where, audio_arg, latent_arg = (list(argv) + defaults[len(argv):])[:4]
     model = sys.stdin.buffer.read()
     try:
         audio = AudioParams(*map(int, audio_arg.split(","))) if audio_arg else None
-        performer = Performer(model, runtime=runtime, where=where, audio=audio)
+        performer = Performer(model, runtime=runtime, where=where, audio=audio,
+                              latent_size=int(latent_arg))
         window = np.zeros(performer.input_shape[1:], np.float32)
         if not np.isfinite(performer(window)).all():
             raise BundleError(f"{where}: the graph gives samples that are not finite")
+        latent = performer.latent()
+        if latent is not None and not np.isfinite(latent).all():
+            raise BundleError(f"{where}: the graph gives a latent that is not finite")
     except (BundleError, ModelRuntimeError) as exc:
         said = str(exc)
     except Exception as exc:  # noqa: BLE001 - whatever the runtime raises is the answer

@@ -111,7 +111,8 @@ def run_case(data: bytes, where: Path, runtimes: tuple[str, ...]) -> str:
     for runtime in runtimes:
         try:
             probe_graph(bundle.performer, runtime=runtime, where=str(where),
-                        audio=bundle.manifest.audio)
+                        audio=bundle.manifest.audio,
+                        latent_size=bundle.manifest.latent_output_size)
         except BundleError as exc:
             _one_line(exc, where)
             outcome = "refused"

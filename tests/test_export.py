@@ -20,13 +20,17 @@ import numpy as np
 from device.bundle import read_bundle
 from device.runtime import Performer
 bundle, windows_file, out_file, runtime = sys.argv[1:]
-graph = read_bundle(bundle).performer
+bundle = read_bundle(bundle)
 windows = np.load(windows_file)
-one = Performer(graph, runtime=runtime)
-consecutive = np.stack([one(w) for w in windows])          # one interpreter, many invokes
+one = Performer.of(bundle, runtime=runtime)
+consecutive, latent = [], []
+for w in windows:                                           # one interpreter, many invokes
+    consecutive.append(one(w))
+    latent.append(one.latent())
 again = np.stack([one(w) for w in windows])
-fresh = np.stack([Performer(graph, runtime=runtime)(w) for w in windows[:5]])
-np.savez(out_file, consecutive=consecutive, again=again, fresh=fresh)
+fresh = np.stack([Performer.of(bundle, runtime=runtime)(w) for w in windows[:5]])
+np.savez(out_file, consecutive=np.stack(consecutive), latent=np.stack(latent), again=again,
+         fresh=fresh)
 module = __import__(runtime)
 print(json.dumps({"runtime": one.runtime, "numpy": np.__version__,
                   "version": getattr(module, "__version__", "?"),
@@ -58,8 +62,14 @@ def keras_reference(tiny_run):
     return windows, np.stack([perform(model, w[None])[0] for w in windows])
 
 
+def _float_latent(run, windows):
+    from train_host.vae import motion_latent
+
+    return motion_latent(run.vae, windows)
+
+
 @pytest.mark.parametrize("runtime", ["tflite_runtime", "ai_edge_litert"])
-def test_bundle_runs_in_each_runtime_and_agrees_with_keras(runtime, tiny_bundle,
+def test_bundle_runs_in_each_runtime_and_agrees_with_keras(runtime, tiny_run, tiny_bundle,
                                                            keras_reference, tmp_path):
     windows, reference = keras_reference
     info, out = _run_in(runtime, tiny_bundle, windows, tmp_path)
@@ -72,6 +82,10 @@ def test_bundle_runs_in_each_runtime_and_agrees_with_keras(runtime, tiny_bundle,
     # int8 against the float model, on windows it never trained on.
     assert _snr_db(reference, out["consecutive"]) > 15.0
     assert np.abs(reference).max() > 0.01        # the model makes sound, not silence
+    # The latent it gives (for OSC) is the float model's posterior mean, in int8 steps.
+    latent = _float_latent(tiny_run, windows)
+    assert out["latent"].shape == latent.shape == (len(windows), 8)
+    assert _snr_db(latent, out["latent"]) > 20.0 and np.std(latent, axis=0).min() > 0.01
 
 
 def test_both_runtimes_give_the_same_samples(tiny_bundle, keras_reference, tmp_path):
@@ -97,6 +111,8 @@ def test_the_recorded_parity_is_what_the_box_runtime_gives(tiny_run, tiny_bundle
     box = metrics["int8_snr_db_by_runtime"]["reference kernels"]
     assert _snr_db(reference, out["consecutive"]) == pytest.approx(box, abs=0.05)
     assert metrics["int8_snr_db"] == min(metrics["int8_snr_db_by_runtime"].values())
+    latent = _float_latent(tiny_run, windows)
+    assert _snr_db(latent, out["latent"]) >= metrics["latent_snr_db"] - 0.05
 
 
 def test_manifest_records_how_the_model_was_made(tiny_bundle):
@@ -160,6 +176,15 @@ def test_a_layer_with_a_degenerate_int8_scale_is_refused(tiny_run, tmp_path):
         refuse_collapsed(graph, "run", windows)
 
 
+def _graph_without_latent(tiny_run) -> bytes:
+    """A graph as exported before version 6: shape and level, no latent."""
+    from train_host.export import to_int8_tflite
+    from train_host.vae import performer
+
+    return to_int8_tflite(performer(tiny_run.vae),
+                          np.load(tiny_run.path / "calibration.npz")["train"][:50])
+
+
 def _single_output_graph(tiny_run) -> bytes:
     """A version 1 graph: the segment itself as the one output."""
     import keras
@@ -201,8 +226,38 @@ def test_a_version_1_bundle_still_plays_and_a_manifest_that_lies_is_refused(tiny
         read_bundle(unknown)
 
 
+def test_the_latent_is_declared_by_the_manifest_and_the_graph_must_give_it(tiny_bundle,
+                                                                           tiny_run, tmp_path):
+    import dataclasses
+
+    from device.bundle import TensorSpec, write_bundle
+    from device.errors import BundleError
+    from device.runtime import Performer
+
+    bundle = read_bundle(tiny_bundle)
+    manifest = bundle.manifest
+    without = write_bundle(tmp_path / "without.dsb", manifest,
+                           {"performer.tflite": _graph_without_latent(tiny_run)})
+    with pytest.raises(BundleError, match="without.dsb: the manifest says the graph gives its "
+                                          "latent, but the graph has only 2 outputs"):
+        Performer.of(read_bundle(without))
+    wrong = write_bundle(tmp_path / "wrong.dsb", dataclasses.replace(
+        manifest, latent=TensorSpec((1, 4), "int8")), bundle.graphs)
+    with pytest.raises(BundleError, match=r"wrong.dsb: latent shape \[1, 4\] should be "
+                                          r"\[1, latent_size\] = \[1, 8\]"):
+        read_bundle(wrong)
+    # An older manifest over a graph with a latent: refused, never played as noise.
+    older = write_bundle(tmp_path / "older.dsb", dataclasses.replace(
+        manifest, format_version=5, latent=None), bundle.graphs)
+    with pytest.raises(BundleError, match="says the graph has no noise output, the graph has one"):
+        Performer.of(read_bundle(older))
+    # A version 5 reader's view: the key is not read below version 6.
+    assert read_bundle(write_bundle(tmp_path / "v5.dsb", dataclasses.replace(
+        manifest, format_version=5), bundle.graphs)).manifest.latent is None
+
+
 def test_the_motion_gain_travels_in_the_bundle_and_a_version_2_bundle_hears_motion_as_measured(
-        tiny_bundle, tmp_path):
+        tiny_bundle, tiny_run, tmp_path):
     import dataclasses
 
     from device.bundle import write_bundle
@@ -212,7 +267,8 @@ def test_the_motion_gain_travels_in_the_bundle_and_a_version_2_bundle_hears_moti
 
     bundle = read_bundle(tiny_bundle)
     manifest, graphs = bundle.manifest, dict(bundle.graphs)
-    assert manifest.format_version == 4 and manifest.motion_gain == MotionGainParams()
+    assert manifest.format_version == 6 and manifest.motion_gain == MotionGainParams()
+    assert manifest.latent.shape == (1, 8) and "latent 8 (an output)" in manifest.describe()
     assert manifest.voice == "model" and manifest.corpus is None
     assert "gain        to 0.008 over 8 s" in manifest.describe()
     faint = np.zeros(112, np.float32)
@@ -220,7 +276,8 @@ def test_the_motion_gain_travels_in_the_bundle_and_a_version_2_bundle_hears_moti
     assert Engine(bundle).gain.push(faint)[:64].mean() == pytest.approx(0.008, rel=1e-5)
 
     v2 = read_bundle(write_bundle(tmp_path / "v2.dsb", dataclasses.replace(
-        manifest, format_version=2, motion_gain=None), graphs))
+        manifest, format_version=2, motion_gain=None, latent=None),
+        {"performer.tflite": _graph_without_latent(tiny_run)}))
     assert v2.manifest.motion_gain is None and "gain        none" in v2.manifest.describe()
     np.testing.assert_array_equal(Engine(v2).gain.push(faint), faint)
 

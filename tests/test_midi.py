@@ -20,7 +20,7 @@ from device.engine import MotionWindow
 from device.midi import (CONTROLLERS, HOLD_FRAMES, REFERENCE, SEQUENCER, MidiMapper, MidiService,
                          SequencerOut, serve)
 from device.notes import SCALE, NotesVoice
-from device.publish import FrameData, FramePublisher
+from device.publish import FRAME_MAGIC, FrameData, FramePublisher
 from tests.conftest import ROOT, exposure, one_line_error, start_show, until, verify_quietly
 from tests.test_notes import HEIGHT, WIDTH, frame, voice_of
 
@@ -153,7 +153,7 @@ def test_junk_on_the_frames_socket_is_counted_and_frames_still_go_out(tmp_path):
         import socket
 
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as junk:
-            for data in (b"", b"DSF1", b"nonsense", b"DSF1" + bytes(40), b"DSS1[1]"):
+            for data in (b"", b"DSF1", b"nonsense", FRAME_MAGIC + bytes(40), b"DSS1[1]"):
                 junk.sendto(data, str(frames))
         until(lambda: service.tally.counts["malformed frame datagrams"] >= 4, "junk counted")
         publisher = FramePublisher(frames)

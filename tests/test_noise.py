@@ -59,7 +59,7 @@ def test_a_model_fine_tuned_into_noise_bands_exports_and_plays_in_the_box_runtim
     import subprocess
     import sys
 
-    from device.bundle import NOISE_VERSION, read_bundle
+    from device.bundle import LATENT_VERSION, read_bundle
     from device.config import with_overrides
     from device.errors import ConfigError
     from tests.conftest import ROOT
@@ -82,8 +82,9 @@ def test_a_model_fine_tuned_into_noise_bands_exports_and_plays_in_the_box_runtim
         base = [w for layer in tiny_run.vae.parts[name].layers for w in layer.get_weights()]
         assert max(np.abs(a - b).max() for a, b in zip(kept, base, strict=True)) < 1e-3, name
     manifest = read_bundle(bundle).manifest
-    assert manifest.format_version == NOISE_VERSION and manifest.noise.shape == (1, 16)
-    assert "and noise [1, 16] int8" in manifest.describe()
+    assert manifest.format_version == LATENT_VERSION and manifest.noise.shape == (1, 16)
+    assert manifest.latent.shape == (1, 8)
+    assert "and noise [1, 16] int8, latent 8 (an output)" in manifest.describe()
     # The box's runtime, alone in a fresh process, as on the box.
     played = subprocess.run(
         [sys.executable, "-c",
@@ -106,20 +107,20 @@ def test_a_model_fine_tuned_into_noise_bands_exports_and_plays_in_the_box_runtim
 
 
 def test_a_manifest_and_graph_must_agree_on_noise(tiny_bundle, tmp_path):
-    """A version 4 manifest over a graph with noise, or the other way round, is refused."""
-    from device.bundle import NOISE_VERSION, TensorSpec, read_bundle, write_bundle
+    """A manifest that says noise over a graph without, or a wrong noise shape, is refused."""
+    from device.bundle import LATENT_VERSION, TensorSpec, read_bundle, write_bundle
     from device.errors import BundleError
     from device.runtime import Performer
 
     bundle = read_bundle(tiny_bundle)
     lying = write_bundle(tmp_path / "lying.dsb", dataclasses.replace(
-        bundle.manifest, format_version=NOISE_VERSION, noise=TensorSpec((1, 16), "int8")),
+        bundle.manifest, format_version=LATENT_VERSION, noise=TensorSpec((1, 16), "int8")),
         bundle.graphs)
     with pytest.raises(BundleError, match="the manifest says the graph has a noise output, "
                                           "the graph has none"):
         Performer.of(read_bundle(lying))
     wrong = write_bundle(tmp_path / "wrong.dsb", dataclasses.replace(
-        bundle.manifest, format_version=NOISE_VERSION, noise=TensorSpec((1, 1), "int8")),
+        bundle.manifest, format_version=LATENT_VERSION, noise=TensorSpec((1, 1), "int8")),
         bundle.graphs)
     with pytest.raises(BundleError, match=r"wrong.dsb: noise shape \[1, 1\] should be "
                                           r"\[1, bands\] with 2 to 256 bands"):

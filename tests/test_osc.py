@@ -22,7 +22,7 @@ from device.control import request
 from device.errors import ConfigError
 from device.osc import WEK_INPUTS, OscError, OscService, wek_inputs
 from device.publish import (BOX_RUNTIME_DIR, FRAME_HEADER, FRAME_MAGIC, STATE_MAGIC, FrameData,
-                            FramePublisher)
+                            FramePublisher, decode)
 from tests.conftest import ROOT, exposure, one_line_error, start_show, until, verify_quietly
 
 UNIT = ROOT / "systemd" / "dancesampler-osc.service"
@@ -137,6 +137,33 @@ def test_each_frame_goes_out_as_wekinator_inputs_and_the_box_s_own_messages(show
                                          rel=1e-4, abs=1e-7)
     levels = np.array(heard.at("/dancesampler/level"))[:, 0]
     assert (levels <= 0).all() and levels.max() > -60, "the level of a silent show?"
+
+
+@pytest.mark.slow
+def test_a_model_that_gives_its_latent_sends_it_with_each_frame(tmp_path, tiny_bundle,
+                                                                alsa_file_device, heard):
+    """A model exported now gives its latent; each frame's comes after the level, as
+    many floats as the bundle's latent_size, and moves as the dancer does."""
+    from device.bundle import read_bundle
+
+    device, _ = alsa_file_device
+    frames = tmp_path / "osc" / "frames.sock"
+    performance, cfg, ctl, stop, thread = start_show(
+        tmp_path, tiny_bundle, device, {"osc.send_to": f"127.0.0.1:{heard.port}"},
+        frames=frames)
+    service = OscService(cfg.osc, frames=frames, control=ctl).start()
+    try:
+        until(lambda: len(heard.at("/dancesampler/latent")) >= 60, "60 frames of the latent")
+    finally:
+        service.close()
+        stop.set()
+        thread.join(10)
+    size = read_bundle(tiny_bundle).manifest.latent_size
+    latent = np.array(heard.at("/dancesampler/latent"))
+    assert latent.shape[1] == size == 8 and np.isfinite(latent).all()
+    assert np.ptp(latent, axis=0).max() > 0.1, "the latent never moved"
+    addresses = [a for a, _ in heard.messages if a.startswith("/dancesampler/l")]
+    assert addresses[:4] == ["/dancesampler/level", "/dancesampler/latent"] * 2
 
 
 def test_the_show_plays_on_with_nobody_listening_and_a_late_service_learns_its_state(
@@ -292,6 +319,32 @@ def test_junk_on_the_frames_socket_is_counted_and_frames_still_go_out(tmp_path, 
     assert heard.at("/wek/inputs")[0][0] == pytest.approx(0.015)
     assert heard.at("/dancesampler/model") == [["m", "corpus"]]
     assert not heard.at("/dancesampler/motiongram")    # not asked for
+    assert not heard.at("/dancesampler/latent")        # a voice without one
+
+
+def test_a_frame_carries_the_latent_to_the_osc_message(tmp_path, heard):
+    frames = tmp_path / "frames.sock"
+    service = OscService(OscConfig(send_to=f"127.0.0.1:{heard.port}"), frames=frames,
+                         control=tmp_path / "ctl.sock").start()
+    latent = np.array([-1.5, 0.0, 0.25, 2.0], np.float32)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as local:
+            publisher = FramePublisher(frames)
+            publisher.frame(np.full(112, 0.01, np.float32), 64, 1.0,
+                            np.zeros(735, np.float32), {"model": "m"}, latent=latent)
+            # A frame whose latent is one value short, and a version 1 frame, are junk.
+            whole = FRAME_HEADER.pack(FRAME_MAGIC, 1, 1.0, -20.0, 64, 48, 4)
+            local.sendto(whole + bytes(4 * (112 + 3)), str(frames))
+            local.sendto(b"DSF1" + bytes(16 + 4 * 112), str(frames))
+            until(lambda: service.tally.counts["malformed frame datagrams"] == 2, "2 counted")
+            publisher.close()
+        until(lambda: heard.at("/dancesampler/latent"), "the latent sent on")
+    finally:
+        service.close()
+    assert heard.at("/dancesampler/latent") == [latent.tolist()]
+    frame = decode(FRAME_HEADER.pack(FRAME_MAGIC, 2, 1.0, -20.0, 64, 48, 0)
+                   + np.zeros(112, "<f4").tobytes())
+    assert frame.latent.shape == (0,) and frame.motion.shape == (112,)
 
 
 def test_bad_osc_settings_are_one_line_naming_the_key(tmp_path):

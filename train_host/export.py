@@ -9,6 +9,8 @@ the weights are put on the int8 grid by GPTQ (``round_weights``) rather than
 left to the converter's rounding to nearest. The int8 graph is then run through
 the device's own ``Performer`` (the runtime the box uses) on held-out windows and
 compared with the float Keras model; that parity figure goes into the manifest.
+The graph also gives the model's latent, its last output (bundle version 6),
+which the box sends over OSC; its own parity is measured beside the sound's.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from device.bundle import (FORMAT_VERSION, NOISE_VERSION, PERFORMER, AudioParams, Manifest,
-                           TensorSpec, write_bundle)
+from device.bundle import (LATENT_VERSION, PERFORMER, AudioParams, Manifest, TensorSpec,
+                           write_bundle)
 from device.noise import NoiseBands
 from device.runtime import Performer
 from train_host.console import Progress, quiet
@@ -134,7 +136,7 @@ _COLLAPSED_SCALE = 1e-6
 
 
 def refuse_collapsed(graph: bytes, where: str, windows: np.ndarray,
-                     audio: AudioParams | None = None) -> None:
+                     audio: AudioParams | None = None, latent_size: int = 0) -> None:
     """Refuse a graph that plays one sound whatever the dancer does.
 
     Two signs, both checked in TensorFlow's own interpreter without delegates: an
@@ -157,7 +159,8 @@ def refuse_collapsed(graph: bytes, where: str, windows: np.ndarray,
             continue
         if float(scales.max()) < _COLLAPSED_SCALE:
             refuse(f"layer {name.split(';')[0]} gives the same output for every motion window")
-    performer = Performer(graph, runtime=reference_interpreter, where=where, audio=audio)
+    performer = Performer(graph, runtime=reference_interpreter, where=where, audio=audio,
+                          latent_size=latent_size)
     outputs = []
     for window in windows:
         if performer.noise is not None:   # the same noise each time: compare the model
@@ -195,9 +198,10 @@ def parity(model, graph: bytes, windows: np.ndarray, audio: AudioParams | None =
     kernels (tflite-runtime 2.14 on the box) and in the installed LiteRT runtime.
     A model with noise bands plays the same noise, drawn in the same order, in both.
 
-    ``int8_snr_db`` is the lower of the two: what a box may play.
+    ``int8_snr_db`` is the lower of the two: what a box may play. A graph that gives
+    its latent has it measured the same way, ``latent_snr_db``.
     """
-    from train_host.vae import noise_bands, perform
+    from train_host.vae import latent_output_size, noise_bands, perform
 
     def noise():
         return NoiseBands(noise_bands(model), segment_samples=audio.segment_samples,
@@ -212,15 +216,30 @@ def parity(model, graph: bytes, windows: np.ndarray, audio: AudioParams | None =
 
     floats = noise()
     reference = np.stack(list(each(lambda w: perform(model, w[None], floats)[0])))
-    by_kernels = {}
+    latent_size = latent_output_size(model)
+    if latent_size:
+        latent = np.concatenate([model(w[None], training=False)[-1].numpy() for w in windows])
+    by_kernels, latent_by_kernels = {}, {}
     for runtime in (reference_interpreter, "auto"):
         performer = Performer(graph, runtime=runtime, where="exported graph", audio=audio,
-                              noise_rng=np.random.default_rng(0))
-        quantized = np.stack(list(each(performer)))
+                              noise_rng=np.random.default_rng(0), latent_size=latent_size)
+        latents = []
+
+        def play(window, performer=performer, latents=latents):
+            segment = performer(window)
+            latents.append(performer.latent())
+            return segment
+
+        quantized = np.stack(list(each(play)))
         by_kernels[performer.runtime] = round(snr_db(reference, quantized), 2)
+        if latent_size:
+            latent_by_kernels[performer.runtime] = round(snr_db(latent, np.stack(latents)), 2)
     worst = min(by_kernels, key=by_kernels.get)
-    return {"int8_snr_db": by_kernels[worst], "int8_runtime": worst,
-            "int8_snr_db_by_runtime": by_kernels}
+    metrics = {"int8_snr_db": by_kernels[worst], "int8_runtime": worst,
+               "int8_snr_db_by_runtime": by_kernels}
+    if latent_size:
+        metrics["latent_snr_db"] = min(latent_by_kernels.values())
+    return metrics
 
 
 def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
@@ -231,7 +250,7 @@ def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
     run = run if isinstance(run, Run) else load_run(run)
     cfg, data = run.config, run.config.data
     calibration = np.load(run.path / CALIBRATION_FILE)
-    model = performer(run.vae)
+    model = performer(run.vae, latent=True)
     audio = AudioParams(data.sample_rate, data.segment_samples, data.hop_samples)
     bands = cfg.model.noise_bands
     started = time.monotonic()
@@ -244,7 +263,7 @@ def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
             "rounding the weights", sum(len(dense_layers(part)) for part in sub_models(model)),
             screen))
         graph = to_int8_tflite(rounded, representative)
-        refuse_collapsed(graph, str(run.path), representative, audio)
+        refuse_collapsed(graph, str(run.path), representative, audio, cfg.model.latent_size)
     log.info("measuring the int8 graph against the float model in both runtimes …")
     with quiet() as screen:
         held_out = calibration["validation"]
@@ -271,7 +290,8 @@ def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
         output=TensorSpec((1, data.segment_samples), "int8"),
         level=TensorSpec((1, 1), "int8"),
         noise=TensorSpec((1, bands), "int8") if bands else None,
-        format_version=NOISE_VERSION if bands else FORMAT_VERSION,
+        latent=TensorSpec((1, cfg.model.latent_size), "int8"),
+        format_version=LATENT_VERSION,
         style_centroids=run.info["style_centroids"],
         # Nothing here may vary between two builds of the same config (no wall
         # times, no folder names): a rebuilt bundle must be byte-identical.

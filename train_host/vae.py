@@ -201,11 +201,19 @@ def shape_level_penalty(shape):
     return tf.reduce_mean(tf.square(tf.math.log(rms)))
 
 
-def performer(vae: JointVAE) -> keras.Model:
-    """The graph the box runs: motion window to the audio segment of its posterior mean."""
+def performer(vae: JointVAE, *, latent: bool = False) -> keras.Model:
+    """The graph the box runs: motion window to the audio segment of its posterior
+    mean (the audio decoder's outputs). With ``latent``, that posterior mean is a
+    last output besides, for the box to send out (bundle version 6)."""
     motion = keras.Input(vae.motion_encoder.input_shape[1:], batch_size=1, name="motion")
-    latent, _ = vae.motion_encoder(motion)
-    return keras.Model(motion, vae.audio_decoder(latent), name="performer")
+    mean, _ = vae.motion_encoder(motion)
+    outputs = list(vae.audio_decoder(mean))
+    return keras.Model(motion, outputs + [mean] if latent else outputs, name="performer")
+
+
+def _audio_decoder(model: keras.Model) -> keras.Model:
+    """The audio decoder inside a performer graph, or ``model`` if it is one."""
+    return next((layer for layer in model.layers if layer.name == "audio_decoder"), model)
 
 
 def perform(model: keras.Model, motion: np.ndarray, noise=None) -> np.ndarray:
@@ -214,7 +222,8 @@ def perform(model: keras.Model, motion: np.ndarray, noise=None) -> np.ndarray:
     A model with a noise output needs ``noise``, a ``device.noise.NoiseBands``
     (one segment's noise drawn per window, in order, as the box draws them).
     """
-    shape, level, *bands = [t.numpy() for t in model(motion, training=False)]
+    given = model(motion, training=False)
+    shape, level, *bands = [t.numpy() for t in given[:len(_audio_decoder(model).outputs)]]
     if bands:
         if noise is None:
             raise ValueError("this model has a noise output: pass its NoiseBands")
@@ -222,9 +231,15 @@ def perform(model: keras.Model, motion: np.ndarray, noise=None) -> np.ndarray:
     return shape * level
 
 
+def latent_output_size(model: keras.Model) -> int:
+    """How many values a performer graph's latent output gives (0: it has none)."""
+    extra = len(model.outputs) > len(_audio_decoder(model).outputs)
+    return int(model.outputs[-1].shape[-1]) if extra else 0
+
+
 def noise_bands(model: keras.Model) -> int:
     """How many noise bands the audio decoder or performer graph gives (0: none)."""
-    outputs = model.outputs
+    outputs = _audio_decoder(model).outputs
     return int(outputs[2].shape[-1]) if len(outputs) == 3 else 0
 
 

@@ -1,7 +1,8 @@
 """``python -m tests.platform.int8_outputs BUNDLE WINDOWS OUT``: the raw int8
-outputs (shape, level and, if it has one, noise tensors) of a bundle's graph in tflite-runtime for each
-motion window in the ``.npy`` file WINDOWS, saved to the ``.npz`` file OUT. Run
-on this machine and inside the arm64 root, to compare the two platforms."""
+outputs (shape, level and, where the graph has them, noise and latent tensors) of a
+bundle's graph in tflite-runtime for each motion window in the ``.npy`` file
+WINDOWS, saved to the ``.npz`` file OUT. Run on this machine and inside the arm64
+root, to compare the two platforms."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ def main(bundle: str, windows: str, out: str) -> int:
     tensors = {"shape": performer._out, "level": performer._level}
     if performer.noise is not None:
         tensors["noise"] = performer._noise
+    if performer._latent is not None:
+        tensors["latent"] = performer._latent
     outputs = {name: [] for name in tensors}
     for window in np.load(windows):
         performer(window)
