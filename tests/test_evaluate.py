@@ -73,6 +73,25 @@ def test_scaled_copy_keeps_loudness_correlation_but_is_6_db_away(spectra):
     assert distance == pytest.approx(np.full(20, 20 * math.log10(2)), abs=1e-3)
 
 
+def test_the_matched_distance_takes_out_one_overall_level_and_nothing_else(spectra):
+    """A song's mastering level is not in the dance: at the song's own level a copy
+    6 dB quieter is at no distance, and other noise 20 dB quieter is as far as the
+    same noise at the same level, no nearer."""
+    levels = np.geomspace(0.1, 0.9, 20)
+    audio = noise_segments(20, seed=3, levels=levels)
+    true = spectra.log_mel(audio)
+    assert ev.matched_distance(spectra.log_mel(audio * 0.5) - true) == pytest.approx(0, abs=1e-3)
+    other = noise_segments(20, seed=4, levels=levels)
+    same_level = spectra.log_mel(other) - true
+    quieter = spectra.log_mel(other * 0.1) - true
+    assert np.abs(quieter).mean() > 15.0
+    assert ev.matched_distance(quieter) == pytest.approx(ev.matched_distance(same_level), abs=0.05)
+    assert 1.0 < ev.matched_distance(same_level) <= np.abs(same_level).mean()
+    # A level that moves with time is not taken out: only one shift per take.
+    rising = spectra.log_mel(audio * np.geomspace(0.1, 1, 20)[:, None].astype(np.float32)) - true
+    assert ev.matched_distance(rising) > 4.0
+
+
 def test_unrelated_noise_is_at_a_distance(spectra):
     # Same levels, different noise: the spectra differ only by chance, but they do.
     a, b = noise_segments(10, seed=3), noise_segments(10, seed=4)

@@ -35,6 +35,8 @@ COLUMNS = (   # (heading, system or "reference", key)
     ("model", "model", "log_mel_distance_db"),
     ("mean", "baseline_mean", "log_mel_distance_db"),
     ("nearest", "baseline_nearest", "log_mel_distance_db"),
+    ("model_lm", "model", "log_mel_matched_db"),
+    ("mean_lm", "baseline_mean", "log_mel_matched_db"),
     ("offset", "model", "level_offset_db"),
     ("lvl_err", "model", "level_error_db"),
     ("loud_r", "model", "loudness_corr"),
@@ -46,7 +48,9 @@ COLUMNS = (   # (heading, system or "reference", key)
     ("cover", "model", "beat_cover"),
 )
 """The table's columns after the take: log-mel distance (dB) of the model, the
-mean-spectrum and the nearest-window baselines; the model's level offset and error
+mean-spectrum and the nearest-window baselines; that of the model and of the mean
+spectrum once each take's overall level is matched (``log_mel_matched_db``,
+``_lm``); the model's level offset and error
 (dB), loudness correlation and the true audio's ceiling, chroma movement
 correlation, beat alignment (and the true audio's), beat hit and cover."""
 
@@ -223,7 +227,8 @@ def format_crossval(result: dict) -> str:
     lines.append(row("pooled", pooled["metrics"], pooled["reference"]))
     lines.append("")
     lines.append("model, mean, nearest: log-mel distance (dB) of the model and the mean-spectrum "
-                 "and nearest-window baselines; offset, lvl_err: the model's level offset and "
+                 "and nearest-window baselines; model_lm, mean_lm: log_mel_matched_db of the "
+                 "model and the mean spectrum; offset, lvl_err: the model's level offset and "
                  "error (dB); loud_r: its loudness_corr, ceiling: the true audio's "
                  "motion_loudness_corr; chroma_r: chroma_movement_corr; BAS: beat_align "
                  "(BAS_true: the true audio's); hit, cover: beat_hit, beat_cover. Pooled as "

@@ -53,12 +53,14 @@ log = logging.getLogger(__name__)
 
 SYSTEMS = ("model", "baseline_mean", "baseline_random", "baseline_nearest")
 """The systems compared, in the order tables list them."""
-METRICS = ("log_mel_distance_db", "frechet_log_mel", "level_offset_db", "level_error_db",
+METRICS = ("log_mel_distance_db", "log_mel_matched_db", "frechet_log_mel", "level_offset_db",
+           "level_error_db",
            "loudness_corr", "loudness_ceiling_share", "motion_loudness_corr",
            "similarity_corr", "chroma_movement_corr", "chroma_movement_ratio", "beat_align",
            "beat_hit", "beat_cover")
 """The metrics, in the order tables list them."""
-LOWER_IS_BETTER = frozenset({"log_mel_distance_db", "frechet_log_mel", "level_error_db"})
+LOWER_IS_BETTER = frozenset({"log_mel_distance_db", "log_mel_matched_db", "frechet_log_mel",
+                             "level_error_db"})
 IDEAL = {"chroma_movement_ratio": 1.0, "beat_cover": 1.0}
 """Ratios best at 1: the value nearest wins."""
 NO_WINNER = frozenset({"level_offset_db"})
@@ -67,7 +69,8 @@ REFERENCE = ("loudness_ceiling", "motion_loudness_corr", "similarity_corr", "bea
 """The true audio's own values, for scale (``loudness_ceiling`` is its
 motion_loudness_corr: what loudness_corr could reach from motion alone)."""
 WEIGHTS = {
-    "log_mel_distance_db": "segments", "frechet_log_mel": "segments",
+    "log_mel_distance_db": "segments", "log_mel_matched_db": "segments",
+    "frechet_log_mel": "segments",
     "level_offset_db": "audible_segments", "level_error_db": "audible_segments",
     "loudness_corr": "segments", "motion_loudness_corr": "segments",
     "similarity_corr": "takes", "chroma_movement_corr": "chroma_blocks",
@@ -195,6 +198,15 @@ class Spectra:
 def log_mel_distance(generated: np.ndarray, true: np.ndarray, spectra: Spectra) -> np.ndarray:
     """Per segment: the mean absolute difference of the two log-mel spectra, in dB."""
     return np.abs(spectra.log_mel(generated) - spectra.log_mel(true)).mean(axis=(-2, -1))
+
+
+def matched_distance(differences: np.ndarray) -> float:
+    """The mean absolute log-mel difference (generated - true, dB, any shape) once
+    one shift, the same for every frame and band, takes out the overall level: the
+    median difference, the shift that makes the mean least. A song's mastering
+    level is not in the dance; this is the distance at the song's own level."""
+    differences = np.asarray(differences, np.float32).ravel()
+    return float(np.abs(differences - np.median(differences)).mean())
 
 
 def loudness_db(segments: np.ndarray) -> np.ndarray:
@@ -826,6 +838,7 @@ def _evaluate_take(name: str, examples: Examples, cfg: TrainConfig, systems: _Sy
     names = ("true",) + SYSTEMS
     loudness = {s: np.empty(n) for s in names}
     distance = {s: np.empty(n) for s in SYSTEMS}
+    differences = {s: [] for s in SYSTEMS}   # float16: 0.06 dB steps at 64 dB apart
     mel = {s: np.empty((len(kept), N_MELS)) for s in names}
     fits = {s: GaussianFit(N_MELS) for s in names}
     # Each system's whole take as the box plays it: hop k holds the start of segment k.
@@ -842,7 +855,9 @@ def _evaluate_take(name: str, examples: Examples, cfg: TrainConfig, systems: _Sy
             spectrum = true_mel if system == "true" else spectra.log_mel(segments)
             loudness[system][start:stop] = loudness_db(segments)
             if system != "true":
-                distance[system][start:stop] = np.abs(spectrum - true_mel).mean(axis=(1, 2))
+                difference = spectrum - true_mel
+                distance[system][start:stop] = np.abs(difference).mean(axis=(1, 2))
+                differences[system].append(difference.astype(np.float16))
             mel[system][rows] = spectrum[here - start].mean(axis=1)
             fits[system].add(spectrum)
             adder, stream = adders[system], streams[system]
@@ -874,6 +889,7 @@ def _evaluate_take(name: str, examples: Examples, cfg: TrainConfig, systems: _Sy
         hit, cover = beat_hit_cover(found[system], found["true"], d.fps)
         result.metrics[system] = {
             "log_mel_distance_db": float(distance[system].mean()),
+            "log_mel_matched_db": matched_distance(np.concatenate(differences.pop(system))),
             "frechet_log_mel": frechet_distance(*fits[system].mean_cov(), *true_gaussian),
             "level_offset_db": offset, "level_error_db": error,
             "loudness_corr": pearson(loudness[system], loudness["true"]),
@@ -1017,7 +1033,8 @@ def format_metrics(metrics: dict, reference: dict, winners: dict | None = None) 
                          ("-" if metric in NO_WINNER else "none"))
         lines.append(metric.ljust(name_width) + "".join(c.rjust(width) for c in cells))
     lines.append("")
-    lines.append("lower is better: log_mel_distance_db, frechet_log_mel, level_error_db; "
+    lines.append("lower is better: log_mel_distance_db, log_mel_matched_db, frechet_log_mel, "
+                 "level_error_db; "
                  "nearest 1 is best: chroma_movement_ratio, beat_cover; level_offset_db is "
                  "the mastering level, never best; the rest: higher is better. n/a: "
                  "undefined, never best. true_audio: the real music's own value; in the "
@@ -1137,7 +1154,7 @@ def _html(evaluation: Evaluation, figures: list[tuple[str, str]], audio: bool) -
         cells.append(f"<td class=ref>{esc(_cell(e.reference.get(key), blank='-') if key else '-')}"
                      "</td>")
         body.append(f"<tr><th>{esc(metric)}</th>{''.join(cells)}</tr>")
-    per_take = ("log_mel_distance_db", "level_offset_db", "level_error_db", "loudness_corr",
+    per_take = ("log_mel_distance_db", "log_mel_matched_db", "level_offset_db", "level_error_db", "loudness_corr",
                 "chroma_movement_corr", "beat_align", "beat_hit")
     takes = "".join(
         f"<tr><td>{esc(t.name)}</td><td>{esc(t.label)}</td><td>{t.segments}</td>"
@@ -1173,7 +1190,9 @@ the int8 performer graph run by the box's runtime on every window.</p>
 <h2>Results</h2>
 <table><tr><th>metric</th>{head}<th>true audio</th></tr>{''.join(body)}</table>
 <p><b>Bold</b>: best in its row. log_mel_distance_db: mean absolute difference of
-log-mel spectra (64 bands, dB, floor {FLOOR_DB:g} dB), lower is better. frechet_log_mel:
+log-mel spectra (64 bands, dB, floor {FLOOR_DB:g} dB), lower is better; log_mel_matched_db:
+the same once one shift per take takes out the overall level (the median difference).
+frechet_log_mel:
 Fréchet distance of Gaussians fitted to the log-mel frames (dB², lower is better).
 level_offset_db: median level difference from the true audio (the song's mastering level,
 reported, never best); level_error_db: median level error once that offset is removed
