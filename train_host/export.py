@@ -223,15 +223,11 @@ def parity(model, graph: bytes, windows: np.ndarray, audio: AudioParams | None =
     for runtime in (reference_interpreter, "auto"):
         performer = Performer(graph, runtime=runtime, where="exported graph", audio=audio,
                               noise_rng=np.random.default_rng(0), latent_size=latent_size)
-        latents = []
-
-        def play(window, performer=performer, latents=latents):
-            segment = performer(window)
-            latents.append(performer.latent())
-            return segment
-
-        quantized = np.stack(list(each(play)))
-        by_kernels[performer.runtime] = round(snr_db(reference, quantized), 2)
+        quantized, latents = [], []
+        for segment in each(performer):
+            quantized.append(segment)
+            latents.append(performer.latent())   # the window just played
+        by_kernels[performer.runtime] = round(snr_db(reference, np.stack(quantized)), 2)
         if latent_size:
             latent_by_kernels[performer.runtime] = round(snr_db(latent, np.stack(latents)), 2)
     worst = min(by_kernels, key=by_kernels.get)
