@@ -48,7 +48,8 @@ posterior mean it plays from (sent over OSC). Every model exported now has it.""
 READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 """Version 1 bundles (one output tensor, no ``level``), version 2 bundles (no
 ``motion_gain``: the motion is used as measured), version 3 bundles (no
-``voice``: always a model) and version 4 bundles (no ``noise``) still play."""
+``voice``: always a model), version 4 bundles (no ``noise``) and version 5 bundles
+(no ``latent``) still play."""
 MAX_NOISE_BANDS = 256
 VOICES = ("model", "corpus", "notes")
 """What makes a bundle's sound: ``model``, the performer graph; ``corpus``, grains
@@ -169,8 +170,8 @@ class Manifest:
             raise BundleError(f"{where}: bundle format version {version!r} is not supported "
                               f"(this device reads versions "
                               f"{', '.join(map(str, READABLE_VERSIONS))})")
-        optional = {"voice", "corpus", "noise", "latent", "notes"} | {1: {"level", "motion_gain"},
-                                          2: {"motion_gain"}}.get(version, set())
+        optional = {"voice", "corpus", "noise", "latent", "notes"} | {
+            1: {"level", "motion_gain"}, 2: {"motion_gain"}}.get(version, set())
         if version >= 4 and data.get("voice") in ("corpus", "notes"):
             optional |= {"level", "latent_size", "style_centroids"}
         missing = [f.name for f in fields(cls) if f.name not in data and f.name not in optional]

@@ -1154,8 +1154,8 @@ def _html(evaluation: Evaluation, figures: list[tuple[str, str]], audio: bool) -
         cells.append(f"<td class=ref>{esc(_cell(e.reference.get(key), blank='-') if key else '-')}"
                      "</td>")
         body.append(f"<tr><th>{esc(metric)}</th>{''.join(cells)}</tr>")
-    per_take = ("log_mel_distance_db", "log_mel_matched_db", "level_offset_db", "level_error_db", "loudness_corr",
-                "chroma_movement_corr", "beat_align", "beat_hit")
+    per_take = ("log_mel_distance_db", "log_mel_matched_db", "level_offset_db", "level_error_db",
+                "loudness_corr", "chroma_movement_corr", "beat_align", "beat_hit")
     takes = "".join(
         f"<tr><td>{esc(t.name)}</td><td>{esc(t.label)}</td><td>{t.segments}</td>"
         f"<td>{t.segments * t.seconds_per_segment:.1f}</td>"
