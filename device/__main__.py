@@ -269,7 +269,8 @@ def _record(args) -> int:
             root=Path(args.out) if args.out else resolve_path(cfg.recorder.sessions_dir),
             stream=lambda: stream)
         camera = open_camera(cfg.camera.source, fps=cfg.camera.fps,
-                             width=cfg.motiongram.width, height=cfg.motiongram.height,
+                             width=cfg.motiongram.frame_width,
+                             height=cfg.motiongram.frame_height,
                              paced=True, seed=cfg.camera.seed)
         if recorder.kind == "track":
             sink = open_configured_sink(cfg.audio)

@@ -56,8 +56,8 @@ class Timing:
 
 def measure_compute(engine: Engine, cfg: DeviceConfig, *, frames: int) -> dict[str, Timing]:
     """Each stage of ``engine``'s loop, timed per frame over ``frames`` synthetic frames."""
-    dancer = SyntheticDancer(fps=cfg.camera.fps, width=cfg.motiongram.width,
-                             height=cfg.motiongram.height, seed=cfg.camera.seed)
+    dancer = SyntheticDancer(fps=cfg.camera.fps, width=cfg.motiongram.frame_width,
+                             height=cfg.motiongram.frame_height, seed=cfg.camera.seed)
     stages: dict[str, list[float]] = {k: [] for k in
                                       ("capture", "motiongram", "inference", "overlap_add")}
     total = []
@@ -124,8 +124,8 @@ def synthetic_corpus(like: Bundle, cfg: DeviceConfig, seconds: float) -> Bundle:
     from device.motiongram import MotionGain, MotiongramStream
 
     shape = VoiceShape.of(like.manifest)
-    dancer = SyntheticDancer(fps=shape.fps, width=shape.motiongram.width,
-                             height=shape.motiongram.height, seed=cfg.camera.seed)
+    dancer = SyntheticDancer(fps=shape.fps, width=shape.motiongram.frame_width,
+                             height=shape.motiongram.frame_height, seed=cfg.camera.seed)
     stream = MotiongramStream(shape.motiongram)
     minute = round(60 * shape.fps)
     motion = np.stack([stream.push(dancer.read().image).copy()

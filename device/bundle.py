@@ -45,11 +45,15 @@ filtered noise (``device.noise``)."""
 LATENT_VERSION = 6
 """Version 6 adds ``latent``: a model whose graph also gives its latent, the
 posterior mean it plays from (sent over OSC). Every model exported now has it."""
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
+SCALE_VERSION = 7
+"""Version 7 adds ``motiongram.scale``: motion measured on frames finer than the
+motiongram. Written only for a voice whose scale is above 1, so every other
+bundle stays readable by a box that reads up to version 6."""
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 """Version 1 bundles (one output tensor, no ``level``), version 2 bundles (no
 ``motion_gain``: the motion is used as measured), version 3 bundles (no
-``voice``: always a model), version 4 bundles (no ``noise``) and version 5 bundles
-(no ``latent``) still play."""
+``voice``: always a model), version 4 bundles (no ``noise``), version 5 bundles
+(no ``latent``) and version 6 bundles (no ``motiongram.scale``: 1) still play."""
 MAX_NOISE_BANDS = 256
 VOICES = ("model", "corpus", "notes")
 """What makes a bundle's sound: ``model``, the performer graph; ``corpus``, grains
@@ -151,11 +155,19 @@ class Manifest:
         """How many values the graph's latent output gives; 0: it has none."""
         return self.latent_size if self.latent is not None else 0
 
+    def __post_init__(self):
+        # Motion finer than the motiongram is what version 7 adds; a box that reads
+        # only up to version 6 must refuse such a voice, not play it on coarse frames.
+        if self.motiongram.scale != 1 and self.format_version < SCALE_VERSION:
+            object.__setattr__(self, "format_version", SCALE_VERSION)
+
     def to_json(self) -> str:
         data = asdict(self)
         for key in ("notes", "noise", "latent"):   # absent where the voice has none
             if data[key] is None:
                 del data[key]
+        if data["motiongram"]["scale"] == 1:        # as every bundle before version 7
+            del data["motiongram"]["scale"]
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -179,6 +191,9 @@ class Manifest:
             raise BundleError(f"{where}: manifest lacks {', '.join(sorted(missing))}")
         try:
             values = dict(data)
+            if version < SCALE_VERSION and "scale" in data["motiongram"]:
+                raise BundleError(f"{where}: motiongram.scale needs bundle format version "
+                                  f"{SCALE_VERSION}, not {version}")
             values["motiongram"] = MotiongramParams(**data["motiongram"])
             values["audio"] = AudioParams(**data["audio"])
             values["input"] = TensorSpec(tuple(data["input"]["shape"]), data["input"]["dtype"])
@@ -202,6 +217,10 @@ class Manifest:
         except (TypeError, KeyError, AttributeError, ValueError) as exc:
             raise BundleError(f"{where}: malformed manifest ({exc})") from None
         _check_types(manifest, where)
+        m = manifest.motiongram
+        if not 1 <= m.scale <= 4 or m.check():
+            raise BundleError(f"{where}: motiongram.scale {m.scale!r}: expected 1 to 4, with "
+                              "frames of at most 640x480")
         return manifest
 
     def describe(self) -> str:
@@ -227,7 +246,9 @@ class Manifest:
                      + (" (an output)" if self.latent else ""))
         lines = [
             f"name        {self.name} (created {self.created})",
-            f"motion      {self.fps} fps, {m.width}x{m.height}, threshold {m.threshold:g}, "
+            f"motion      {self.fps} fps, {m.width}x{m.height}"
+            + (f" from {m.frame_width}x{m.frame_height} frames" if m.scale != 1 else "")
+            + f", threshold {m.threshold:g}, "
             f"window {self.window_frames} frames ({self.window_frames / self.fps * 1000:.0f} ms)",
             "gain        " + (f"to {g.reference:g} over {g.time_s:g} s, at most {g.max_gain:g}x, "
                               f"floor {g.floor:g}" if (g := self.motion_gain) and g.enabled
@@ -497,4 +518,5 @@ def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
 
 
 def _params(p: MotiongramParams) -> str:
-    return f"{p.width}x{p.height} threshold {p.threshold:g}"
+    finer = f" from {p.frame_width}x{p.frame_height} frames" if p.scale != 1 else ""
+    return f"{p.width}x{p.height}{finer} threshold {p.threshold:g}"

@@ -7,6 +7,14 @@ vector of ``width + height`` values in [0, 1]: the column means first (where, le
 to right, things moved) then the row means (where, top to bottom). The first frame
 of a stream has no predecessor and gives all zeros.
 
+With ``scale`` above 1 the frames are ``scale`` times finer in each direction than
+the motiongram: the difference and the threshold are taken at that resolution,
+and each ``scale`` x ``scale`` block of the thresholded difference is averaged
+into one motiongram pixel. A dancer small in the frame moves a few fine pixels
+past the threshold where the same motion, averaged into a coarse frame first,
+stays under it. Frames finer still, by a whole factor, are area-averaged to the
+frame size first (``fit_frames``), as the Pi camera's ISP does.
+
 ``motiongram`` (a whole take at once, for training) and ``MotiongramStream`` (one
 frame at a time, for the live loop) do the same integer arithmetic and the same
 final division, so they give bit-identical numbers.
@@ -38,6 +46,26 @@ class MotiongramParams:
     """Frame height in pixels; the motiongram has this many row means."""
     threshold: float = field(default=0.05, metadata={"min": 0.0, "max": 1.0})
     """Differences below this fraction of full scale count as sensor noise (0)."""
+    scale: int = field(default=1, metadata={"min": 1, "max": 4})
+    """How many times finer than the motiongram, in each direction, the frames are:
+    differences are taken at ``width * scale`` x ``height * scale`` pixels."""
+
+    def check(self) -> list[str]:
+        """Problems no single field shows: frames larger than a camera's lores stream."""
+        if self.frame_width > 640 or self.frame_height > 480:
+            return [f"scale: frames of {self.frame_width}x{self.frame_height} (width and "
+                    f"height times scale {self.scale}); expected at most 640x480"]
+        return []
+
+    @property
+    def frame_width(self) -> int:
+        """Width in pixels of the frames the differences are taken on."""
+        return self.width * self.scale
+
+    @property
+    def frame_height(self) -> int:
+        """Height in pixels of the frames the differences are taken on."""
+        return self.height * self.scale
 
     @property
     def features(self) -> int:
@@ -50,27 +78,57 @@ class MotiongramParams:
         return int(np.ceil(self.threshold * 255.0))
 
 
-def _check_frames(frames: np.ndarray, params: MotiongramParams) -> None:
-    if frames.dtype != np.uint8 or frames.shape[-2:] != (params.height, params.width):
+def block_mean(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 frames (..., k*height, m*width) area-averaged to (..., height, width),
+    rounded to the nearest grey level; frames already that size come back as they are."""
+    fy, fx = frames.shape[-2] // height, frames.shape[-1] // width
+    if (fy, fx) == (1, 1):
+        return frames
+    blocks = frames.reshape(*frames.shape[:-2], height, fy, width, fx)
+    return np.rint(blocks.mean(axis=(-3, -1))).astype(np.uint8)
+
+
+def fits_frames(width: int, height: int, params: MotiongramParams) -> bool:
+    """Whether frames of ``width`` x ``height`` can be read with ``params``: the
+    frame size, or a whole multiple of it."""
+    return (width >= params.frame_width and height >= params.frame_height
+            and not width % params.frame_width and not height % params.frame_height)
+
+
+def fit_frames(frames: np.ndarray, params: MotiongramParams) -> np.ndarray:
+    """Frames at the size ``params`` differences: as they are, or area-averaged from
+    a whole multiple of it (a take recorded finer than the model needs)."""
+    h, w = params.frame_height, params.frame_width
+    if frames.dtype != np.uint8 or frames.ndim < 2 \
+            or not fits_frames(frames.shape[-1], frames.shape[-2], params):
         raise ValueError(
-            f"frames: expected uint8 of shape (..., {params.height}, {params.width}), "
+            f"frames: expected uint8 of shape (..., {h}, {w}) or a whole multiple of it, "
             f"got {frames.dtype} {frames.shape}")
+    return block_mean(frames, h, w)
 
 
 def _features(diff: np.ndarray, params: MotiongramParams) -> np.ndarray:
-    """Column and row means of thresholded differences, the last two axes (H, W)."""
+    """Column and row means of thresholded differences, the last two axes (H, W),
+    each ``scale`` x ``scale`` block of the difference counted as one pixel."""
     diff = np.where(diff >= params.threshold_level, diff, 0).astype(np.int32)
-    cols = diff.sum(axis=-2, dtype=np.int32)   # one sum per column: over H rows
-    rows = diff.sum(axis=-1, dtype=np.int32)   # one sum per row: over W columns
-    out = np.concatenate([cols.astype(np.float32) / np.float32(params.height * 255),
-                          rows.astype(np.float32) / np.float32(params.width * 255)],
+    cols = diff.sum(axis=-2, dtype=np.int32)   # one sum per fine column: over its rows
+    rows = diff.sum(axis=-1, dtype=np.int32)   # one sum per fine row: over its columns
+    s = params.scale
+    if s > 1:                                  # the fine columns (rows) of each block
+        cols = cols.reshape(*cols.shape[:-1], params.width, s).sum(axis=-1, dtype=np.int32)
+        rows = rows.reshape(*rows.shape[:-1], params.height, s).sum(axis=-1, dtype=np.int32)
+    out = np.concatenate([cols.astype(np.float32) / np.float32(params.height * s * s * 255),
+                          rows.astype(np.float32) / np.float32(params.width * s * s * 255)],
                          axis=-1)
     return out
 
 
 def motiongram(frames: np.ndarray, params: MotiongramParams = MotiongramParams()) -> np.ndarray:
-    """Motion vectors for a whole take: uint8 (T, H, W) in, float32 (T, W + H) out."""
-    _check_frames(frames, params)
+    """Motion vectors for a whole take: uint8 (T, H, W) in, float32 (T, W + H) out.
+
+    H and W are the frame size (``frame_height``, ``frame_width``) or a whole
+    multiple of it."""
+    frames = fit_frames(frames, params)
     if frames.ndim != 3:
         raise ValueError(f"frames: expected 3 dimensions (T, H, W), got {frames.shape}")
     out = np.zeros((len(frames), params.features), np.float32)
@@ -136,7 +194,7 @@ class MotiongramStream:
         ``repeat``: the frame only repeats the previous one because the source
         had no new picture for this tick; the previous motion carries on.
         """
-        _check_frames(frame, self.params)
+        frame = fit_frames(frame, self.params)
         if repeat and self._previous is not None:
             return self._motion.copy()
         current = frame.astype(np.int16)

@@ -172,8 +172,8 @@ class Performance:
         paced = not (isinstance(self.sink, WavSink) and self.finite)
         self.camera = self._keep_trying(
             stop, "camera", lambda: open_camera(cfg.camera.source, fps=cfg.camera.fps,
-                                                width=cfg.motiongram.width,
-                                                height=cfg.motiongram.height,
+                                                width=cfg.motiongram.frame_width,
+                                                height=cfg.motiongram.frame_height,
                                                 paced=paced, seed=cfg.camera.seed),
             retry=unattended and cfg.camera.source == "pi",
             most_s=cfg.service.camera_retry_max_s)

@@ -218,7 +218,7 @@ class TakeRecorder:
         settings = dict(
             audio_in=audio_in or rc.audio_in, label=label or DEFAULT_LABEL,
             fps=cfg.camera.fps, sample_rate=cfg.audio.sample_rate,
-            width=cfg.motiongram.width, height=cfg.motiongram.height,
+            width=cfg.motiongram.frame_width, height=cfg.motiongram.frame_height,
             music_dir=resolve_path(rc.music_dir), period_size=cfg.audio.period_size,
             capture_periods=rc.capture_periods, min_free_bytes=rc.min_free_mb * 1_000_000,
             queue_frames=rc.queue_frames, camera_delay_s=rc.camera_delay_ms / 1000.0,

@@ -8,6 +8,7 @@ import zipfile
 
 import numpy as np
 
+from device.audio.wav import read_wav
 from tests.conftest import ROOT, one_line_error, real_video
 
 
@@ -238,3 +239,26 @@ def test_a_run_never_replaces_an_earlier_runs_default_wav(tmp_path):
     again = device("run", "--seconds", "1", "--audio", f"wav:{tmp_path / 'run.wav'}")
     assert again.returncode == 0, again.stderr
     assert f"{tmp_path / 'run.wav'} replaces the earlier file of that name" in again.stderr
+
+
+def test_a_model_for_finer_frames_plays_on_a_box_set_for_them_and_no_other(tiny_bundle,
+                                                                             tmp_path):
+    import dataclasses
+
+    from device.bundle import read_bundle, write_bundle
+
+    bundle = read_bundle(tiny_bundle)
+    m = bundle.manifest
+    finer = write_bundle(tmp_path / "finer.dsb", dataclasses.replace(
+        m, motiongram=dataclasses.replace(m.motiongram, scale=2)), bundle.graphs)
+    config = tmp_path / "device.yaml"
+    config.write_text(f"motiongram:\n  scale: 2\naudio:\n  wav_path: {tmp_path / 'run.wav'}\n")
+    result = device("--config", str(config), "run", "--bundle", str(finer), "--seconds", "2")
+    assert result.returncode == 0, result.stderr
+    assert "played 60 frames" in result.stdout
+    audio, _ = read_wav(tmp_path / "run.wav")
+    assert np.abs(audio).max() > 0.01                 # the dancer on 128x96 frames is heard
+    refused = device("run", "--bundle", str(finer), "--seconds", "1",
+                     "--audio", f"wav:{tmp_path / 'no.wav'}")
+    one_line_error(refused, "finer.dsb", "64x48 from 128x96 frames threshold 0.05 differs from "
+                                         "the device's 64x48 threshold 0.05")

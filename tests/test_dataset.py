@@ -20,7 +20,8 @@ import pytest
 from device.config import with_overrides
 from train_host.config import load_train_config
 from device.errors import SessionError
-from device.motiongram import MotionGain, motiongram, ticks_motiongram
+from device.motiongram import (MotionGain, block_mean, motion_amount, motiongram,
+                               ticks_motiongram)
 from device.retime import frame_ticks
 from device.session import AUDIO_FILE, SessionWriter, read_session
 from tests.conftest import REALDATA, real_video
@@ -48,19 +49,23 @@ def expected_count(frames: int, cfg) -> int:
 
 def write_take(root: Path, *, label: str = "take", seconds: float = 2.0, fps: float = 25,
                sample_rate: int = 22050, seed: int = 0, start_s: float = 0.0,
-               minute: int = 0, times=None, audio=None, clean: bool = True) -> Path:
+               minute: int = 0, times=None, audio=None, clean: bool = True,
+               scale: int = 1) -> Path:
     """A small take: random moving blocks, a tone whose level follows the frame
-    number, timestamps ``start_s + i / fps`` (or ``times``)."""
+    number, timestamps ``start_s + i / fps`` (or ``times``); frames of 64x48 pixels
+    times ``scale``."""
     rng = np.random.default_rng(seed)
     count = round(seconds * fps) if times is None else len(times)
     times = start_s + np.arange(count) / fps if times is None else np.asarray(times)
     writer = SessionWriter(root, label=label, fps=fps, sample_rate=sample_rate,
                            audio_source="test", started=START + timedelta(minutes=minute),
-                           min_free_bytes=0)
+                           min_free_bytes=0, width=64 * scale, height=48 * scale)
     for i, t in enumerate(times):
-        image = np.full((48, 64), 40, np.uint8)
-        x, y = rng.integers(0, 56), rng.integers(0, 40)
+        image = np.full((48 * scale, 64 * scale), 40, np.uint8)
+        x, y = rng.integers(0, 56 * scale), rng.integers(0, 40 * scale)
         image[y:y + 8, x:x + 8] = 220
+        if scale > 1:
+            image[y + 3, x + 9] = 120        # one fine pixel of detail beside the block
         writer.add_frame(image, float(t))
     if audio is None:
         n = round((times[-1] + 1 / fps) * sample_rate)
@@ -269,6 +274,23 @@ def test_unusable_takes_are_refused_with_one_line(tmp_path):
     with pytest.raises(DatasetError) as exc:
         build_dataset([tmp_path / "nowhere"], config())
     one_line(exc, "nowhere")
+
+
+def test_a_take_recorded_finer_trains_a_model_at_either_scale(tmp_path):
+    fine = write_take(tmp_path, label="fine", seconds=3.0, fps=30, scale=2)
+    coarse_cfg, fine_cfg = config(data__fps=30), config(data__fps=30, motiongram__scale=2)
+    frames = np.asarray(read_session(fine).frames)
+    # At scale 1 the take's frames are area-averaged first, as a 64x48 camera sees them.
+    np.testing.assert_array_equal(dataset.prepare_take(fine, coarse_cfg).motion,
+                                  motiongram(block_mean(frames, 48, 64)))
+    finer = dataset.prepare_take(fine, fine_cfg).motion
+    np.testing.assert_array_equal(finer, motiongram(frames, fine_cfg.motiongram))
+    assert finer.shape == (90, 112) and motion_amount(finer, fine_cfg.motiongram).sum() > \
+        motion_amount(dataset.prepare_take(fine, coarse_cfg).motion, coarse_cfg.motiongram).sum()
+    coarse = write_take(tmp_path, label="coarse", seconds=3.0, fps=30)
+    with pytest.raises(DatasetError) as exc:
+        session_examples(coarse, fine_cfg, take=0)
+    one_line(exc, str(coarse), "frames are 64x48", "takes 128x96 frames")
 
 
 def test_a_take_not_cleanly_stopped_is_used_with_a_warning(tmp_path, caplog):

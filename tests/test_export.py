@@ -380,3 +380,33 @@ def test_export_on_a_terminal_shows_each_stage_with_the_time_left(tiny_run, tmp_
     # The bars, the stages' own lines, and nothing of TensorFlow's.
     assert all(line.startswith(("INFO train_host", "WARNING train_host", "rounding the weights:",
                                 "int8 against float:", "wrote ")) for line in lines), lines
+
+
+def test_a_model_for_finer_frames_says_so_and_a_box_that_cannot_read_it_refuses_it(
+        tiny_bundle, tmp_path):
+    import dataclasses
+    import zipfile
+
+    from device.bundle import SCALE_VERSION, write_bundle
+    from device.errors import BundleError
+
+    bundle = read_bundle(tiny_bundle)
+    manifest = bundle.manifest
+    # Motion measured at the motiongram's own size: the manifest a version 6 box reads.
+    as_written = json.loads(zipfile.ZipFile(tiny_bundle).read("manifest.json"))
+    assert "scale" not in as_written["motiongram"] and as_written["format_version"] == 6
+    finer = dataclasses.replace(manifest, motiongram=dataclasses.replace(
+        manifest.motiongram, scale=2))
+    path = write_bundle(tmp_path / "finer.dsb", finer, bundle.graphs)
+    read = read_bundle(path).manifest
+    assert read.format_version == SCALE_VERSION == 7 and read.motiongram.scale == 2
+    assert "64x48 from 128x96 frames, threshold 0.05" in read.describe()
+    # A manifest that claims an older version yet carries a scale is refused.
+    data = json.loads(zipfile.ZipFile(path).read("manifest.json"))
+    for version, scale, message in (
+            (6, 2, "motiongram.scale needs bundle format version 7, not 6"),
+            (7, 9, "motiongram.scale 9: expected 1 to 4, with frames of at most 640x480")):
+        data.update(format_version=version)
+        data["motiongram"]["scale"] = scale
+        with pytest.raises(BundleError, match=message):
+            type(manifest).from_dict(data, "hand.dsb")

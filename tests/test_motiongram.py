@@ -3,7 +3,7 @@ import pytest
 
 from device.camera.video import VideoFileCamera, read_video_frames
 from device.motiongram import (MotionGain, MotionGainParams, MotiongramParams, MotiongramStream,
-                               motion_amount, motiongram, ticks_motiongram)
+                               block_mean, motion_amount, motiongram, ticks_motiongram)
 from device.retime import frame_ticks, retime
 from tests.conftest import real_video
 
@@ -38,8 +38,48 @@ def test_stream_reset_forgets_the_previous_frame():
 
 
 def test_wrong_frame_shape_is_refused():
-    with pytest.raises(ValueError, match=r"\(\.\.\., 48, 64\)"):
-        MotiongramStream().push(np.zeros((480, 640), np.uint8))
+    with pytest.raises(ValueError, match=r"\(\.\.\., 48, 64\) or a whole multiple"):
+        MotiongramStream().push(np.zeros((50, 70), np.uint8))
+    with pytest.raises(ValueError, match=r"\(\.\.\., 96, 128\)"):
+        motiongram(np.zeros((3, 48, 64), np.uint8), MotiongramParams(scale=2))
+
+
+# ---- motion measured on finer frames ----------------------------------------------
+
+def test_a_picture_with_no_detail_finer_than_the_motiongram_reads_the_same_at_every_scale():
+    frames, _ = read_video_frames(real_video("mgt_dancer.avi"))
+    for scale in (2, 4):
+        fine = frames.repeat(scale, axis=1).repeat(scale, axis=2)   # each pixel a block
+        assert np.array_equal(motiongram(fine, MotiongramParams(scale=scale)),
+                              motiongram(frames))
+
+
+def test_small_motion_that_coarse_frames_lose_survives_on_finer_ones():
+    p = MotiongramParams(width=4, height=2, threshold=0.05, scale=2)
+    fine = np.zeros((2, 4, 8), np.uint8)
+    fine[1, 0, 5] = 40       # one fine pixel moves by 40 grey levels
+    m = motiongram(fine, p)
+    # Coarse frames average it to 10, under the threshold (13): nothing moved.
+    assert not motiongram(fine, MotiongramParams(width=4, height=2, threshold=0.05)).any()
+    # Finer: it passes the threshold, and its block is a quarter of a motiongram pixel.
+    np.testing.assert_allclose(m[1], [0, 0, 40 / 255 / 4 / 2, 0, 40 / 255 / 4 / 4, 0], rtol=1e-6)
+
+
+def test_a_far_dancer_reads_as_still_less_often_on_finer_frames():
+    path = real_video("mgt_dancer.avi")      # a full-body dancer small in the frame
+    coarse, _ = read_video_frames(path)
+    fine, _ = read_video_frames(path, width=128, height=96)
+    fine_motion = motiongram(fine, MotiongramParams(scale=2))
+    still = [(motion_amount(m, MotiongramParams()) == 0).mean()
+             for m in (motiongram(coarse), fine_motion)]
+    assert still[1] < 0.6 * still[0]         # 22.5 % of frames still, and about 10 %
+    stream = MotiongramStream(MotiongramParams(scale=2))
+    assert np.array_equal(np.stack([stream.push(f) for f in fine]), fine_motion)
+
+
+def test_frames_finer_than_needed_are_area_averaged_first():
+    fine, _ = read_video_frames(real_video("aist_clip.mp4"), width=128, height=96)
+    assert np.array_equal(motiongram(fine), motiongram(block_mean(fine, 48, 64)))
 
 
 # ---- re-timing and the motion gain ------------------------------------------------

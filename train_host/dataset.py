@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from device.errors import DanceSamplerError, SessionError
-from device.motiongram import MotionGain
+from device.motiongram import MotionGain, fits_frames
 from device.retime import TICK_TOLERANCE
 from device.timeline import AUDIO_SLACK_S, take_timeline, window_ends, windows_at
 from device.session import (AUDIO_FILE, FRAMES_FILE, INFO_FILE, TIMES_FILE, Session,
@@ -217,10 +217,11 @@ def prepare_take(session: str | os.PathLike | Session, cfg: TrainConfig, *,
         info, loaded = session.info, session
     else:
         info, loaded = session_info(Path(session)), None
-    size = (cfg.motiongram.width, cfg.motiongram.height)
-    if (info.width, info.height) != size:
+    m = cfg.motiongram
+    if not fits_frames(info.width, info.height, m):
         raise DatasetError(f"{info.path}: frames are {info.width}x{info.height} but the "
-                           f"training config's motiongram is {size[0]}x{size[1]}")
+                           f"training config's motiongram takes {m.frame_width}x"
+                           f"{m.frame_height} frames (or a whole multiple of that size)")
     if info.problems:
         # A take cut off by a power failure is still good up to its last flush.
         log.warning("take %s: %s; using what it holds", info.path.name, "; ".join(info.problems))

@@ -349,8 +349,9 @@ def demo_examples(cfg) -> tuple[Examples, Examples, dict]:
     parts = []
     for i in range(takes):
         take = make_demo_take(seconds, seed=cfg.demo.seed + i, fps=data.fps,
-                              sample_rate=data.sample_rate, width=cfg.motiongram.width,
-                              height=cfg.motiongram.height)
+                              sample_rate=data.sample_rate,
+                              width=cfg.motiongram.frame_width,
+                              height=cfg.motiongram.frame_height)
         motion = gained_motion(motiongram(take.frames, cfg.motiongram), cfg)
         parts.append(make_examples(motion, take.audio,
                                    window_frames=data.window_frames,

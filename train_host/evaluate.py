@@ -41,7 +41,7 @@ from device.bundle import Bundle, read_bundle
 from device.config import with_overrides
 from train_host.config import TrainConfig
 from device.errors import ConfigError, DanceSamplerError
-from device.motiongram import motion_amount
+from device.motiongram import fits_frames, motion_amount
 from device.overlap_add import OverlapAdd
 from device.corpus import open_voice
 from device.runtime import Performer
@@ -799,11 +799,12 @@ def _check_frame_size(bundle: Bundle, takes: list[Path], what: str) -> None:
     params = bundle.manifest.motiongram
     for path in takes:
         info = session_info(path)
-        if (info.width, info.height) != (params.width, params.height):
+        if not fits_frames(info.width, info.height, params):
             raise EvaluationError(
                 f"{what} take {path}: frames are {info.width}x{info.height} but the model "
-                f"{bundle.manifest.name} was trained on {params.width}x{params.height} frames; "
-                "import the take at that size")
+                f"{bundle.manifest.name} was trained on {params.frame_width}x"
+                f"{params.frame_height} frames; import the take at that size or a whole "
+                "multiple of it")
 
 
 class _Systems:

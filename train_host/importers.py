@@ -542,8 +542,9 @@ def _import_command(args) -> int:
         options = {name: getattr(args, name) for name in args.options}
         try:
             info = args.importer(source, args.out, label=args.label,
-                                 sample_rate=cfg.data.sample_rate, width=cfg.motiongram.width,
-                                 height=cfg.motiongram.height, **options)
+                                 sample_rate=cfg.data.sample_rate,
+                                 width=cfg.motiongram.frame_width,
+                                 height=cfg.motiongram.frame_height, **options)
         except DanceSamplerError as exc:
             if getattr(args, "debug", False):
                 raise

@@ -18,6 +18,7 @@ import numpy as np
 
 from device.camera import Frame
 from device.errors import CameraError
+from device.motiongram import block_mean
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,7 @@ class PiCamera:
         image = luma[:, :lw]
         fy, fx = self._factor
         if (fy, fx) != (1, 1):
-            image = image.reshape(self.height, fy, self.width, fx).mean(axis=(1, 3))
-            image = np.rint(image).astype(np.uint8)
+            image = block_mean(image, self.height, self.width)
         else:
             image = image.copy()  # the buffer belongs to the camera
         if self._first_ns is None:
