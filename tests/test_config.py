@@ -95,6 +95,15 @@ def test_sensitivity_and_motion_gain_out_of_range_name_their_key(tmp_path):
     assert "motion_gain.time_s: expected a number from 0.1 to 600, got 0" in message
 
 
+def test_a_motion_scale_out_of_range_or_too_fine_for_a_camera_names_its_key(tmp_path):
+    assert error_of(write(tmp_path, "motiongram: {scale: 8}\n")).endswith(
+        "1 problem(s): motiongram.scale: expected an integer from 1 to 4, got 8")
+    assert error_of(write(tmp_path, "motiongram: {scale: 4, width: 320}\n"),
+                    TrainConfig).endswith(
+        "1 problem(s): motiongram.scale: frames of 1280x192 (width and height times scale 4); "
+        "expected at most 640x480")
+
+
 def test_structure_mistakes_name_their_key(tmp_path):
     message = error_of(write(tmp_path, "camera: [1, 2]\nvideo: {}\naudio: {volum: 0.5}\n"))
     assert "camera: expected a mapping of keys, got a list" in message
