@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     from train_host.corpus import add_commands as add_corpus_commands
 
     add_corpus_commands(commands)
+    from train_host.listen import add_commands as add_listen_commands
+
+    add_listen_commands(commands)
 
     args = parser.parse_args(argv)
     missing = missing_host_tools(args)
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 _TRAINING = ("tensorflow", "keras", "matplotlib", "av")
 HOST_TOOLS = {"train": _TRAINING, "export": ("tensorflow", "keras"),
               "default-model": _TRAINING, "bench-train": _TRAINING, "crossval": _TRAINING,
-              "import-video": ("av",), "import-mocap": ("av",)}
+              "import-video": ("av",), "import-mocap": ("av",), "listen": ("av",)}
 
 
 def missing_host_tools(args) -> list[str]:

@@ -1,0 +1,35 @@
+"""``python -m train_host listen``: what a bundle plays, through the box's engine."""
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import DEFAULT_BUNDLE, ROOT, one_line_error, real_video
+
+
+def listen(*args):
+    return subprocess.run([sys.executable, "-m", "train_host", "listen", *args], cwd=ROOT,
+                          capture_output=True, text=True)
+
+
+def test_the_factory_model_follows_the_pitch_of_a_dance_it_never_saw_and_a_far_dancer_is_heard():
+    video = real_video("mgt_dancer.avi")          # a full-body dancer small in the frame
+    result = listen(str(DEFAULT_BUNDLE), "--videos", str(video), "--json")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)[str(DEFAULT_BUNDLE)]
+    dance = figures["dance"]
+    assert figures["scale"] == 1 and figures["runtime"] == "tflite_runtime"
+    # The README's targets: the pitch follows (corr at least 0.5) and moves at least
+    # half as much as the demo instrument's, at the instrument's level.
+    assert dance["chroma_movement_corr"] >= 0.5 and dance["chroma_movement_ratio"] >= 0.5
+    assert abs(dance["level_db"] - dance["instrument_level_db"]) < 3
+    far = figures["videos"]["mgt_dancer.avi"]
+    assert far["silent_fraction"] < 0.3 and far["median_level_db"] > -35
+    assert far["first_sound_s"] is not None and far["first_sound_s"] < 5
+
+
+def test_listen_refuses_what_it_cannot_hear_in_one_line(tmp_path):
+    one_line_error(listen(str(DEFAULT_BUNDLE), "--seconds", "0"), "--seconds", "1 to 3600")
+    one_line_error(listen(str(DEFAULT_BUNDLE), "--videos", str(tmp_path / "none.mp4")),
+                   "none.mp4", "not a file")
+    one_line_error(listen(str(tmp_path / "none.dsb")), "none.dsb")

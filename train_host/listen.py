@@ -1,0 +1,144 @@
+"""``python -m train_host listen``: what a bundle plays, measured as a dancer hears it.
+
+Two checks, each through the box's own engine (``device.engine.Engine``: the
+motiongram at the bundle's frame size, the motion gain, the graph in the box's
+runtime, overlap-add), so that two factory models, or one model at two motion
+scales, can be compared on what a listener gets rather than on a training loss:
+
+- **the unseen dance**: a synthetic dance no factory model trained on
+  (``make_demo_take``, seed 1000 by default) and the sound the demo instrument makes
+  for it; the pitch-class movement of the model's output against the instrument's
+  (``chroma_movement_agreement``: correlation, and how much it moves), and both levels;
+- **real videos**, read as the box reads a video camera (re-timed to the bundle's
+  frame rate, repeated frames carrying their motion on): the median level of 0.5 s
+  blocks, the share of blocks under -60 dBFS, and when the first sound comes.
+
+These are the figures docs/model.md compares factory models and motion scales by.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from device.bundle import read_bundle
+from device.camera.video import VideoFileCamera
+from device.engine import Engine
+from train_host.demo_data import make_demo_take
+from train_host.evaluate import chroma_movement_agreement
+
+BLOCK_S = 0.5
+SILENT_DB = -60.0
+UNSEEN_SEED = 1000
+"""The factory model trains on demo seeds 7 to 16 (``config/train.yaml``)."""
+
+
+def block_levels(audio: np.ndarray, sample_rate: int, block_s: float = BLOCK_S) -> np.ndarray:
+    """RMS level in dBFS of each whole ``block_s`` block (-200 for digital silence)."""
+    n = int(round(block_s * sample_rate))
+    count = len(audio) // n
+    rms = np.sqrt(np.mean(np.square(audio[:count * n], dtype=np.float64).reshape(count, n),
+                          axis=1))
+    return 20 * np.log10(np.maximum(rms, 1e-10))
+
+
+def _level_db(audio: np.ndarray) -> float:
+    return float(20 * np.log10(max(np.sqrt(np.mean(np.square(audio, dtype=np.float64))), 1e-10)))
+
+
+def _play(engine: Engine, frames) -> np.ndarray:
+    """The engine's output for (image, repeat) pairs, one hop per frame."""
+    return np.concatenate([engine.step(image, repeat).copy() for image, repeat in frames])
+
+
+def listen(bundle_path: str | Path, videos: list[str | Path], *, seconds: float = 60.0,
+           seed: int = UNSEEN_SEED, runtime: str = "tflite_runtime") -> dict:
+    """The figures for one bundle: ``{"scale", "runtime", "dance": {...}, "videos": {...}}``."""
+    bundle = read_bundle(bundle_path)
+    m = bundle.manifest
+    mg, rate = m.motiongram, m.audio.sample_rate
+    take = make_demo_take(seconds, seed=seed, fps=m.fps, sample_rate=rate,
+                          width=mg.frame_width, height=mg.frame_height)
+    played = _play(Engine(bundle, runtime=runtime), ((f, False) for f in take.frames))
+    corr, ratio = chroma_movement_agreement(played, take.audio, rate)
+    result = {"scale": mg.scale, "runtime": runtime,
+              "dance": {"seed": seed, "seconds": seconds, "chroma_movement_corr": corr,
+                        "chroma_movement_ratio": ratio, "level_db": _level_db(played),
+                        "instrument_level_db": _level_db(take.audio)},
+              "videos": {}}
+    for video in videos:
+        camera = VideoFileCamera(video, fps=m.fps, width=mg.frame_width, height=mg.frame_height)
+        try:
+            frames = iter(lambda: camera.read(), None)
+            played = _play(Engine(bundle, runtime=runtime),
+                           ((f.image, f.repeat) for f in frames))
+        finally:
+            camera.close()
+        levels = block_levels(played, rate)
+        heard = np.flatnonzero(levels >= SILENT_DB)
+        result["videos"][Path(video).name] = {
+            "seconds": round(len(played) / rate, 2),
+            "median_level_db": float(np.median(levels)),
+            "silent_fraction": float(np.mean(levels < SILENT_DB)),
+            "first_sound_s": float(heard[0] * BLOCK_S) if len(heard) else None}
+    return result
+
+
+def format_listen(path: str, r: dict) -> str:
+    d = r["dance"]
+
+    def num(value, fmt):
+        return "n/a" if value is None else format(value, fmt)
+
+    lines = [f"{path}: motion scale {r['scale']}, {r['runtime']}",
+             f"  unseen dance (seed {d['seed']}, {d['seconds']:g} s): pitch-class movement corr "
+             f"{num(d['chroma_movement_corr'], '.2f')}, "
+             f"{num(d['chroma_movement_ratio'], '.2f')} of the instrument's; level "
+             f"{d['level_db']:.1f} dBFS (instrument {d['instrument_level_db']:.1f})"]
+    for name, v in r["videos"].items():
+        first = "never" if v["first_sound_s"] is None else f"at {v['first_sound_s']:.1f} s"
+        lines.append(f"  {name}: median {v['median_level_db']:.1f} dBFS, silent "
+                     f"{v['silent_fraction'] * 100:.0f} % of {BLOCK_S:g} s blocks, first sound "
+                     f"{first}, {v['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def add_commands(subparsers) -> None:
+    """Add ``listen`` to a ``python -m train_host`` parser."""
+    parser = subparsers.add_parser(
+        "listen", help="what bundles play through the box's engine: pitch on an unseen "
+                       "dance, level and silence on videos")
+    parser.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundles (.dsb) to hear")
+    parser.add_argument("--videos", nargs="+", default=[], metavar="VIDEO",
+                        help="video files to play, as the box reads a video camera")
+    parser.add_argument("--seconds", type=float, default=60.0,
+                        help="length of the unseen dance (default 60)")
+    parser.add_argument("--seed", type=int, default=UNSEEN_SEED,
+                        help=f"seed of the unseen dance (default {UNSEEN_SEED})")
+    parser.add_argument("--runtime", default="tflite_runtime",
+                        choices=("auto", "ai_edge_litert", "tflite_runtime"),
+                        help="runtime to play in (default: the box's, tflite_runtime)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object: bundle -> figures")
+    parser.set_defaults(func=_listen_command)
+
+
+def _listen_command(args) -> int:
+    from device.errors import ConfigError
+
+    if not 1.0 <= args.seconds <= 3600.0:
+        raise ConfigError(f"--seconds must be from 1 to 3600, not {args.seconds:g}")
+    for video in args.videos:
+        if not Path(video).is_file():
+            raise ConfigError(f"--videos: {video} is not a file")
+    results = {}
+    for path in args.bundles:
+        results[path] = listen(path, args.videos, seconds=args.seconds, seed=args.seed,
+                               runtime=args.runtime)
+        if not args.json:
+            print(format_listen(path, results[path]), flush=True)
+    if args.json:
+        print(json.dumps(results))
+    return 0
