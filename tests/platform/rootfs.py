@@ -73,6 +73,26 @@ def root_path(name: str) -> Path:
     return ROOT / "out" / f"rootfs-{SUITE}-{arch}-{key}"
 
 
+def mounts_under(folder: Path) -> list[str]:
+    """Mount points at or below ``folder``, deepest first (``/proc/self/mounts``)."""
+    inside = os.path.realpath(folder)
+    with open("/proc/self/mounts") as table:
+        # Spaces and the like are written octal-escaped (\040).
+        points = [line.split()[1].encode().decode("unicode_escape") for line in table]
+    found = [p for p in points if p == inside or p.startswith(inside + os.sep)]
+    return sorted(set(found), key=len, reverse=True)
+
+
+def unmount_under(folder: Path) -> None:
+    """Detach what an interrupted debootstrap left mounted in ``folder`` (its /proc,
+    /sys), so that removing the folder never reaches into the host's."""
+    for point in mounts_under(folder):
+        result = subprocess.run(["umount", "--lazy", point], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"{point} is still mounted from an interrupted build and cannot be "
+                             f"unmounted ({result.stderr.strip()}); unmount it, then run again")
+
+
 def build_root(name: str) -> Path:
     """Build the root ``name`` of ``ROOTS`` with debootstrap, once (it is built in a
     temporary folder and renamed into place only when complete)."""
@@ -81,6 +101,7 @@ def build_root(name: str) -> Path:
     if (root / "usr" / "bin" / "python3").exists():
         return root
     building = root.with_name(root.name + ".building")
+    unmount_under(building)
     shutil.rmtree(building, ignore_errors=True)
     result = subprocess.run(
         ["debootstrap", f"--arch={arch}", "--variant=minbase",
