@@ -55,6 +55,8 @@ READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 ``voice``: always a model), version 4 bundles (no ``noise``), version 5 bundles
 (no ``latent``) and version 6 bundles (no ``motiongram.scale``: 1) still play."""
 MAX_NOISE_BANDS = 256
+_SCALE_RANGE = next((f.metadata["min"], f.metadata["max"]) for f in fields(MotiongramParams)
+                    if f.name == "scale")
 VOICES = ("model", "corpus", "notes")
 """What makes a bundle's sound: ``model``, the performer graph; ``corpus``, grains
 of recorded takes chosen by motion (``device.corpus``); ``notes``, notes of the
@@ -218,9 +220,10 @@ class Manifest:
             raise BundleError(f"{where}: malformed manifest ({exc})") from None
         _check_types(manifest, where)
         m = manifest.motiongram
-        if not 1 <= m.scale <= 4 or m.check():
-            raise BundleError(f"{where}: motiongram.scale {m.scale!r}: expected 1 to 4, with "
-                              "frames of at most 640x480")
+        low, high = _SCALE_RANGE
+        if not low <= m.scale <= high or m.check():
+            raise BundleError(f"{where}: motiongram.scale {m.scale!r}: expected {low} to {high}, "
+                              "with frames of at most 640x480")
         return manifest
 
     def describe(self) -> str:
@@ -246,9 +249,7 @@ class Manifest:
                      + (" (an output)" if self.latent else ""))
         lines = [
             f"name        {self.name} (created {self.created})",
-            f"motion      {self.fps} fps, {m.width}x{m.height}"
-            + (f" from {m.frame_width}x{m.frame_height} frames" if m.scale != 1 else "")
-            + f", threshold {m.threshold:g}, "
+            f"motion      {self.fps} fps, {_size(m)}, threshold {m.threshold:g}, "
             f"window {self.window_frames} frames ({self.window_frames / self.fps * 1000:.0f} ms)",
             "gain        " + (f"to {g.reference:g} over {g.time_s:g} s, at most {g.max_gain:g}x, "
                               f"floor {g.floor:g}" if (g := self.motion_gain) and g.enabled
@@ -517,6 +518,11 @@ def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
     archive.writestr(info, data)
 
 
-def _params(p: MotiongramParams) -> str:
+def _size(p: MotiongramParams) -> str:
+    """The motiongram's size, and the frames' where they are finer."""
     finer = f" from {p.frame_width}x{p.frame_height} frames" if p.scale != 1 else ""
-    return f"{p.width}x{p.height}{finer} threshold {p.threshold:g}"
+    return f"{p.width}x{p.height}{finer}"
+
+
+def _params(p: MotiongramParams) -> str:
+    return f"{_size(p)} threshold {p.threshold:g}"

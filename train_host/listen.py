@@ -27,7 +27,7 @@ from device.bundle import read_bundle
 from device.camera.video import VideoFileCamera
 from device.engine import Engine
 from train_host.demo_data import make_demo_take
-from train_host.evaluate import chroma_movement_agreement
+from train_host.evaluate import chroma_movement_agreement, loudness_db
 
 BLOCK_S = 0.5
 SILENT_DB = -60.0
@@ -36,16 +36,14 @@ UNSEEN_SEED = 1000
 
 
 def block_levels(audio: np.ndarray, sample_rate: int, block_s: float = BLOCK_S) -> np.ndarray:
-    """RMS level in dBFS of each whole ``block_s`` block (-200 for digital silence)."""
+    """RMS level in dBFS of each whole ``block_s`` block (``loudness_db``: floored at -80)."""
     n = int(round(block_s * sample_rate))
     count = len(audio) // n
-    rms = np.sqrt(np.mean(np.square(audio[:count * n], dtype=np.float64).reshape(count, n),
-                          axis=1))
-    return 20 * np.log10(np.maximum(rms, 1e-10))
+    return loudness_db(audio[:count * n].reshape(count, n))
 
 
 def _level_db(audio: np.ndarray) -> float:
-    return float(20 * np.log10(max(np.sqrt(np.mean(np.square(audio, dtype=np.float64))), 1e-10)))
+    return float(loudness_db(audio))
 
 
 def _play(engine: Engine, frames) -> np.ndarray:
