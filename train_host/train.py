@@ -63,14 +63,21 @@ def config_hash(cfg: TrainConfig) -> str:
 
 
 def set_determinism(seed: int, threads: int) -> None:
-    """Seed everything and make TensorFlow's CPU ops deterministic."""
+    """Seed everything and make TensorFlow's CPU ops deterministic.
+
+    ``threads`` serve both within an op and between ops: the three posteriors'
+    decoders and spectra are independent, and running them side by side took a
+    step of the factory recipe from 0.12 to 0.08 s on two cores. Every op is
+    deterministic and the graph fixes the order of every sum, so the result does
+    not depend on which runs first.
+    """
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
     try:
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
         tf.config.threading.set_intra_op_parallelism_threads(threads)
     except RuntimeError:
         pass  # already initialised in this process: keep what it has
