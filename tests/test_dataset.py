@@ -386,6 +386,34 @@ def test_split_sizes():
                                       split_takes(LABELS, 0.3, seed))
 
 
+def test_evening_levels_brings_every_take_to_the_training_median_and_keeps_its_dynamics():
+    rng = np.random.default_rng(0)
+    def takes(levels_db, first):
+        audio, take = [], []
+        for i, level in enumerate(levels_db):
+            # A crescendo of 20 segments, 6 dB from first to last, at the take's level.
+            ramp = 10.0 ** ((level + np.linspace(-3, 3, 20)) / 20)
+            audio.append(ramp[:, None] * rng.choice([-1.0, 1.0], (20, 64)))
+            take += [first + i] * 20
+        audio = np.concatenate(audio).astype(np.float32)
+        return dataset.Examples(np.zeros((len(audio), 2, 3), np.float32), audio,
+                                np.full(len(audio), ""), np.array(take))
+    train, validation = takes([-10.0, -20.0, -45.0], 0), takes([-30.0], 3)
+    before = train.audio.copy()
+
+    gains = dataset.even_levels(train, validation)
+
+    # The median of the training takes' medians is -20 dB: a song 25 dB quieter
+    # than the others is brought up, not the others down to it.
+    assert gains == pytest.approx({0: -10.0, 1: 0.0, 2: 25.0, 3: 10.0}, abs=1e-6)
+    for examples in (train, validation):
+        for level in dataset.take_levels_db(examples).values():
+            assert level == pytest.approx(-20.0, abs=1e-4)
+    # One gain per take: each take's own rise and fall is kept, sample for sample.
+    np.testing.assert_allclose(train.audio[:20], before[:20] * 10 ** (-10 / 20), rtol=1e-6)
+    np.testing.assert_allclose(train.audio[40:], before[40:] * 10 ** (25 / 20), rtol=1e-6)
+
+
 def test_a_single_take_has_no_validation_set(tmp_path):
     path = write_take(tmp_path, seconds=2.0, fps=30)
     # The root may be the take folder itself.

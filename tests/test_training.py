@@ -73,6 +73,27 @@ def test_the_loudness_loss_asks_for_the_true_level_whatever_the_notes(tiny, tmp_
     assert not all(np.array_equal(a, b) for a, b in zip(without, with_))
 
 
+def test_even_levels_brings_a_quieter_take_to_the_training_level_before_training(tiny, tmp_path):
+    from train_host.dataset import Examples, take_levels_db
+    from train_host.train import train
+
+    cfg, (train_set, validation, _) = tiny
+    # A copy (the fixture is shared), the validation take recorded 20 dB quieter.
+    train_set = Examples(train_set.motion, train_set.audio.copy(), train_set.labels,
+                         train_set.take)
+    validation = Examples(validation.motion, validation.audio * np.float32(0.1),
+                          validation.labels, validation.take)
+    reference = float(np.median(list(take_levels_db(train_set).values())))
+    assert max(take_levels_db(validation).values()) < reference - 15
+
+    train(with_overrides(cfg, {"training.max_steps": 2, "training.even_levels": True}),
+          train_set, validation, tmp_path / "run")
+
+    for examples in (train_set, validation):
+        for level in take_levels_db(examples).values():
+            assert level == pytest.approx(reference, abs=0.01)
+
+
 def test_fine_tuning_starts_from_the_trained_model(tiny, tiny_run, tmp_path):
     import numpy as np
 

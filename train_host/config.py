@@ -87,6 +87,11 @@ class TrainingConfig:
     fine-tuning, of the motion the model was first trained on: its input scale is
     kept). It keeps the model to what a whole window's motion says rather than the
     faint detail of the takes it learned from."""
+    even_levels: bool = False
+    """Scale each take's sound, in training only, so that its median segment level
+    is the median of the training takes' (``train_host.dataset.even_levels``): a
+    song's mastering level is not in the dance, and a model that learns it plays
+    a new dancer at the level of whichever song that dance resembles."""
     threads: int = field(default=2, metadata={"min": 1, "max": 256})
     """CPU threads for training; a fixed number keeps runs reproducible."""
 

@@ -101,6 +101,34 @@ class Examples:
                         np.zeros(0, int))
 
 
+def take_levels_db(examples: Examples) -> dict[int, float]:
+    """Each take's median segment level, in dB re full scale (RMS, floored at
+    -80 dB as ``evaluate.loudness_db`` measures it)."""
+    power = np.square(examples.audio, dtype=np.float64).mean(axis=1)
+    level = 10.0 * np.log10(np.maximum(power, 1e-8))
+    return {int(take): float(np.median(level[examples.take == take]))
+            for take in np.unique(examples.take)}
+
+
+def even_levels(train: Examples, validation: Examples) -> dict[int, float]:
+    """Scale each take's audio, in place, so that its median segment level is the
+    median over the training takes of theirs; returns each take's gain in dB.
+
+    Each take counts once, however long. The validation takes are brought to
+    the same level. Nothing on disk changes."""
+    levels = take_levels_db(train)
+    if not levels:
+        return {}
+    reference = float(np.median(list(levels.values())))
+    levels.update(take_levels_db(validation))
+    gains = {take: reference - level for take, level in levels.items()}
+    for examples in (train, validation):
+        for take in np.unique(examples.take):
+            rows = examples.take == take
+            examples.audio[rows] *= np.float32(10.0 ** (gains[int(take)] / 20.0))
+    return gains
+
+
 def example_ends(frames: int, audio_samples: int, *, window_frames: int, segment_samples: int,
                  hop_samples: int, stride: int = 1) -> np.ndarray:
     """The frames that ``make_examples`` ends a window on (``device.timeline.window_ends``)."""

@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from train_host.config import TrainConfig
-from train_host.dataset import Examples
+from train_host.dataset import Examples, even_levels
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,8 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
     keeps the last epoch's weights: the spectral loss's log floor makes the
     validation loss a poor judge of which epoch sounds best, so the epoch with
     the lowest validation loss is kept beside it, in ``best/``, to compare.
+    With ``training.even_levels``, the audio of ``train_set`` and ``validation``
+    is first scaled in place, one gain per take (``dataset.even_levels``).
     """
     import tensorflow as tf
 
@@ -102,6 +104,10 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
 
     set_determinism(cfg.seed, cfg.training.threads)
     data, t = cfg.data, cfg.training
+    if t.even_levels:
+        gains = even_levels(train_set, validation)
+        log.info("evened the takes' levels: gains %s dB", ", ".join(
+            f"{g:+.1f}" for g in gains.values()))
     if init_from is not None:
         _check_same_model(cfg, init_from)
         scale = float(init_from.info["input_scale"])
