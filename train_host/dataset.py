@@ -102,11 +102,11 @@ class Examples:
 
 
 def take_levels_db(examples: Examples) -> dict[int, float]:
-    """Each take's median segment level, in dB re full scale (RMS, floored at
-    -80 dB as ``evaluate.loudness_db`` measures it)."""
-    power = np.square(examples.audio, dtype=np.float64).mean(axis=1)
-    level = 10.0 * np.log10(np.maximum(power, 1e-8))
-    return {int(take): float(np.median(level[examples.take == take]))
+    """Each take's median segment level, as ``evaluate.loudness_db`` measures it;
+    one take at a time, so only one take's segments are ever copied."""
+    from train_host.evaluate import loudness_db  # evaluate imports this module
+
+    return {int(take): float(np.median(loudness_db(examples.audio[examples.take == take])))
             for take in np.unique(examples.take)}
 
 
