@@ -412,6 +412,10 @@ class MotionConfig:
     """Multiplies the motion gain: above 1 the box plays louder and busier for the
     same dance, below 1 calmer. The gain already brings a far and a close dancer
     to the same level; this is for the room's taste."""
+    quiet_after_s: float = field(default=5.0, metadata={"min": 0.0, "max": 3600.0})
+    """Seconds without motion after which the sound fades out (over 2 s), until the
+    next move brings it back; 0 never fades. A model fine-tuned on real takes
+    plays a still room nearly as loud as a dance (``device.engine.QuietWhenStill``)."""
 
 
 @dataclass(frozen=True)

@@ -278,25 +278,27 @@ class MotionGain:
         """Forget the level: the next motion starts it afresh."""
         self._log_level = 0.0
         self._moving = 0       # moving frames since the level started
-        self._still = 0        # frames since the last moving one
+        self.still_frames = 0
+        """Frames since the last one whose motion passed ``floor`` (counted with the
+        gain off as well): how long the room has been still."""
         self.gain = np.float32(self.sensitivity)
 
     def _update(self, amount: float) -> np.float32:
         p = self.params
+        if amount <= p.floor:
+            self.still_frames += 1
+            return self.gain if p.enabled else np.float32(self.sensitivity)
+        fresh = self.still_frames >= self._fresh_after
+        self.still_frames = 0
         if not p.enabled:
             return np.float32(self.sensitivity)
-        if amount > p.floor:
-            if self._still >= self._fresh_after:
-                self._moving = 0
-            self._still = 0
-            self._moving += 1
-            weight = max(1.0 / self._moving, self._alpha)
-            self._log_level += (np.log(amount) - self._log_level) * weight
-            gain = p.reference / np.exp(self._log_level)
-            self.gain = np.float32(self.sensitivity * min(max(gain, 1.0 / p.max_gain),
-                                                          p.max_gain))
-        else:
-            self._still += 1
+        if fresh:
+            self._moving = 0
+        self._moving += 1
+        weight = max(1.0 / self._moving, self._alpha)
+        self._log_level += (np.log(amount) - self._log_level) * weight
+        gain = p.reference / np.exp(self._log_level)
+        self.gain = np.float32(self.sensitivity * min(max(gain, 1.0 / p.max_gain), p.max_gain))
         return self.gain
 
     def push(self, vector: np.ndarray) -> np.ndarray:

@@ -155,7 +155,8 @@ class Performance:
         self.notifier.status("starting: loading the model")
         self.engine = Engine(self._first_bundle(), volume=1.0,
                              runtime=cfg.model.runtime, threads=cfg.model.threads,
-                             sensitivity=cfg.motion.sensitivity)
+                             sensitivity=cfg.motion.sensitivity,
+                             quiet_after_s=cfg.motion.quiet_after_s)
         self.notifier.status("starting: opening the sound output")
         self._output = resolve_output(cfg.audio.output, default_wav=resolve_path(cfg.audio.wav_path),
                                       card_only=unattended)
@@ -439,8 +440,13 @@ class Performance:
         manifest = self.engine.bundle.manifest
         line = status_line(manifest.name, voice=manifest.voice, fps=self.cfg.camera.fps,
                            compute_ms=float(np.median(ms)) if ms else 0.0,
-                           underruns=underruns, state=self._state_name())
+                           underruns=underruns, state=self._state_name(),
+                           still_s=self._still_s() if self.engine.quiet.quiet else None)
         return line if self._model_note is None else f"{line}; {self._model_note}"
+
+    def _still_s(self) -> float:
+        """Seconds since the camera last saw motion."""
+        return self.engine.quiet.still_frames / self.engine.bundle.manifest.fps
 
     def _state_name(self) -> str:
         if self._sound_problem is not None:
@@ -455,6 +461,7 @@ class Performance:
         return {"state": self._state_name(), "model": manifest.name, "voice": manifest.voice,
                 "status": self.status_text(), "volume": self._volume,
                 "sensitivity": self.engine.gain.sensitivity,
+                "still_s": round(self._still_s(), 1), "quiet": self.engine.quiet.quiet,
                 "compute_ms": round(float(np.median(ms)), 3) if ms else None,
                 "underruns": self.stream.stats.underruns if self.stream is not None else None}
 

@@ -164,12 +164,17 @@ def _status_field(text: str | None) -> tuple[str, ...]:
 
 
 def status_line(model: str, *, fps: float, compute_ms: float, underruns: int | None = None,
-                state: str = "playing", voice: str = "model") -> str:
+                state: str = "playing", voice: str = "model", still_s: float | None = None
+                ) -> str:
     """The periodic STATUS, e.g. ``playing default (30 fps, compute 0.4 ms, 0 underruns)``;
-    a corpus voice says so (``playing voice-… (corpus voice, 30 fps, …)``)."""
+    a corpus voice says so (``playing voice-… (corpus voice, 30 fps, …)``), and a box
+    faded out for want of motion says for how long (``still_s``: ``quiet: no motion
+    for 12 s``)."""
     parts = [f"{fps:.0f} fps", f"compute {compute_ms:.1f} ms"]
     if voice != "model":
         parts.insert(0, f"{voice} voice")
+    if still_s is not None:
+        parts.insert(0, f"quiet: no motion for {still_s:.0f} s")
     if underruns is not None:
         parts.append(f"{underruns} underrun{'' if underruns == 1 else 's'}")
     return f"{state} {model} ({', '.join(parts)})"

@@ -8,7 +8,7 @@ from device.audio.wav import WavSink, read_wav
 from device.bundle import read_bundle
 from device.camera.synthetic import SyntheticDancer
 from device.camera.video import VideoFileCamera
-from device.engine import Engine, MotionWindow
+from device.engine import Engine, MotionWindow, QuietWhenStill
 from tests.conftest import real_video
 
 
@@ -91,3 +91,56 @@ def test_a_model_with_another_window_cannot_take_over_live(default_bundle):
                                                                      window_frames=4))
     with pytest.raises(BundleError, match="cannot take over live"):
         Engine(bundle).prepare(other)
+
+
+def _dance_stop_dance(engine, *, moving=60, still=150, again=30):
+    """Hops for a dancer who moves, stands quite still (the same picture), moves again."""
+    dancer = SyntheticDancer(seed=5, seconds=10)
+    hops = []
+    for _ in range(moving):
+        image = dancer.read().image
+        hops.append(engine.step(image).copy())
+    hops += [engine.step(image).copy() for _ in range(still)]
+    hops += [engine.step(dancer.read().image).copy() for _ in range(again)]
+    return np.stack(hops)
+
+
+def test_a_still_room_fades_out_and_the_first_move_brings_the_sound_back(tiny_bundle):
+    bundle = read_bundle(tiny_bundle)
+    plain = _dance_stop_dance(Engine(bundle, volume=1.0))
+    quiet = _dance_stop_dance(Engine(bundle, volume=1.0, quiet_after_s=1.0))
+    def db(hops):
+        return 20 * np.log10(np.sqrt(np.mean(np.square(hops, dtype=np.float64))) + 1e-12)
+
+    assert np.all(np.abs(plain[150:210]).max(axis=1) > 0)   # the model alone plays on
+    # Unchanged for a second of stillness (30 frames from hop 60), then a fade of two
+    # seconds to silence.
+    np.testing.assert_array_equal(quiet[:89], plain[:89])
+    assert db(quiet[89:119]) < db(plain[89:119]) - 1
+    assert np.all(quiet[149:210] == 0) and np.any(quiet[148] != 0)
+    # Moving again (three frames in a row, so a blink does not count): a ramp up over
+    # one hop, then the model's own sound.
+    assert not np.any(quiet[210:212])
+    ramp = np.arange(1, 736, dtype=np.float32) / 735
+    np.testing.assert_allclose(quiet[212], plain[212] * ramp, atol=1e-7)
+    np.testing.assert_array_equal(quiet[213:], plain[213:])
+
+
+def test_a_blink_neither_wakes_a_quiet_room_nor_restarts_its_count():
+    gate = QuietWhenStill(1.0, fps=30, hop=4, fade_s=0.5)     # fades over 15 frames
+    for moved in [True] * 5 + [False] * 20 + [True, True] + [False] * 8:
+        gate.gains(moved)
+    assert gate.still_frames == 30 and gate.level == 1 - 1 / 15   # the blink was counted
+    for _ in range(20):
+        gate.gains(False)
+    assert gate.level == 0 and gate.quiet
+    assert gate.gains(True) == gate.gains(True) == 0              # two frames: still quiet
+    assert np.array_equal(gate.gains(True), np.float32([0.25, 0.5, 0.75, 1]))
+    assert not gate.quiet and gate.still_frames == 0
+
+
+def test_with_quiet_after_s_zero_a_still_room_plays_on(tiny_bundle):
+    bundle = read_bundle(tiny_bundle)
+    never = _dance_stop_dance(Engine(bundle, volume=1.0, quiet_after_s=0.0), still=400)
+    np.testing.assert_array_equal(never, _dance_stop_dance(Engine(bundle, volume=1.0),
+                                                           still=400))

@@ -23,6 +23,8 @@ def test_the_factory_model_follows_the_pitch_of_a_dance_it_never_saw_and_a_far_d
     # half as much as the demo instrument's, at the instrument's level.
     assert dance["chroma_movement_corr"] >= 0.5 and dance["chroma_movement_ratio"] >= 0.5
     assert abs(dance["level_db"] - dance["instrument_level_db"]) < 3
+    # Its demo instrument is silent for a still dancer, and so is the model.
+    assert figures["still_level_db"] < dance["level_db"] - 30
     far = figures["videos"]["mgt_dancer.avi"]
     assert far["silent_fraction"] < 0.3 and far["median_level_db"] > -35
     assert far["first_sound_s"] is not None and far["first_sound_s"] < 5

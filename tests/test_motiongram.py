@@ -160,6 +160,21 @@ def test_stillness_stays_quiet_and_flicker_is_not_turned_up():
     np.testing.assert_array_equal(off, dance)
 
 
+def test_still_frames_count_the_room_s_stillness_with_the_gain_on_or_off():
+    p = MotiongramParams()
+    moving = np.full(p.features, 0.01, np.float32)
+    flicker = np.zeros(p.features, np.float32)
+    flicker[10] = 0.5 * MotionGainParams().floor * p.width   # under the floor: still
+    for params in (MotionGainParams(), MotionGainParams(reference=0.0)):
+        gain = MotionGain(params, p, fps=30)
+        gain.push(moving)
+        for i in range(1, 46):
+            gain.push(flicker if i % 3 else np.zeros_like(moving))
+        assert gain.still_frames == 45
+        gain.push(moving)
+        assert gain.still_frames == 0
+
+
 def test_live_and_whole_take_gain_are_identical():
     p, g = MotiongramParams(), MotionGainParams(time_s=2.0)
     motion = _dancer(0.2, seconds=20)

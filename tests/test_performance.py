@@ -344,3 +344,39 @@ def test_systemctl_start_and_stop(tmp_path, models, notify_socket):
     assert any("STOPPING=1" in m for m in messages)
     audio, rate = read_wav(tmp_path / "live.wav")     # the WAV was finished properly
     assert rate == 22050 and len(audio) > rate
+
+
+def _write_room(path, *, moving, still, fps=30):
+    """A 64x48 video: a bar that crosses the picture for ``moving`` frames, then a
+    room where nothing moves for ``still`` frames."""
+    import av
+
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(moving + still):
+            image = np.full((48, 64, 3), 40, np.uint8)
+            x = (3 * min(i, moving - 1)) % 56
+            image[8:40, x:x + 8] = 220
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+def test_a_room_left_still_fades_out_and_the_status_says_why(tmp_path, models):
+    video = tmp_path / "room.mp4"
+    _write_room(video, moving=45, still=150)
+    cfg = _config(tmp_path, **{"camera.source": f"video:{video}", "motion.quiet_after_s": 1.0})
+    performance = Performance(cfg, pin_factory=MockFactory())
+    stats = performance.run(threading.Event())
+    assert stats.frames == 195
+    audio, _ = read_wav(tmp_path / "out.wav")
+    hops = audio.reshape(195, 735)
+    assert np.abs(hops[:45]).max(axis=1).min() > 0          # the dance is heard
+    # From a second of stillness, two seconds of fade, then silence to the end.
+    assert np.any(hops[45 + 60]) and not np.any(hops[45 + 30 + 60 + 1:])
+    state = performance._state()
+    assert state["quiet"] and state["still_s"] == 5.0
+    assert "quiet: no motion for 5 s" in performance.status_text()

@@ -327,6 +327,8 @@ def test_status_line():
             == "playing salsa (30 fps, compute 1.2 ms, 1 underrun)")
     assert status_line("demo", fps=30, compute_ms=2, state="recording") == \
         "recording demo (30 fps, compute 2.0 ms)"
+    assert status_line("default", fps=30, compute_ms=0.4, underruns=0, still_s=12.3) == \
+        "playing default (quiet: no motion for 12 s, 30 fps, compute 0.4 ms, 0 underruns)"
 
 
 def test_journal_formatter_prefixes_priorities():

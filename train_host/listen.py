@@ -11,7 +11,9 @@ scales, can be compared on what a listener gets rather than on a training loss:
   (``chroma_movement_agreement``: correlation, and how much it moves), and both levels;
 - **real videos**, read as the box reads a video camera (re-timed to the bundle's
   frame rate, repeated frames carrying their motion on): the median level of 0.5 s
-  blocks, the share of blocks under -60 dBFS, and when the first sound comes.
+  blocks, the share of blocks under -60 dBFS, and when the first sound comes;
+- **a still room**: the level the model plays once nothing has moved for a second,
+  before the box fades it out (``motion.quiet_after_s``; ``QuietWhenStill``).
 
 These are the figures docs/model.md compares factory models and motion scales by.
 """
@@ -61,7 +63,12 @@ def listen(bundle_path: str | Path, videos: list[str | Path], *, seconds: float 
                           width=mg.frame_width, height=mg.frame_height)
     played = _play(Engine(bundle, runtime=runtime), ((f, False) for f in take.frames))
     corr, ratio = chroma_movement_agreement(played, take.audio, rate)
+    # The dance's first picture held for two seconds: after one, nothing in the
+    # window has moved.
+    still = _play(Engine(bundle, runtime=runtime),
+                  ((take.frames[0], False) for _ in range(round(2 * m.fps))))
     result = {"scale": mg.scale, "runtime": runtime,
+              "still_level_db": _level_db(still[len(still) // 2:]),
               "dance": {"seed": seed, "seconds": seconds, "chroma_movement_corr": corr,
                         "chroma_movement_ratio": ratio, "level_db": _level_db(played),
                         "instrument_level_db": _level_db(take.audio)},
@@ -94,7 +101,9 @@ def format_listen(path: str, r: dict) -> str:
              f"  unseen dance (seed {d['seed']}, {d['seconds']:g} s): pitch-class movement corr "
              f"{num(d['chroma_movement_corr'], '.2f')}, "
              f"{num(d['chroma_movement_ratio'], '.2f')} of the instrument's; level "
-             f"{d['level_db']:.1f} dBFS (instrument {d['instrument_level_db']:.1f})"]
+             f"{d['level_db']:.1f} dBFS (instrument {d['instrument_level_db']:.1f})",
+             f"  a still room: {r['still_level_db']:.1f} dBFS until the box fades it "
+             "(motion.quiet_after_s)"]
     for name, v in r["videos"].items():
         first = "never" if v["first_sound_s"] is None else f"at {v['first_sound_s']:.1f} s"
         lines.append(f"  {name}: median {v['median_level_db']:.1f} dBFS, silent "
