@@ -94,6 +94,21 @@ def test_even_levels_brings_a_quieter_take_to_the_training_level_before_training
             assert level == pytest.approx(reference, abs=0.01)
 
 
+def test_the_spread_weight_adds_the_box_s_spread_to_the_loss_it_trains_on(tiny, tmp_path):
+    from train_host.train import train
+
+    cfg, (train_set, validation, _) = tiny
+    first = {w: train(with_overrides(cfg, {"training.max_steps": 1,
+                                           "training.spread_weight": w}),
+                      train_set, validation, tmp_path / f"run{w}").info["history"][0]
+             for w in (0.0, 2.0)}
+    spread = first[2.0]["train_box_spread"]
+    assert spread > 0 and "train_box_spread" not in first[0.0]
+    # The same first step otherwise: the difference is the weighted term, no more.
+    assert first[2.0]["train_total"] - first[0.0]["train_total"] == pytest.approx(
+        2.0 * spread, rel=1e-3)
+
+
 def test_fine_tuning_starts_from_the_trained_model(tiny, tiny_run, tmp_path):
     import numpy as np
 
@@ -188,3 +203,30 @@ def test_the_log_mel_loss_is_the_distance_evaluate_reports():
                                atol=1e-3)
     loss = float(log_mel_loss(log_mel, tf.constant(true), tf.constant(made)))
     assert loss == pytest.approx(log_mel_distance(made, true, spectra).mean() / 10, rel=1e-4)
+
+
+def test_the_spread_loss_compares_how_much_each_take_s_sound_moves():
+    """training.spread_weight: the band-by-band spread of the sound over each take,
+    generated against true; blind to a take's overall level, and to a take with one
+    segment in the batch (no spread to compare)."""
+    tf = pytest.importorskip("tensorflow")
+    from train_host.vae import LogMel, spread_loss
+
+    rng = np.random.default_rng(5)
+    noise = rng.standard_normal((7, 2205)).astype(np.float32)
+    gains = np.float32([0.1, 0.01, 0.1, 0.01, 0.05, 0.05, 0.3])[:, None]   # A moves 20 dB
+    takes = tf.constant([0, 0, 0, 0, 1, 1, 2], tf.int32)
+    true = noise * gains
+    log_mel = LogMel(22050, 2205)
+
+    def loss(made):
+        return float(spread_loss(log_mel, tf.constant(true), tf.constant(made), takes, 3))
+
+    assert loss(true) == 0.0
+    louder_b = true * np.float32([1, 1, 1, 1, 3, 3, 1])[:, None]
+    lone_c = true * np.float32([1, 1, 1, 1, 1, 1, 0.001])[:, None]
+    assert loss(louder_b) < 1e-4 and loss(lone_c) < 1e-4
+    steady = noise * np.float32(0.03)           # every segment at one level
+    # A's segments 20 dB apart against none: several dB of spread missing in A,
+    # none in B (the noise's own frame-to-frame scatter is in both).
+    assert loss(steady) > 0.25

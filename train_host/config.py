@@ -79,6 +79,9 @@ class TrainingConfig:
     """Weight of the log-mel loss: the mean absolute difference, in tens of dB, of
     the generated and true segments' log-mel spectra, as ``evaluate`` measures
     them (``train_host.vae.log_mel_loss``)."""
+    spread_weight: float = field(default=0.0, metadata={"min": 0, "max": 100})
+    """Weight of the spread loss: how far the motion-only sound's spread over each
+    take, band by band, differs from the true sound's (``train_host.vae.spread_loss``)."""
     motion_weight: float = field(default=0.1, metadata={"min": 0, "max": 100})
     """Weight of the motion reconstruction loss (keeps the latent about motion)."""
     motion_noise: float = field(default=1.0, metadata={"min": 0, "max": 10})

@@ -126,11 +126,15 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
                  if cfg.model.noise_bands != init_from.config.model.noise_bands else "")
     variables = model.trainable_variables
     optimizer = tf.keras.optimizers.Adam(t.learning_rate)
-    log_mel = vae_mod.LogMel(data.sample_rate, data.segment_samples) if t.mel_weight else None
+    log_mel = (vae_mod.LogMel(data.sample_rate, data.segment_samples)
+               if t.mel_weight or t.spread_weight else None)
+    # Each training example's take as 0 .. takes-1, for the spread loss.
+    take_ids, take_index = np.unique(train_set.take, return_inverse=True)
+    take_index = take_index.astype(np.int32)
     noise_renderer = (vae_mod.NoiseRenderer(cfg.model.noise_bands, data.segment_samples,
                                             data.sample_rate) if cfg.model.noise_bands else None)
 
-    def losses(x, y, beta, seed, training):
+    def losses(x, y, beta, seed, training, takes=None):
         # In training the motion encoder sees the window with noise on it (in
         # units of the input scale); the motion decoder is still asked for the
         # clean window.
@@ -162,17 +166,29 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
                                + t.loudness_weight * vae_mod.loudness_loss(y, audio)
                                + t.motion_weight * motion_error + beta * kl
                                + (t.mel_weight * vae_mod.log_mel_loss(log_mel, y, audio)
-                                  if log_mel is not None else 0.0)
+                                  if t.mel_weight else 0.0)
                                + _SHAPE_WEIGHT * vae_mod.shape_level_penalty(shape))
             terms[f"{name}_spectral"] = spectral
             terms[f"{name}_kl"] = kl
+        if t.spread_weight and takes is not None:
+            # What the box plays: the motion expert's mean for the window as it is,
+            # no noise on the motion and no sampled latent, whose own scatter
+            # would otherwise pass for the sound moving.
+            shape, level, *bands = model.audio_decoder(model.motion_encoder(x)[0],
+                                                       training=training)
+            if noise_renderer is not None:
+                shape = shape + noise_renderer(bands[0], tf.stack([seed, 99]))
+            spread = vae_mod.spread_loss(log_mel, y, vae_mod.synthesize(shape, level), takes,
+                                         len(take_ids))
+            total += t.spread_weight * spread
+            terms["box_spread"] = spread
         terms["total"] = total
         return terms
 
     @tf.function(reduce_retracing=True)
-    def step(x, y, beta, seed):
+    def step(x, y, beta, seed, takes):
         with tf.GradientTape() as tape:
-            terms = losses(x, y, beta, seed, True)
+            terms = losses(x, y, beta, seed, True, takes)
         optimizer.apply_gradients(zip(tape.gradient(terms["total"], variables), variables))
         return terms
 
@@ -214,7 +230,8 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
             beta = t.kl_weight * min(1.0, (steps + 1) / anneal) if anneal else t.kl_weight
             index = np.sort(order[first:first + t.batch_size])
             terms = step(tf.constant(train_set.motion[index]), tf.constant(train_set.audio[index]),
-                         tf.constant(beta, tf.float32), tf.constant(steps, tf.int64))
+                         tf.constant(beta, tf.float32), tf.constant(steps, tf.int64),
+                         tf.constant(take_index[index]))
             steps += 1
             batches += 1
             for key, value in terms.items():
