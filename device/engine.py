@@ -89,7 +89,7 @@ class QuietWhenStill:
     A model plays whatever it learned for a still window. The factory model, taught
     by its demo instrument, plays almost nothing there (-66 dBFS), but a model
     fine-tuned on real takes, whose songs go on while the dancer pauses, plays a
-    still window nearly as loud as a dance (-19 to -24 dBFS, 1 to 5 dB under its
+    still window nearly as loud as a dance (-19 to -24 dBFS, 0.4 to 4.7 dB under its
     level while dancing, over the 13 cross-validation folds): an empty gallery
     would hear it all day. The real takes' longest still stretches while dancing
     are 2.4 to 6 s, so the box waits longer than a pause before it fades.
