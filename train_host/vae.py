@@ -326,20 +326,18 @@ def spread_loss(log_mel: LogMel, target, generated, takes, count: int):
     sound to move over a take as much as the music does (the spread the Fréchet
     distance of ``evaluate`` compares), leaving where it moves to the motion.
     """
-    def frames(audio):
-        x = log_mel(audio)
-        return tf.reshape(x, [-1, x.shape[-1]])
-
-    ids = tf.repeat(takes, tf.shape(log_mel(target[:1]))[1])
+    made, true = log_mel(generated), log_mel(target)
+    ids = tf.repeat(takes, tf.shape(true)[1])      # each frame's take
 
     def spread(x):
+        x = tf.reshape(x, [-1, x.shape[-1]])
         mean = tf.math.unsorted_segment_mean(x, ids, count)
         square = tf.square(x - tf.gather(mean, ids))
         return tf.sqrt(tf.math.unsorted_segment_mean(square, ids, count) + 1e-3)
 
     present = tf.cast(tf.math.bincount(takes, minlength=count, maxlength=count) >= 2,
                       tf.float32)[:, None]
-    difference = tf.abs(spread(frames(generated)) - spread(frames(target))) * present
+    difference = tf.abs(spread(made) - spread(true)) * present
     bands = tf.cast(tf.shape(difference)[1], tf.float32)
     return tf.reduce_sum(difference) / tf.maximum(tf.reduce_sum(present) * bands, 1.0) / 10.0
 
