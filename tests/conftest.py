@@ -41,6 +41,25 @@ def real_video(name: str) -> Path:
     return path
 
 
+def write_video(path: Path, frames, *, fps: int) -> None:
+    """A video of ``frames`` (RGB, uint8, all one size) without sound: H.264 where
+    PyAV has it, MPEG-4 where not."""
+    import av
+
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with av.open(str(path), "w") as out:
+        stream = None
+        for image in frames:
+            if stream is None:
+                stream = out.add_stream(codec, rate=fps)
+                stream.height, stream.width = image.shape[:2]
+                stream.pix_fmt = "yuv420p"
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
 @pytest.fixture
 def alsa_file_device(tmp_path, monkeypatch):
     """An ALSA PCM named 'capture' of type file over null: the real libasound path.

@@ -20,7 +20,7 @@ import pytest
 
 from device.motiongram import motiongram
 from device.session import read_session
-from tests.conftest import REALDATA, real_video
+from tests.conftest import REALDATA, real_video, write_video
 from train_host import importers, skeleton
 from train_host.importers import ImportFailed, import_mocap, import_video
 
@@ -348,16 +348,7 @@ def test_sound_that_starts_late_and_ends_early_is_placed_and_padded(tmp_path):
 
 
 def _write_video_only(path: Path) -> None:
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=25)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(10):
-            image = np.full((48, 64, 3), 20 * i, np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+    write_video(path, (np.full((48, 64, 3), 20 * i, np.uint8) for i in range(10)), fps=25)
 
 
 def test_a_video_without_sound_is_refused(tmp_path):

@@ -20,7 +20,7 @@ from device.errors import AudioError
 from device.bundle import PERFORMER, read_bundle, write_bundle
 from device.performance import FACTORY_BUNDLE, Performance, bundles_after
 from device.service import Notifier
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_video
 
 
 def _config(tmp_path, **overrides):
@@ -349,20 +349,14 @@ def test_systemctl_start_and_stop(tmp_path, models, notify_socket):
 def _write_room(path, *, moving, still, fps=30):
     """A 64x48 video: a bar that crosses the picture for ``moving`` frames, then a
     room where nothing moves for ``still`` frames."""
-    import av
-
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    def frames():
         for i in range(moving + still):
             image = np.full((48, 64, 3), 40, np.uint8)
             x = (3 * min(i, moving - 1)) % 56
             image[8:40, x:x + 8] = 220
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+            yield image
+
+    write_video(path, frames(), fps=fps)
 
 
 def test_a_room_left_still_fades_out_and_the_status_says_why(tmp_path, models):

@@ -94,6 +94,32 @@ def test_even_levels_brings_a_quieter_take_to_the_training_level_before_training
             assert level == pytest.approx(reference, abs=0.01)
 
 
+def test_calibrate_level_makes_the_box_play_the_training_takes_at_their_level(tiny, tmp_path):
+    from train_host.train import box_level_offset_db, load_run, train
+
+    cfg, (train_set, validation, _) = tiny
+    cfg = with_overrides(cfg, {"training.max_steps": 3})
+    plain = train(cfg, train_set, validation, tmp_path / "plain")
+    offset = box_level_offset_db(plain.vae, train_set, cfg)
+    assert abs(offset) > 1.0 and plain.info["level_calibration_db"] is None
+
+    calibrated = train(with_overrides(cfg, {"training.calibrate_level": True}), train_set,
+                       validation, tmp_path / "calibrated")
+    assert calibrated.info["level_calibration_db"] == pytest.approx(-offset, abs=1e-3)
+    # The run folder, which export reads, plays the training takes at their level.
+    saved = load_run(tmp_path / "calibrated")
+    assert box_level_offset_db(saved.vae, train_set, cfg) == pytest.approx(0.0, abs=0.05)
+    # The level output and nothing else: the same shape, the same latent.
+    for part in ("motion_encoder", "audio_encoder", "motion_decoder"):
+        for a, b in zip(getattr(plain.vae, part).get_weights(),
+                        getattr(saved.vae, part).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    for before, after in zip(plain.vae.audio_decoder.layers, saved.vae.audio_decoder.layers):
+        if before.name != "level":
+            for a, b in zip(before.get_weights(), after.get_weights()):
+                np.testing.assert_array_equal(a, b)
+
+
 def test_the_spread_weight_adds_the_box_s_spread_to_the_loss_it_trains_on(tiny, tmp_path):
     from train_host.train import train
 
@@ -201,7 +227,7 @@ def test_the_log_mel_loss_is_the_distance_evaluate_reports():
     spectra, log_mel = Spectra(22050, 2205), LogMel(22050, 2205)
     np.testing.assert_allclose(log_mel(tf.constant(true)).numpy(), spectra.log_mel(true),
                                atol=1e-3)
-    loss = float(log_mel_loss(log_mel, tf.constant(true), tf.constant(made)))
+    loss = float(log_mel_loss(log_mel, log_mel(tf.constant(true)), tf.constant(made)))
     assert loss == pytest.approx(log_mel_distance(made, true, spectra).mean() / 10, rel=1e-4)
 
 
@@ -220,7 +246,8 @@ def test_the_spread_loss_compares_how_much_each_take_s_sound_moves():
     log_mel = LogMel(22050, 2205)
 
     def loss(made):
-        return float(spread_loss(log_mel, tf.constant(true), tf.constant(made), takes, 3))
+        return float(spread_loss(log_mel, log_mel(tf.constant(true)), tf.constant(made), takes,
+                                 3))
 
     assert loss(true) == 0.0
     louder_b = true * np.float32([1, 1, 1, 1, 3, 3, 1])[:, None]

@@ -95,6 +95,11 @@ class TrainingConfig:
     is the median of the training takes' (``train_host.dataset.even_levels``): a
     song's mastering level is not in the dance, and a model that learns it plays
     a new dancer at the level of whichever song that dance resembles."""
+    calibrate_level: bool = False
+    """After training, scale the level output so that the box, from motion alone,
+    plays the training takes at their own median level (``train.calibrate_level``):
+    the waveform and spectral losses otherwise leave it under that level wherever
+    the motion does not tell the notes."""
     threads: int = field(default=2, metadata={"min": 1, "max": 256})
     """CPU threads for training; a fixed number keeps runs reproducible."""
 

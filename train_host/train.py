@@ -142,6 +142,8 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
         if training and t.motion_noise:
             noise = tf.random.stateless_normal(tf.shape(x), seed=tf.stack([seed, len(_POSTERIORS)]))
             heard = x + (t.motion_noise / scale) * noise
+        # The true segments' log-mel spectra, once for every term that compares with them.
+        true_mel = log_mel(y) if log_mel is not None else None
         em = vae_mod.expert(model.motion_encoder(heard, training=training))
         ea = vae_mod.expert(model.audio_encoder(y, training=training))
         experts = {"joint": (em, ea), "motion": (em,), "audio": (ea,)}
@@ -165,7 +167,7 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
             total += weight * (t.spectral_weight * spectral + t.waveform_weight * waveform
                                + t.loudness_weight * vae_mod.loudness_loss(y, audio)
                                + t.motion_weight * motion_error + beta * kl
-                               + (t.mel_weight * vae_mod.log_mel_loss(log_mel, y, audio)
+                               + (t.mel_weight * vae_mod.log_mel_loss(log_mel, true_mel, audio)
                                   if t.mel_weight else 0.0)
                                + _SHAPE_WEIGHT * vae_mod.shape_level_penalty(shape))
             terms[f"{name}_spectral"] = spectral
@@ -178,8 +180,8 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
                                                        training=training)
             if noise_renderer is not None:
                 shape = shape + noise_renderer(bands[0], tf.stack([seed, 99]))
-            spread = vae_mod.spread_loss(log_mel, y, vae_mod.synthesize(shape, level), takes,
-                                         len(take_ids))
+            spread = vae_mod.spread_loss(log_mel, true_mel, vae_mod.synthesize(shape, level),
+                                         takes, len(take_ids))
             total += t.spread_weight * spread
             terms["box_spread"] = spread
         terms["total"] = total
@@ -259,11 +261,16 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
     log.info("lowest validation loss at epoch %d of %d (%.4f, kept in best/); the run "
              "keeps the last epoch", best_epoch, len(history), best)
 
+    level_db = None
+    if t.calibrate_level:
+        level_db = calibrate_level(model, train_set, cfg)
+        log.info("the box's level on the training takes set to theirs: %+.1f dB", level_db)
     latents = vae_mod.motion_latent(model, train_set.motion)
     centroids = {str(label): latents[train_set.labels == label].mean(axis=0).round(6).tolist()
                  for label in sorted(set(train_set.labels.tolist())) if label}
     info = {"input_scale": scale, "history": history, "style_centroids": centroids,
             "best_epoch": best_epoch, "steps": steps, "config_hash": config_hash(cfg),
+            "level_calibration_db": level_db,
             "init_from": str(init_from.path) if init_from is not None else None,
             "train_seconds": round(time.monotonic() - started, 1),
             "data": data_summary or {}, "examples": {"train": len(train_set),
@@ -347,6 +354,49 @@ def _check_same_model(cfg: TrainConfig, base: Run) -> None:
 
         raise ConfigError(f"{base.path}: cannot fine-tune it with this config: "
                           f"{', '.join(differ)} differ")
+
+
+def box_level_offset_db(model, examples: Examples, cfg: TrainConfig) -> float:
+    """How much louder (dB) the box plays the takes of ``examples`` than their sound:
+    per take, the median over its audible segments of the motion-only segment's
+    level minus the true one's (``evaluate.level_offset_error``), then the median
+    over the takes, each counting once as in ``dataset.even_levels``."""
+    from device.noise import NoiseBands
+    from train_host import vae as vae_mod
+    from train_host.evaluate import level_offset_error, loudness_db
+
+    graph = vae_mod.performer(model)
+    bands = vae_mod.noise_bands(graph)
+    noise = (NoiseBands(bands, segment_samples=cfg.data.segment_samples,
+                        sample_rate=cfg.data.sample_rate,
+                        rng=np.random.default_rng(cfg.seed)) if bands else None)
+    offsets = []
+    for take in np.unique(examples.take):
+        rows = np.flatnonzero(examples.take == take)
+        generated = np.concatenate([vae_mod.perform(graph, examples.motion[rows[i:i + 512]],
+                                                    noise)
+                                    for i in range(0, len(rows), 512)])
+        offset, _, _ = level_offset_error(loudness_db(generated),
+                                          loudness_db(examples.audio[rows]))
+        if offset is not None:
+            offsets.append(offset)
+    return float(np.median(offsets)) if offsets else 0.0
+
+
+def calibrate_level(model, examples: Examples, cfg: TrainConfig) -> float:
+    """Scale the audio decoder's level output so the box plays the takes of
+    ``examples`` at their own level; returns the gain, dB.
+
+    The waveform and spectral-convergence losses are least wrong for a fainter
+    segment wherever the motion does not say which notes come, so a model trained
+    on songs it cannot predict note for note plays under their level even with the
+    loudness loss. The level output is linear and multiplies the whole segment
+    (``vae.synthesize``), so scaling its weights and bias scales the sound and
+    nothing else."""
+    gain_db = -box_level_offset_db(model, examples, cfg)
+    layer = model.audio_decoder.get_layer("level")
+    layer.set_weights([w * np.float32(10.0 ** (gain_db / 20.0)) for w in layer.get_weights()])
+    return gain_db
 
 
 def _mean_terms(evaluate, examples: Examples, batch_size: int) -> dict[str, float]:

@@ -309,24 +309,26 @@ class LogMel:
         return 10.0 * tf.math.log(tf.maximum(mel, self.floor)) / tf.math.log(10.0)
 
 
-def log_mel_loss(log_mel: LogMel, target, generated):
-    """The mean absolute difference of the two segments' log-mel spectra, in tens
+def log_mel_loss(log_mel: LogMel, true, generated):
+    """The mean absolute difference of the generated segments' log-mel spectra from
+    ``true``, the true segments' (``log_mel(target)``, taken once a step), in tens
     of dB: ``evaluate``'s log-mel distance, divided by ten."""
-    return tf.reduce_mean(tf.abs(log_mel(generated) - log_mel(target))) / 10.0
+    return tf.reduce_mean(tf.abs(log_mel(generated) - true)) / 10.0
 
 
-def spread_loss(log_mel: LogMel, target, generated, takes, count: int):
+def spread_loss(log_mel: LogMel, true, generated, takes, count: int):
     """How far the generated sound's spread within each take differs from the true
     sound's, in tens of dB: per take with two or more segments in the batch and per
     mel band, the standard deviation of the log-mel frames, generated against true,
-    as a mean absolute difference. ``takes``: each segment's take, 0 to ``count``-1.
+    as a mean absolute difference. ``true``: the true segments' log-mel spectra
+    (``log_mel(target)``); ``takes``: each segment's take, 0 to ``count``-1.
 
     The paired losses reward a sound that sits at the middle of what a dance might
     go with; where the motion says little, that is a steady sound. This asks the
     sound to move over a take as much as the music does (the spread the Fréchet
     distance of ``evaluate`` compares), leaving where it moves to the motion.
     """
-    made, true = log_mel(generated), log_mel(target)
+    made = log_mel(generated)
     ids = tf.repeat(takes, tf.shape(true)[1])      # each frame's take
 
     def spread(x):
