@@ -58,7 +58,7 @@ def write_plots(run_dir: str | Path, history: list[dict], vae, examples: Example
         log.warning("no examples: no latent or spectrogram plots")
         return written
 
-    from train_host.vae import motion_latent
+    from train_host.vae import box_voice, motion_latent
 
     rng = np.random.default_rng(seed)
     # Drawn in this random order, no label is painted over the others as a block.
@@ -72,7 +72,7 @@ def write_plots(run_dir: str | Path, history: list[dict], vae, examples: Example
 
     chosen = pick_spectrogram_examples(examples.labels, _rms(examples.audio),
                                        SPECTROGRAM_EXAMPLES, rng)
-    generated = _perform(vae, examples.motion[chosen], sample_rate, seed)
+    generated = box_voice(vae, sample_rate, seed)(examples.motion[chosen])
     written.append(_save(spectrogram_figure(examples.audio[chosen], generated,
                                             examples.labels[chosen], sample_rate),
                          out / "spectrograms.png"))
@@ -254,19 +254,6 @@ def pick_spectrogram_examples(labels: np.ndarray, loudness: np.ndarray, count: i
 
 def _rms(audio: np.ndarray) -> np.ndarray:
     return np.sqrt(np.mean(np.square(audio, dtype=np.float64), axis=-1))
-
-
-def _perform(vae, motion: np.ndarray, sample_rate: int, seed: int) -> np.ndarray:
-    """What the box would play for each window: the performer graph, batch 1."""
-    from device.noise import NoiseBands
-    from train_host.vae import noise_bands, perform, performer
-
-    model = performer(vae)
-    segment = int(model.outputs[0].shape[-1])
-    noise = NoiseBands(noise_bands(model), segment_samples=segment,
-                       sample_rate=sample_rate, rng=np.random.default_rng(seed)) \
-        if noise_bands(model) else None
-    return np.concatenate([perform(model, motion[i:i + 1], noise) for i in range(len(motion))])
 
 
 def log_spectrogram(audio: np.ndarray, sample_rate: int

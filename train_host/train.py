@@ -361,22 +361,14 @@ def box_level_offset_db(model, examples: Examples, cfg: TrainConfig) -> float:
     per take, the median over its audible segments of the motion-only segment's
     level minus the true one's (``evaluate.level_offset_error``), then the median
     over the takes, each counting once as in ``dataset.even_levels``."""
-    from device.noise import NoiseBands
-    from train_host import vae as vae_mod
     from train_host.evaluate import level_offset_error, loudness_db
+    from train_host.vae import box_voice
 
-    graph = vae_mod.performer(model)
-    bands = vae_mod.noise_bands(graph)
-    noise = (NoiseBands(bands, segment_samples=cfg.data.segment_samples,
-                        sample_rate=cfg.data.sample_rate,
-                        rng=np.random.default_rng(cfg.seed)) if bands else None)
+    play = box_voice(model, cfg.data.sample_rate, cfg.seed)
     offsets = []
     for take in np.unique(examples.take):
         rows = np.flatnonzero(examples.take == take)
-        generated = np.concatenate([vae_mod.perform(graph, examples.motion[rows[i:i + 512]],
-                                                    noise)
-                                    for i in range(0, len(rows), 512)])
-        offset, _, _ = level_offset_error(loudness_db(generated),
+        offset, _, _ = level_offset_error(loudness_db(play(examples.motion[rows], 512)),
                                           loudness_db(examples.audio[rows]))
         if offset is not None:
             offsets.append(offset)

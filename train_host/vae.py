@@ -231,6 +231,25 @@ def perform(model: keras.Model, motion: np.ndarray, noise=None) -> np.ndarray:
     return shape * level
 
 
+def box_voice(vae: JointVAE, sample_rate: int, seed: int):
+    """What the box would play, in float: a function from a batch of windows to
+    their segments through the performer graph, ``batch`` windows at a time, the
+    noise bands (if any) drawn in order from one generator seeded ``seed``."""
+    from device.noise import NoiseBands
+
+    model = performer(vae)
+    bands = noise_bands(model)
+    noise = (NoiseBands(bands, segment_samples=int(model.outputs[0].shape[-1]),
+                        sample_rate=sample_rate, rng=np.random.default_rng(seed))
+             if bands else None)
+
+    def play(motion: np.ndarray, batch: int = 1) -> np.ndarray:
+        return np.concatenate([perform(model, motion[i:i + batch], noise)
+                               for i in range(0, len(motion), batch)])
+
+    return play
+
+
 def latent_output_size(model: keras.Model) -> int:
     """How many values a performer graph's latent output gives (0: it has none)."""
     extra = len(model.outputs) > len(_audio_decoder(model).outputs)
