@@ -25,7 +25,6 @@ import numpy as np
 
 from device.bundle import (LATENT_VERSION, PERFORMER, AudioParams, Manifest, TensorSpec,
                            write_bundle)
-from device.noise import NoiseBands
 from device.runtime import Performer
 from train_host.console import Progress, quiet
 from train_host.train import CALIBRATION_FILE, Run, config_hash, load_run
@@ -192,7 +191,7 @@ def reference_interpreter(**kwargs):
 reference_interpreter.runtime_name = "reference kernels"
 
 
-def parity(model, graph: bytes, windows: np.ndarray, audio: AudioParams | None = None,
+def parity(model, graph: bytes, windows: np.ndarray, audio: AudioParams,
            progress=None) -> dict:
     """Float Keras against the int8 graph, one window at a time, in the reference
     kernels (tflite-runtime 2.14 on the box) and in the installed LiteRT runtime.
@@ -201,12 +200,7 @@ def parity(model, graph: bytes, windows: np.ndarray, audio: AudioParams | None =
     ``int8_snr_db`` is the lower of the two: what a box may play. A graph that gives
     its latent has it measured the same way, ``latent_snr_db``.
     """
-    from train_host.vae import latent_output_size, noise_bands, perform
-
-    def noise():
-        return NoiseBands(noise_bands(model), segment_samples=audio.segment_samples,
-                          sample_rate=audio.sample_rate,
-                          rng=np.random.default_rng(0)) if noise_bands(model) else None
+    from train_host.vae import graph_voice, latent_output_size
 
     def each(run):
         for w in windows:
@@ -214,8 +208,8 @@ def parity(model, graph: bytes, windows: np.ndarray, audio: AudioParams | None =
             if progress is not None:
                 progress.advance()
 
-    floats = noise()
-    reference = np.stack(list(each(lambda w: perform(model, w[None], floats)[0])))
+    floats = graph_voice(model, audio.sample_rate, seed=0)
+    reference = np.stack(list(each(lambda w: floats(w[None])[0])))
     latent_size = latent_output_size(model)
     if latent_size:
         latent = np.concatenate([model(w[None], training=False)[-1].numpy() for w in windows])

@@ -235,9 +235,13 @@ def box_voice(vae: JointVAE, sample_rate: int, seed: int):
     """What the box would play, in float: a function from a batch of windows to
     their segments through the performer graph, ``batch`` windows at a time, the
     noise bands (if any) drawn in order from one generator seeded ``seed``."""
+    return graph_voice(performer(vae), sample_rate, seed)
+
+
+def graph_voice(model: keras.Model, sample_rate: int, seed: int):
+    """``box_voice`` for a performer graph already built (``performer``)."""
     from device.noise import NoiseBands
 
-    model = performer(vae)
     bands = noise_bands(model)
     noise = (NoiseBands(bands, segment_samples=int(model.outputs[0].shape[-1]),
                         sample_rate=sample_rate, rng=np.random.default_rng(seed))
