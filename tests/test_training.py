@@ -135,6 +135,45 @@ def test_the_spread_weight_adds_the_box_s_spread_to_the_loss_it_trains_on(tiny, 
         2.0 * spread, rel=1e-3)
 
 
+def test_the_onset_weight_adds_the_box_s_onsets_to_the_loss_it_trains_on(tiny, tmp_path):
+    from train_host.train import train
+
+    cfg, (train_set, validation, _) = tiny
+    first = {w: train(with_overrides(cfg, {"training.max_steps": 1,
+                                           "training.onset_weight": w}),
+                      train_set, validation, tmp_path / f"run{w}").info["history"][0]
+             for w in (0.0, 2.0)}
+    onset = first[2.0]["train_box_onset"]
+    assert onset > 0 and "train_box_onset" not in first[0.0]
+    assert first[2.0]["train_total"] - first[0.0]["train_total"] == pytest.approx(
+        2.0 * onset, rel=1e-3)
+
+
+def test_consecutive_finds_each_window_that_follows_the_one_before_in_its_take(tiny):
+    """The onset loss pairs each window with the window one frame earlier: only
+    where both are in the training set, in the same take, one frame apart."""
+    from train_host.dataset import Examples
+    from train_host.train import consecutive
+
+    cfg, (train_set, _, _) = tiny
+    follows = consecutive(train_set)
+    firsts = np.flatnonzero(np.diff(train_set.take)) + 1    # each take's first window
+    assert not follows[0] and not follows[firsts].any()
+    assert follows.sum() == len(train_set) - 1 - len(firsts)
+    # Every other window: none follows the one before it, but where the dancer
+    # stands still, and still windows are alike whatever lies between them.
+    apart = train_set.subset(np.arange(0, len(train_set), 2))
+    still = consecutive(apart)
+    assert still.sum() < 0.5 * len(apart)
+    held = apart.motion[still][:, :-1]
+    assert (held[:, 1:] == held[:, :-1]).all()
+    # Two takes end to end: the second's first window does not follow the first's last.
+    one = train_set.subset(np.flatnonzero(train_set.take == train_set.take[0]))
+    two = Examples.concatenate([one, Examples(one.motion, one.audio, one.labels,
+                                              one.take + 1)])
+    assert consecutive(two).sum() == 2 * (len(one) - 1)
+
+
 def test_fine_tuning_starts_from_the_trained_model(tiny, tiny_run, tmp_path):
     import numpy as np
 
@@ -257,3 +296,38 @@ def test_the_spread_loss_compares_how_much_each_take_s_sound_moves():
     # A's segments 20 dB apart against none: several dB of spread missing in A,
     # none in B (the noise's own frame-to-frame scatter is in both).
     assert loss(steady) > 0.25
+
+
+def test_the_onset_loss_compares_how_far_each_take_s_sound_rises_frame_to_frame():
+    """training.onset_weight: the mean rise of the sound from the segment before,
+    per take, generated against true; blind to a take's overall level and to
+    segments without a predecessor."""
+    tf = pytest.importorskip("tensorflow")
+    from train_host.vae import LogMel, onset_loss
+
+    rng = np.random.default_rng(5)
+    noise = rng.standard_normal((9, 2205)).astype(np.float32)
+    # Take A pulses 20 dB from frame to frame; B is steady; C's one segment has
+    # no predecessor.
+    gains = np.float32([0.01, 0.1, 0.01, 0.1, 0.05, 0.05, 0.05, 0.05, 0.3])[:, None]
+    takes = tf.constant([0, 0, 0, 0, 1, 1, 1, 1, 2], tf.int32)
+    follows = tf.constant([0, 1, 1, 1, 0, 1, 1, 1, 0], tf.float32)
+    true = noise * gains
+    log_mel = LogMel(22050, 2205)
+
+    def before(x):     # each segment's predecessor in its take (itself for the first)
+        return x[[0, 0, 1, 2, 4, 4, 5, 6, 8]]
+
+    def loss(made):
+        return float(onset_loss(log_mel, log_mel(tf.constant(true)),
+                                log_mel(tf.constant(before(true))), tf.constant(made),
+                                tf.constant(before(made)), follows, takes, 3))
+
+    assert loss(true) == 0.0
+    louder_b = true * np.float32([1, 1, 1, 1, 3, 3, 3, 3, 1])[:, None]
+    no_c = true * np.float32([1, 1, 1, 1, 1, 1, 1, 1, 0.001])[:, None]
+    assert loss(louder_b) < 1e-4 and loss(no_c) < 1e-4
+    steady = noise * np.float32(0.03)
+    # A rises 20 dB every other frame against not at all: several dB of rise
+    # missing in A; B's noise rises as much as it did.
+    assert loss(steady) > 0.15

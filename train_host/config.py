@@ -82,6 +82,10 @@ class TrainingConfig:
     spread_weight: float = field(default=0.0, metadata={"min": 0, "max": 100})
     """Weight of the spread loss: how far the motion-only sound's spread over each
     take, band by band, differs from the true sound's (``train_host.vae.spread_loss``)."""
+    onset_weight: float = field(default=0.0, metadata={"min": 0, "max": 100})
+    """Weight of the onset loss: how far the motion-only sound's rise from one
+    camera frame to the next, over each take, differs from the true sound's
+    (``train_host.vae.onset_loss``)."""
     motion_weight: float = field(default=0.1, metadata={"min": 0, "max": 100})
     """Weight of the motion reconstruction loss (keeps the latent about motion)."""
     motion_noise: float = field(default=1.0, metadata={"min": 0, "max": 10})

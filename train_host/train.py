@@ -127,14 +127,15 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
     variables = model.trainable_variables
     optimizer = tf.keras.optimizers.Adam(t.learning_rate)
     log_mel = (vae_mod.LogMel(data.sample_rate, data.segment_samples)
-               if t.mel_weight or t.spread_weight else None)
-    # Each training example's take as 0 .. takes-1, for the spread loss.
+               if t.mel_weight or t.spread_weight or t.onset_weight else None)
+    # Each training example's take as 0 .. takes-1, for the spread and onset losses.
     take_ids, take_index = np.unique(train_set.take, return_inverse=True)
     take_index = take_index.astype(np.int32)
+    follows = consecutive(train_set) if t.onset_weight else None
     noise_renderer = (vae_mod.NoiseRenderer(cfg.model.noise_bands, data.segment_samples,
                                             data.sample_rate) if cfg.model.noise_bands else None)
 
-    def losses(x, y, beta, seed, training, takes=None):
+    def losses(x, y, beta, seed, training, takes=None, before=None):
         # In training the motion encoder sees the window with noise on it (in
         # units of the input scale); the motion decoder is still asked for the
         # clean window.
@@ -172,25 +173,36 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
                                + _SHAPE_WEIGHT * vae_mod.shape_level_penalty(shape))
             terms[f"{name}_spectral"] = spectral
             terms[f"{name}_kl"] = kl
-        if t.spread_weight and takes is not None:
+
+        def box(window, stream):
             # What the box plays: the motion expert's mean for the window as it is,
             # no noise on the motion and no sampled latent, whose own scatter
             # would otherwise pass for the sound moving.
-            shape, level, *bands = model.audio_decoder(model.motion_encoder(x)[0],
+            shape, level, *bands = model.audio_decoder(model.motion_encoder(window)[0],
                                                        training=training)
             if noise_renderer is not None:
-                shape = shape + noise_renderer(bands[0], tf.stack([seed, 99]))
-            spread = vae_mod.spread_loss(log_mel, true_mel, vae_mod.synthesize(shape, level),
-                                         takes, len(take_ids))
+                shape = shape + noise_renderer(bands[0], tf.stack([seed, stream]))
+            return vae_mod.synthesize(shape, level)
+
+        if takes is not None and (t.spread_weight or before is not None):
+            played = box(x, 99)
+        if t.spread_weight and takes is not None:
+            spread = vae_mod.spread_loss(log_mel, true_mel, played, takes, len(take_ids))
             total += t.spread_weight * spread
             terms["box_spread"] = spread
+        if before is not None and takes is not None:
+            x_before, y_before, has_before = before
+            onset = vae_mod.onset_loss(log_mel, true_mel, log_mel(y_before), played,
+                                       box(x_before, 98), has_before, takes, len(take_ids))
+            total += t.onset_weight * onset
+            terms["box_onset"] = onset
         terms["total"] = total
         return terms
 
     @tf.function(reduce_retracing=True)
-    def step(x, y, beta, seed, takes):
+    def step(x, y, beta, seed, takes, before):
         with tf.GradientTape() as tape:
-            terms = losses(x, y, beta, seed, True, takes)
+            terms = losses(x, y, beta, seed, True, takes, before)
         optimizer.apply_gradients(zip(tape.gradient(terms["total"], variables), variables))
         return terms
 
@@ -231,9 +243,16 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
                 break
             beta = t.kl_weight * min(1.0, (steps + 1) / anneal) if anneal else t.kl_weight
             index = np.sort(order[first:first + t.batch_size])
+            before = None
+            if follows is not None:
+                # Each example's predecessor (itself where it has none: masked out).
+                prior = np.where(follows[index], index - 1, index)
+                before = (tf.constant(train_set.motion[prior]),
+                          tf.constant(train_set.audio[prior]),
+                          tf.constant(follows[index], tf.float32))
             terms = step(tf.constant(train_set.motion[index]), tf.constant(train_set.audio[index]),
                          tf.constant(beta, tf.float32), tf.constant(steps, tf.int64),
-                         tf.constant(take_index[index]))
+                         tf.constant(take_index[index]), before)
             steps += 1
             batches += 1
             for key, value in terms.items():
@@ -285,6 +304,20 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
                 motiongram_params=cfg.motiongram, sample_rate=cfg.data.sample_rate,
                 seed=cfg.seed)
     return run
+
+
+def consecutive(examples: Examples) -> np.ndarray:
+    """bool (N,): where example ``i`` is the window one camera frame after example
+    ``i - 1`` of the same take (the two windows share all but one frame), as
+    ``dataset.make_examples`` lays out a take's windows at stride 1. Where the
+    dancer stands still any two windows look alike, so a still window may pair
+    with a still one further back: still with still, which is what it means."""
+    m = examples.motion
+    follows = np.zeros(len(examples), bool)
+    if len(examples) > 1 and m.shape[1] > 1:
+        follows[1:] = ((examples.take[1:] == examples.take[:-1])
+                       & (m[1:, :-1] == m[:-1, 1:]).all(axis=(1, 2)))
+    return follows
 
 
 def _minutes(seconds: float) -> str:

@@ -367,6 +367,37 @@ def spread_loss(log_mel: LogMel, true, generated, takes, count: int):
     return tf.reduce_sum(difference) / tf.maximum(tf.reduce_sum(present) * bands, 1.0) / 10.0
 
 
+def onset_loss(log_mel: LogMel, true, true_before, generated, generated_before, follows,
+               takes, count: int):
+    """How far the generated sound's onsets within each take differ from the true
+    sound's, in tens of dB: per take, the mean over its segments of the rise from
+    the segment one camera frame earlier (``max(0, L_t - L_{t-1})`` per log-mel band
+    and STFT frame, averaged: ``evaluate.onset_strength``'s flux, a hop apart),
+    generated against true, as a mean absolute difference over the takes with two
+    or more such segments in the batch. ``true``, ``true_before``: the true
+    segments' log-mel spectra and their predecessors'; ``generated``,
+    ``generated_before``: the box's segments for the window and for the window one
+    frame earlier; ``follows``: 1 where a segment has a predecessor in its take.
+
+    The paired losses ask each segment for the middle of what its window might
+    sound with, which changes little from one frame to the next: a sound without
+    attacks. This asks the sound to rise from frame to frame as often and as far
+    as the music does, leaving where to the motion.
+    """
+    def rise(now, before):
+        return tf.reduce_mean(tf.nn.relu(now - before), axis=[1, 2])
+
+    def per_take(x):
+        total = tf.math.unsorted_segment_sum(x * follows, takes, count)
+        return total / tf.maximum(tf.math.unsorted_segment_sum(follows, takes, count), 1.0)
+
+    made = per_take(rise(log_mel(generated), log_mel(generated_before)))
+    heard = per_take(rise(true, true_before))
+    present = tf.cast(tf.math.unsorted_segment_sum(follows, takes, count) >= 2, tf.float32)
+    return tf.reduce_sum(tf.abs(made - heard) * present) / tf.maximum(
+        tf.reduce_sum(present), 1.0) / 10.0
+
+
 def spectral_loss(target, generated):
     """Multi-resolution STFT loss: spectral convergence plus log-magnitude L1.
 
