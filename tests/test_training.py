@@ -120,33 +120,22 @@ def test_calibrate_level_makes_the_box_play_the_training_takes_at_their_level(ti
                 np.testing.assert_array_equal(a, b)
 
 
-def test_the_spread_weight_adds_the_box_s_spread_to_the_loss_it_trains_on(tiny, tmp_path):
+@pytest.mark.parametrize("key, term", [("spread_weight", "box_spread"),
+                                       ("onset_weight", "box_onset")])
+def test_a_box_loss_weight_adds_its_term_to_the_loss_it_trains_on(tiny, tmp_path, key, term):
+    """training.spread_weight and training.onset_weight: each adds its term on the
+    box's sound, weighted, and nothing else."""
     from train_host.train import train
 
     cfg, (train_set, validation, _) = tiny
-    first = {w: train(with_overrides(cfg, {"training.max_steps": 1,
-                                           "training.spread_weight": w}),
+    first = {w: train(with_overrides(cfg, {"training.max_steps": 1, f"training.{key}": w}),
                       train_set, validation, tmp_path / f"run{w}").info["history"][0]
              for w in (0.0, 2.0)}
-    spread = first[2.0]["train_box_spread"]
-    assert spread > 0 and "train_box_spread" not in first[0.0]
+    value = first[2.0][f"train_{term}"]
+    assert value > 0 and f"train_{term}" not in first[0.0]
     # The same first step otherwise: the difference is the weighted term, no more.
     assert first[2.0]["train_total"] - first[0.0]["train_total"] == pytest.approx(
-        2.0 * spread, rel=1e-3)
-
-
-def test_the_onset_weight_adds_the_box_s_onsets_to_the_loss_it_trains_on(tiny, tmp_path):
-    from train_host.train import train
-
-    cfg, (train_set, validation, _) = tiny
-    first = {w: train(with_overrides(cfg, {"training.max_steps": 1,
-                                           "training.onset_weight": w}),
-                      train_set, validation, tmp_path / f"run{w}").info["history"][0]
-             for w in (0.0, 2.0)}
-    onset = first[2.0]["train_box_onset"]
-    assert onset > 0 and "train_box_onset" not in first[0.0]
-    assert first[2.0]["train_total"] - first[0.0]["train_total"] == pytest.approx(
-        2.0 * onset, rel=1e-3)
+        2.0 * value, rel=1e-3)
 
 
 def test_consecutive_finds_each_window_that_follows_the_one_before_in_its_take(tiny):
