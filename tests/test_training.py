@@ -141,8 +141,7 @@ def test_a_box_loss_weight_adds_its_term_to_the_loss_it_trains_on(tiny, tmp_path
 def test_consecutive_finds_each_window_that_follows_the_one_before_in_its_take(tiny):
     """The onset loss pairs each window with the window one frame earlier: only
     where both are in the training set, in the same take, one frame apart."""
-    from train_host.dataset import Examples
-    from train_host.train import consecutive
+    from train_host.dataset import Examples, consecutive
 
     cfg, (train_set, _, _) = tiny
     follows = consecutive(train_set)

@@ -156,6 +156,20 @@ def make_examples(motion: np.ndarray, audio: np.ndarray, *, window_frames: int,
     return Examples(x, y, labels, np.full(len(ends), take))
 
 
+def consecutive(examples: Examples) -> np.ndarray:
+    """bool (N,): where example ``i`` is the window one camera frame after example
+    ``i - 1`` of the same take (the two windows share all but one frame), as
+    ``make_examples`` lays out a take's windows at stride 1. Where the dancer
+    stands still any two windows look alike, so a still window may pair with a
+    still one further back: still with still, which is what it means."""
+    m = examples.motion
+    follows = np.zeros(len(examples), bool)
+    if len(examples) > 1 and m.shape[1] > 1:
+        follows[1:] = ((examples.take[1:] == examples.take[:-1])
+                       & (m[1:, :-1] == m[:-1, 1:]).all(axis=(1, 2)))
+    return follows
+
+
 def gained_motion(motion: np.ndarray, cfg: TrainConfig) -> np.ndarray:
     """A take's motion (T, features) scaled by ``cfg``'s motion gain from a fresh
     level, as the box scales it live: what the model hears in training."""

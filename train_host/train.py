@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from train_host.config import TrainConfig
-from train_host.dataset import Examples, even_levels
+from train_host.dataset import Examples, consecutive, even_levels
 
 log = logging.getLogger(__name__)
 
@@ -186,16 +186,16 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
 
         if takes is not None and (t.spread_weight or before is not None):
             played = box(x, 99)
-        if t.spread_weight and takes is not None:
-            spread = vae_mod.spread_loss(log_mel, true_mel, played, takes, len(take_ids))
-            total += t.spread_weight * spread
-            terms["box_spread"] = spread
-        if before is not None and takes is not None:
-            x_before, y_before, has_before = before
-            onset = vae_mod.onset_loss(log_mel, true_mel, log_mel(y_before), played,
-                                       box(x_before, 98), has_before, takes, len(take_ids))
-            total += t.onset_weight * onset
-            terms["box_onset"] = onset
+            if t.spread_weight:
+                spread = vae_mod.spread_loss(log_mel, true_mel, played, takes, len(take_ids))
+                total += t.spread_weight * spread
+                terms["box_spread"] = spread
+            if before is not None:
+                x_before, y_before, has_before = before
+                onset = vae_mod.onset_loss(log_mel, true_mel, log_mel(y_before), played,
+                                           box(x_before, 98), has_before, takes, len(take_ids))
+                total += t.onset_weight * onset
+                terms["box_onset"] = onset
         terms["total"] = total
         return terms
 
@@ -304,20 +304,6 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
                 motiongram_params=cfg.motiongram, sample_rate=cfg.data.sample_rate,
                 seed=cfg.seed)
     return run
-
-
-def consecutive(examples: Examples) -> np.ndarray:
-    """bool (N,): where example ``i`` is the window one camera frame after example
-    ``i - 1`` of the same take (the two windows share all but one frame), as
-    ``dataset.make_examples`` lays out a take's windows at stride 1. Where the
-    dancer stands still any two windows look alike, so a still window may pair
-    with a still one further back: still with still, which is what it means."""
-    m = examples.motion
-    follows = np.zeros(len(examples), bool)
-    if len(examples) > 1 and m.shape[1] > 1:
-        follows[1:] = ((examples.take[1:] == examples.take[:-1])
-                       & (m[1:, :-1] == m[:-1, 1:]).all(axis=(1, 2)))
-    return follows
 
 
 def _minutes(seconds: float) -> str:

@@ -387,13 +387,14 @@ def onset_loss(log_mel: LogMel, true, true_before, generated, generated_before, 
     def rise(now, before):
         return tf.reduce_mean(tf.nn.relu(now - before), axis=[1, 2])
 
+    pairs = tf.math.unsorted_segment_sum(follows, takes, count)    # per take
+
     def per_take(x):
-        total = tf.math.unsorted_segment_sum(x * follows, takes, count)
-        return total / tf.maximum(tf.math.unsorted_segment_sum(follows, takes, count), 1.0)
+        return tf.math.unsorted_segment_sum(x * follows, takes, count) / tf.maximum(pairs, 1.0)
 
     made = per_take(rise(log_mel(generated), log_mel(generated_before)))
     heard = per_take(rise(true, true_before))
-    present = tf.cast(tf.math.unsorted_segment_sum(follows, takes, count) >= 2, tf.float32)
+    present = tf.cast(pairs >= 2, tf.float32)
     return tf.reduce_sum(tf.abs(made - heard) * present) / tf.maximum(
         tf.reduce_sum(present), 1.0) / 10.0
 
