@@ -115,14 +115,14 @@ def balance_partials(model, windows: np.ndarray):
     """A copy of the performer graph that plays the same sound in float, with each
     partial's amplitude brought nearer one int8 scale.
 
-    The audio decoder gives 294 partial amplitudes as one int8 tensor (one scale)
-    and multiplies them by a fixed sine basis. A model fine-tuned on real songs
-    plays its lowest partials 50 times louder than its median one, so int8 rounds
-    most partials to 0 or one step: that alone held fine-tuned bundles to 23-27 dB
-    of parity. Here partial *k*'s amplitude is divided by ``g_k`` (its largest
-    magnitude on ``windows``, relative to the loudest partial's, to the power
-    ``_PARTIAL_BALANCE``) and its basis row multiplied by ``g_k``: the product is
-    unchanged, the bundle's format too.
+    The audio decoder gives its partial amplitudes as one int8 tensor (one scale)
+    and multiplies them by a fixed sine basis. Fine-tuned on real songs, a model
+    plays a few low partials far louder than the rest (one fold: mean magnitude
+    0.47 for the loudest, 0.008 for the median partial, an int8 step of 0.016), so
+    int8 rounds most partials to 0 or one step. Here partial *k*'s amplitude is
+    divided by ``g_k`` (its largest magnitude on ``windows``, relative to the
+    loudest partial's, to the power ``_PARTIAL_BALANCE``) and its basis row
+    multiplied by ``g_k``: the product is unchanged, the bundle's format too.
     """
     import keras
 
