@@ -5,7 +5,7 @@ segment) is converted with full-integer quantization, int8 in and out, calibrate
 on motion windows from the training set and on the same windows with stronger
 motion (``export.headroom``): calibrated on training windows alone, the int8
 ranges clip the louder moments of takes the model never saw. Before conversion
-the partials' amplitudes are brought to one int8 scale (``balance_partials``)
+the partials' amplitudes are brought nearer one int8 scale (``balance_partials``)
 and the weights put on the int8 grid by GPTQ (``round_weights``) rather than
 left to the converter's rounding to nearest. The int8 graph is then run through
 the device's own ``Performer`` (the runtime the box uses) on held-out windows and
