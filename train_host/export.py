@@ -111,6 +111,17 @@ def sub_models(model) -> list:
 _PARTIAL_BALANCE = 0.75
 
 
+def partial_amplitudes(model, windows: np.ndarray) -> np.ndarray:
+    """(N, partials): the amplitudes a performer graph gives its sine basis for
+    ``windows``, the tensor ``balance_partials`` evens."""
+    import keras
+
+    encoder, decoder = sub_models(model)
+    latent = encoder.predict(windows.astype(np.float32), verbose=0)[0]
+    return keras.Model(decoder.input, decoder.get_layer("partials").output).predict(
+        latent, verbose=0)
+
+
 def balance_partials(model, windows: np.ndarray):
     """A copy of the performer graph that plays the same sound in float, with each
     partial's amplitude brought nearer one int8 scale.
@@ -128,11 +139,9 @@ def balance_partials(model, windows: np.ndarray):
 
     balanced = keras.models.clone_model(model)
     balanced.set_weights(model.get_weights())
-    encoder, decoder = sub_models(balanced)
-    latent = encoder.predict(windows.astype(np.float32), verbose=0)[0]
+    decoder = sub_models(balanced)[1]
     partials, basis = decoder.get_layer("partials"), decoder.get_layer("shape")
-    amplitudes = keras.Model(decoder.input, partials.output).predict(latent, verbose=0)
-    reach = np.abs(amplitudes).max(axis=0)
+    reach = np.abs(partial_amplitudes(balanced, windows)).max(axis=0)
     gain = (np.maximum(reach / max(float(reach.max()), 1e-12), 1e-4) ** _PARTIAL_BALANCE
             ).astype(np.float32)
     kernel, bias = partials.get_weights()
