@@ -234,6 +234,39 @@ def test_beat_hit_and_cover_use_100_ms():
     assert ev.beat_hit_cover([], true, FPS) == (0.0, 0.0)
 
 
+def test_chance_shifts_spread_from_a_second_to_a_second_short_of_the_take():
+    shifts = ev.chance_shifts(900, FPS)
+    assert len(shifts) == ev.CHANCE_SHIFTS
+    assert shifts[0] == FPS and shifts[-1] == 900 - FPS
+    assert np.all(np.diff(shifts) > 0)
+    assert len(ev.chance_shifts(2 * FPS, FPS)) == 0      # too short to shift past a beat
+
+
+def test_beats_over_chance_credit_the_timing_of_onsets_not_their_number():
+    frames = 900
+    beats = np.cumsum(np.random.default_rng(3).integers(12, 40, 40))
+    beats = beats[beats < frames]
+
+    def align(on):
+        return ev.beat_align_score(beats, on)
+
+    # Onsets on the dancer's irregular stops: far above the same onsets shifted.
+    assert ev.over_chance(align, beats, frames, FPS) > 0.5
+    # Onsets in every frame align perfectly, and shifted just as well: no credit.
+    assert align(np.arange(frames)) == 1.0
+    assert ev.over_chance(align, np.arange(frames), frames, FPS) == pytest.approx(0.0)
+    # Dense onsets unrelated to the beats score high, and nothing over chance.
+    dense = np.arange(5, frames, 7)
+    assert align(dense) > 0.7
+    assert abs(ev.over_chance(align, dense, frames, FPS)) < 0.05
+    # The hit rate against the true onsets, likewise.
+    hit = ev.over_chance(lambda on: ev.beat_hit_cover(on, beats, FPS)[0], beats, frames, FPS)
+    assert hit > 0.5
+    assert ev.over_chance(align, [], frames, FPS) == 0.0
+    assert ev.over_chance(align, beats, 2 * FPS, FPS) is None
+    assert ev.over_chance(lambda on: ev.beat_align_score([], on), beats, frames, FPS) is None
+
+
 def test_frechet_distance(spectra):
     rng = np.random.default_rng(14)
     frames = spectra.log_mel(noise_segments(60, seed=15)).reshape(-1, ev.N_MELS)

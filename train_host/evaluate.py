@@ -57,7 +57,7 @@ METRICS = ("log_mel_distance_db", "log_mel_matched_db", "frechet_log_mel", "leve
            "level_error_db",
            "loudness_corr", "loudness_ceiling_share", "motion_loudness_corr",
            "similarity_corr", "chroma_movement_corr", "chroma_movement_ratio", "beat_align",
-           "beat_hit", "beat_cover")
+           "beat_align_over_chance", "beat_hit", "beat_hit_over_chance", "beat_cover")
 """The metrics, in the order tables list them."""
 LOWER_IS_BETTER = frozenset({"log_mel_distance_db", "log_mel_matched_db", "frechet_log_mel",
                              "level_error_db"})
@@ -65,7 +65,8 @@ IDEAL = {"chroma_movement_ratio": 1.0, "beat_cover": 1.0}
 """Ratios best at 1: the value nearest wins."""
 NO_WINNER = frozenset({"level_offset_db"})
 """Reported, never won: a take's level offset is the song's mastering, not the dance."""
-REFERENCE = ("loudness_ceiling", "motion_loudness_corr", "similarity_corr", "beat_align")
+REFERENCE = ("loudness_ceiling", "motion_loudness_corr", "similarity_corr", "beat_align",
+             "beat_align_over_chance")
 """The true audio's own values, for scale (``loudness_ceiling`` is its
 motion_loudness_corr: what loudness_corr could reach from motion alone)."""
 WEIGHTS = {
@@ -75,6 +76,7 @@ WEIGHTS = {
     "loudness_corr": "segments", "motion_loudness_corr": "segments",
     "similarity_corr": "takes", "chroma_movement_corr": "chroma_blocks",
     "chroma_movement_ratio": "chroma_blocks", "beat_align": "motion_beats",
+    "beat_align_over_chance": "motion_beats", "beat_hit_over_chance": "true_onsets",
     "beat_hit": "true_onsets", "beat_cover": "true_onsets",
     "loudness_ceiling": "segments",
 }
@@ -102,6 +104,10 @@ BEAT_SIGMA_FRAMES = 3.0
 """Sigma (frames) of the beat alignment score's Gaussian (AIST++, Bailando: 3)."""
 BEAT_TOLERANCE_S = 0.1
 """How near (seconds) a generated onset must be to a true one to hit it."""
+CHANCE_SHIFTS = 24
+"""Circular shifts of a system's onsets whose mean score is its chance level."""
+CHANCE_MIN_SHIFT_S = 1.0
+"""The smallest shift (seconds): further than any beat measure's reach."""
 ONSET_WAIT_FRAMES = 2
 """An onset is the largest onset strength within this many frames either side."""
 ONSET_MEAN_S = 0.5
@@ -458,6 +464,28 @@ def beat_hit_cover(generated: np.ndarray, true: np.ndarray, fps: float,
     d = np.abs(np.asarray(true, np.float64)[:, None] - np.asarray(generated, np.float64)[None])
     hit = float((d.min(axis=1) <= tolerance_s * fps + 1e-9).mean())
     return hit, len(generated) / len(true)
+
+
+def chance_shifts(frames: int, fps: float, count: int = CHANCE_SHIFTS) -> np.ndarray:
+    """``count`` shifts (frames) spread evenly from ``CHANCE_MIN_SHIFT_S`` to as
+    far short of a whole take of ``frames``; none for a take under twice that."""
+    least = round(CHANCE_MIN_SHIFT_S * fps)
+    if frames < 2 * least + 1:
+        return np.zeros(0, np.intp)
+    return np.unique(np.linspace(least, frames - least, count).round().astype(np.intp))
+
+
+def over_chance(score, onset_frames: np.ndarray, frames: int, fps: float) -> float | None:
+    """``score(onsets)`` less its mean over the same onsets shifted circularly
+    within the take (``chance_shifts``): what the onsets' timing against the
+    dance or the music adds to what their number and rhythm score anywhere.
+    None where ``score`` is None or the take is too short to shift."""
+    onsets = np.asarray(onset_frames, np.intp)
+    value, shifts = score(onsets), chance_shifts(frames, fps)
+    if value is None or not len(shifts):
+        return None
+    chance = [score((onsets + shift) % frames) for shift in shifts]
+    return float(value - np.mean(chance))
 
 
 class GaussianFit:
@@ -879,6 +907,13 @@ def _evaluate_take(name: str, examples: Examples, cfg: TrainConfig, systems: _Sy
         strength[:warmup + 1] = 0.0    # the stream fades in over its first hops
         found[system] = pick_onsets(strength, d.fps)
     true_gaussian = fits["true"].mean_cov()
+
+    def align(onset_frames):
+        return beat_align_score(beats, onset_frames)
+
+    def hits(onset_frames):
+        return beat_hit_cover(onset_frames, found["true"], d.fps)[0]
+
     true_chroma = chroma_movement(streams["true"], d.sample_rate)
     result = TakeResult(name, str(examples.labels[0]), 1.0 / d.fps,
                         (d.window_frames - 1) / d.fps, loudness, motion, distance)
@@ -898,12 +933,15 @@ def _evaluate_take(name: str, examples: Examples, cfg: TrainConfig, systems: _Sy
             "similarity_corr": similarity_correlation(motion_ssm, ssm[system]),
             "chroma_movement_corr": corr, "chroma_movement_ratio": ratio,
             "beat_align": beat_align_score(beats, found[system]),
-            "beat_hit": hit, "beat_cover": cover,
+            "beat_align_over_chance": over_chance(align, found[system], n, d.fps),
+            "beat_hit": hit, "beat_hit_over_chance": over_chance(hits, found[system], n, d.fps),
+            "beat_cover": cover,
         }
     ceiling = pearson(motion, loudness["true"])
     result.reference = {"loudness_ceiling": ceiling, "motion_loudness_corr": ceiling,
                         "similarity_corr": similarity_correlation(motion_ssm, ssm["true"]),
-                        "beat_align": beat_align_score(beats, found["true"])}
+                        "beat_align": beat_align_score(beats, found["true"]),
+                        "beat_align_over_chance": over_chance(align, found["true"], n, d.fps)}
     for system in SYSTEMS:
         result.metrics[system]["loudness_ceiling_share"] = _share(
             result.metrics[system]["loudness_corr"], ceiling)
@@ -1014,7 +1052,8 @@ def format_table(evaluation: Evaluation) -> str:
 
 REFERENCE_CELL = {"loudness_corr": "loudness_ceiling", "motion_loudness_corr":
                   "motion_loudness_corr", "similarity_corr": "similarity_corr",
-                  "beat_align": "beat_align"}
+                  "beat_align": "beat_align",
+                  "beat_align_over_chance": "beat_align_over_chance"}
 """Which reference value the true-audio column shows in each metric's row: in
 loudness_corr's row, the ceiling (the true loudness's correlation with motion)."""
 
