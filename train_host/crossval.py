@@ -44,7 +44,10 @@ COLUMNS = (   # (heading, system or "reference", key)
     ("chroma_r", "model", "chroma_movement_corr"),
     ("BAS", "model", "beat_align"),
     ("BAS_true", "reference", "beat_align"),
+    ("BAS+", "model", "beat_align_over_chance"),
+    ("BAS+_true", "reference", "beat_align_over_chance"),
     ("hit", "model", "beat_hit"),
+    ("hit+", "model", "beat_hit_over_chance"),
     ("cover", "model", "beat_cover"),
 )
 """The table's columns after the take: log-mel distance (dB) of the model, the
@@ -52,7 +55,8 @@ mean-spectrum and the nearest-window baselines; that of the model and of the mea
 spectrum once each take's overall level is matched (``log_mel_matched_db``,
 ``_lm``); the model's level offset and error
 (dB), loudness correlation and the true audio's ceiling, chroma movement
-correlation, beat alignment (and the true audio's), beat hit and cover."""
+correlation, beat alignment (and the true audio's), the same over chance, beat hit,
+the same over chance, and cover."""
 
 
 class CrossvalError(DanceSamplerError, ValueError):
@@ -231,7 +235,9 @@ def format_crossval(result: dict) -> str:
                  "model and the mean spectrum; offset, lvl_err: the model's level offset and "
                  "error (dB); loud_r: its loudness_corr, ceiling: the true audio's "
                  "motion_loudness_corr; chroma_r: chroma_movement_corr; BAS: beat_align "
-                 "(BAS_true: the true audio's); hit, cover: beat_hit, beat_cover. Pooled as "
+                 "(BAS_true: the true audio's); BAS+: beat_align_over_chance (BAS+_true: the "
+                 "true audio's); hit, hit+, cover: beat_hit, beat_hit_over_chance, "
+                 "beat_cover. Pooled as "
                  "docs/evaluation.md says. Folds in " + result["out"])
     return "\n".join(lines)
 
