@@ -319,3 +319,35 @@ def test_the_onset_loss_compares_how_far_each_take_s_sound_rises_frame_to_frame(
     # A rises 20 dB every other frame against not at all: several dB of rise
     # missing in A; B's noise rises as much as it did.
     assert loss(steady) > 0.15
+
+
+def test_the_dynamics_weight_keeps_the_starting_model_s_loudness_following_the_dance(
+        tiny, tiny_run, tmp_path):
+    """training.dynamics_weight: fine-tuned on takes whose sound stays at one level
+    whatever the dance (as songs do), the box's level keeps moving with the motion
+    as the model fine-tuned from made it move; without it, that is lost."""
+    from train_host.dataset import Examples
+    from train_host.train import _box_level_db, train
+
+    cfg, (train_set, validation, _) = tiny
+    rms = np.sqrt(np.mean(train_set.audio ** 2, axis=1, keepdims=True)) + 1e-4
+    steady = Examples(train_set.motion, (train_set.audio / rms * 0.1).astype(np.float32),
+                      train_set.labels, train_set.take)
+    tune = with_overrides(cfg, {"training.max_steps": 60, "training.epochs": 50})
+    kept = _box_level_db(tiny_run.vae, steady.motion, 256)
+    kept -= kept.mean()
+
+    def drift(weight):
+        run = train(with_overrides(tune, {"training.dynamics_weight": weight}), steady,
+                    validation, tmp_path / f"w{weight}", init_from=tiny_run)
+        played = _box_level_db(run.vae, steady.motion, 256)
+        return float(np.mean(np.abs(played - played.mean() - kept)))
+
+    assert np.ptp(kept) > 6.0            # the starting model's level moves with the dance
+    plain, kept_drift = drift(0.0), drift(30.0)
+    assert plain > 1.0                   # steady takes teach it to stop moving
+    assert kept_drift < 0.5 * plain
+
+    with pytest.raises(ConfigError, match="training.dynamics_weight"):
+        train(with_overrides(tune, {"training.dynamics_weight": 1.0}), steady, validation,
+              tmp_path / "scratch")

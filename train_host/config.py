@@ -86,6 +86,11 @@ class TrainingConfig:
     """Weight of the onset loss: how far the motion-only sound's rise from one
     camera frame to the next, over each take, differs from the true sound's
     (``train_host.vae.onset_loss``)."""
+    dynamics_weight: float = field(default=0.0, metadata={"min": 0, "max": 100})
+    """Weight of the dynamics loss, when fine-tuning: how far the level the box
+    plays for each window, from the batch's mean level, differs from the level the
+    model fine-tuned from plays for it (``train_host.vae.dynamics_loss``), in tens
+    of dB: the starting model's loudness-follows-the-dance, kept."""
     motion_weight: float = field(default=0.1, metadata={"min": 0, "max": 100})
     """Weight of the motion reconstruction loss (keeps the latent about motion)."""
     motion_noise: float = field(default=1.0, metadata={"min": 0, "max": 10})

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from device.errors import ConfigError
 from train_host.config import TrainConfig
 from train_host.dataset import Examples, consecutive, even_levels
 
@@ -132,10 +133,16 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
     take_ids, take_index = np.unique(train_set.take, return_inverse=True)
     take_index = take_index.astype(np.int32)
     follows = consecutive(train_set) if t.onset_weight else None
+    kept_db = None
+    if t.dynamics_weight:
+        if init_from is None:
+            raise ConfigError("training.dynamics_weight: keeps the dynamics of the model "
+                              "fine-tuned from; set it to 0 or give --init-from")
+        kept_db = _box_level_db(init_from.vae, train_set.motion, t.batch_size)
     noise_renderer = (vae_mod.NoiseRenderer(cfg.model.noise_bands, data.segment_samples,
                                             data.sample_rate) if cfg.model.noise_bands else None)
 
-    def losses(x, y, beta, seed, training, takes=None, before=None):
+    def losses(x, y, beta, seed, training, takes=None, before=None, kept=None):
         # In training the motion encoder sees the window with noise on it (in
         # units of the input scale); the motion decoder is still asked for the
         # clean window.
@@ -184,6 +191,12 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
                 shape = shape + noise_renderer(bands[0], tf.stack([seed, stream]))
             return vae_mod.synthesize(shape, level)
 
+        if kept is not None:
+            level = model.audio_decoder(model.motion_encoder(x, training=training)[0],
+                                        training=training)[1]
+            dynamics = vae_mod.dynamics_loss(vae_mod.level_db(level), kept)
+            total += t.dynamics_weight * dynamics
+            terms["box_dynamics"] = dynamics
         if takes is not None and (t.spread_weight or before is not None):
             played = box(x, 99)
             if t.spread_weight:
@@ -200,9 +213,9 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
         return terms
 
     @tf.function(reduce_retracing=True)
-    def step(x, y, beta, seed, takes, before):
+    def step(x, y, beta, seed, takes, before, kept):
         with tf.GradientTape() as tape:
-            terms = losses(x, y, beta, seed, True, takes, before)
+            terms = losses(x, y, beta, seed, True, takes, before, kept)
         optimizer.apply_gradients(zip(tape.gradient(terms["total"], variables), variables))
         return terms
 
@@ -252,7 +265,8 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
                           tf.constant(follows[index], tf.float32))
             terms = step(tf.constant(train_set.motion[index]), tf.constant(train_set.audio[index]),
                          tf.constant(beta, tf.float32), tf.constant(steps, tf.int64),
-                         tf.constant(take_index[index]), before)
+                         tf.constant(take_index[index]), before,
+                         None if kept_db is None else tf.constant(kept_db[index]))
             steps += 1
             batches += 1
             for key, value in terms.items():
@@ -369,10 +383,18 @@ def _check_same_model(cfg: TrainConfig, base: Run) -> None:
         if getattr(cfg.data, k) != getattr(base.config.data, k):
             differ.append(f"data.{k}")
     if differ:
-        from device.errors import ConfigError
-
         raise ConfigError(f"{base.path}: cannot fine-tune it with this config: "
                           f"{', '.join(differ)} differ")
+
+
+def _box_level_db(vae, motion: np.ndarray, batch_size: int) -> np.ndarray:
+    """The level (dB) that ``vae``'s box path (the motion expert's mean into the
+    audio decoder) gives each window, float32."""
+    from train_host import vae as vae_mod
+
+    return np.concatenate([
+        vae_mod.level_db(vae.audio_decoder(vae.motion_encoder(motion[i:i + batch_size])[0])[1])
+        .numpy() for i in range(0, len(motion), batch_size)]).astype(np.float32)
 
 
 def box_level_offset_db(model, examples: Examples, cfg: TrainConfig) -> float:

@@ -399,6 +399,22 @@ def onset_loss(log_mel: LogMel, true, true_before, generated, generated_before, 
         tf.reduce_sum(present), 1.0) / 10.0
 
 
+def level_db(level):
+    """The decoder's level output, (N, 1), as (N,) dB."""
+    return (20.0 / np.log(10.0)) * tf.math.log(tf.abs(level[:, 0]) + 1e-6)
+
+
+def dynamics_loss(played_db, kept_db):
+    """How far the levels the box plays for a batch of windows (``played_db``,
+    ``level_db`` of its level output) move about their mean otherwise than
+    ``kept_db`` (the starting model's, for the same windows) move about theirs:
+    the mean absolute difference, in tens of dB. The overall level is left free.
+    """
+    played = played_db - tf.reduce_mean(played_db)
+    kept = kept_db - tf.reduce_mean(kept_db)
+    return tf.reduce_mean(tf.abs(played - kept)) / 10.0
+
+
 def spectral_loss(target, generated):
     """Multi-resolution STFT loss: spectral convergence plus log-magnitude L1.
 
