@@ -932,7 +932,7 @@ def _evaluate_take(name: str, examples: Examples, cfg: TrainConfig, systems: _Sy
             "motion_loudness_corr": pearson(motion, loudness[system]),
             "similarity_corr": similarity_correlation(motion_ssm, ssm[system]),
             "chroma_movement_corr": corr, "chroma_movement_ratio": ratio,
-            "beat_align": beat_align_score(beats, found[system]),
+            "beat_align": align(found[system]),
             "beat_align_over_chance": over_chance(align, found[system], n, d.fps),
             "beat_hit": hit, "beat_hit_over_chance": over_chance(hits, found[system], n, d.fps),
             "beat_cover": cover,
@@ -940,7 +940,7 @@ def _evaluate_take(name: str, examples: Examples, cfg: TrainConfig, systems: _Sy
     ceiling = pearson(motion, loudness["true"])
     result.reference = {"loudness_ceiling": ceiling, "motion_loudness_corr": ceiling,
                         "similarity_corr": similarity_correlation(motion_ssm, ssm["true"]),
-                        "beat_align": beat_align_score(beats, found["true"]),
+                        "beat_align": align(found["true"]),
                         "beat_align_over_chance": over_chance(align, found["true"], n, d.fps)}
     for system in SYSTEMS:
         result.metrics[system]["loudness_ceiling_share"] = _share(

@@ -181,24 +181,27 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
             terms[f"{name}_spectral"] = spectral
             terms[f"{name}_kl"] = kl
 
-        def box(window, stream):
-            # What the box plays: the motion expert's mean for the window as it is,
-            # no noise on the motion and no sampled latent, whose own scatter
-            # would otherwise pass for the sound moving.
-            shape, level, *bands = model.audio_decoder(model.motion_encoder(window)[0],
-                                                       training=training)
+        def decoded(window):
+            # What the box plays from: the motion expert's mean for the window as
+            # it is, no noise on the motion and no sampled latent, whose own
+            # scatter would otherwise pass for the sound moving.
+            return model.audio_decoder(model.motion_encoder(window)[0], training=training)
+
+        def box(outputs, stream):
+            # The segment the box plays for the decoder's ``outputs``.
+            shape, level, *bands = outputs
             if noise_renderer is not None:
                 shape = shape + noise_renderer(bands[0], tf.stack([seed, stream]))
             return vae_mod.synthesize(shape, level)
 
+        box_terms = takes is not None and (t.spread_weight or before is not None)
+        here = decoded(x) if kept is not None or box_terms else None
         if kept is not None:
-            level = model.audio_decoder(model.motion_encoder(x, training=training)[0],
-                                        training=training)[1]
-            dynamics = vae_mod.dynamics_loss(vae_mod.level_db(level), kept)
+            dynamics = vae_mod.dynamics_loss(vae_mod.level_db(here[1]), kept)
             total += t.dynamics_weight * dynamics
             terms["box_dynamics"] = dynamics
-        if takes is not None and (t.spread_weight or before is not None):
-            played = box(x, 99)
+        if box_terms:
+            played = box(here, 99)
             if t.spread_weight:
                 spread = vae_mod.spread_loss(log_mel, true_mel, played, takes, len(take_ids))
                 total += t.spread_weight * spread
@@ -206,7 +209,8 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
             if before is not None:
                 x_before, y_before, has_before = before
                 onset = vae_mod.onset_loss(log_mel, true_mel, log_mel(y_before), played,
-                                           box(x_before, 98), has_before, takes, len(take_ids))
+                                           box(decoded(x_before), 98), has_before, takes,
+                                           len(take_ids))
                 total += t.onset_weight * onset
                 terms["box_onset"] = onset
         terms["total"] = total
@@ -392,9 +396,9 @@ def _box_level_db(vae, motion: np.ndarray, batch_size: int) -> np.ndarray:
     audio decoder) gives each window, float32."""
     from train_host import vae as vae_mod
 
-    return np.concatenate([
-        vae_mod.level_db(vae.audio_decoder(vae.motion_encoder(motion[i:i + batch_size])[0])[1])
-        .numpy() for i in range(0, len(motion), batch_size)]).astype(np.float32)
+    levels = [vae.audio_decoder(vae_mod.motion_latent(vae, motion[i:i + batch_size]))[1]
+              for i in range(0, len(motion), batch_size)]
+    return np.concatenate([vae_mod.level_db(level).numpy() for level in levels]).astype(np.float32)
 
 
 def box_level_offset_db(model, examples: Examples, cfg: TrainConfig) -> float:
