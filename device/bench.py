@@ -4,8 +4,8 @@ Two parts:
 
 - **Compute**: the live loop's stages timed one by one, per frame, over synthetic
   dancer frames: capture (rendering the stand-in frame; the real camera's share is
-  its frame period), motiongram, inference, overlap-add. Median and 99th
-  percentile, single-threaded inference, as the box runs it.
+  its frame period), motiongram, inference, pause floor and overlap-add. Median
+  and 99th percentile, single-threaded inference, as the box runs it.
 - **Structure**: the delays that are not compute: one camera frame (a move is
   seen when the frame that holds it is complete), the ALSA buffer and the jitter
   margin the audio stream keeps ahead of the card. End to end = structure +
@@ -70,7 +70,7 @@ def measure_compute(engine: Engine, cfg: DeviceConfig, *, frames: int) -> dict[s
         t2 = clock()
         segment = engine.performer(window)
         t3 = clock()
-        engine.overlap_add.push(segment)
+        engine.overlap_add.push(engine.pause_floor(segment))
         t4 = clock()
         stages["capture"].append(t1 - t0)
         stages["motiongram"].append(t2 - t1)
@@ -97,7 +97,8 @@ def structure_ms(cfg: DeviceConfig, fps: float, sample_rate: int) -> dict[str, f
 
 def report(bundle: Bundle, cfg: DeviceConfig, *, frames: int) -> dict:
     engine = Engine(bundle, runtime=cfg.model.runtime, threads=cfg.model.threads,
-                    sensitivity=cfg.motion.sensitivity, quiet_after_s=cfg.motion.quiet_after_s)
+                    sensitivity=cfg.motion.sensitivity, quiet_after_s=cfg.motion.quiet_after_s,
+                    pause_floor_db=cfg.motion.pause_floor_db)
     compute = measure_compute(engine, cfg, frames=frames)
     # The runtime really loaded ('auto' names none): the figures are that runtime's.
     out = {"model": bundle.manifest.name, "runtime": engine.performer.runtime,
@@ -167,7 +168,8 @@ def play(bundle: Bundle, cfg: DeviceConfig, *, seconds: float, busy: bool,
 
     fps = fps or cfg.camera.fps
     engine = Engine(bundle, runtime=cfg.model.runtime, threads=cfg.model.threads,
-                    sensitivity=cfg.motion.sensitivity, quiet_after_s=cfg.motion.quiet_after_s)
+                    sensitivity=cfg.motion.sensitivity, quiet_after_s=cfg.motion.quiet_after_s,
+                    pause_floor_db=cfg.motion.pause_floor_db)
     sink = open_configured_sink(cfg.audio, sample_rate=engine.hop * fps)
     stream = AudioStream.from_config(sink, cfg.audio, hop_samples=engine.hop, pace=pace)
     dancer = SyntheticDancer(fps=fps, seed=cfg.camera.seed, paced=True, seconds=seconds)
@@ -208,7 +210,8 @@ def format_text(result: dict) -> str:
              f"single-threaded inference ({result['runtime']})", "",
              "compute per frame        median     p99"]
     for stage in ("capture", "motiongram", "inference", "overlap_add", "compute"):
-        label = {"capture": "capture (stand-in)", "compute": "total compute"}.get(stage, stage)
+        label = {"capture": "capture (stand-in)", "compute": "total compute",
+                 "overlap_add": "floor, overlap-add"}.get(stage, stage)
         lines.append(f"  {label:<22}{c[stage]['median_ms']:7.3f} ms {c[stage]['p99_ms']:7.3f} ms")
     lines += ["", "end to end, move to sound   median     p99    structure"]
     for rate, e in result["end_to_end_ms"].items():

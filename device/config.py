@@ -415,7 +415,12 @@ class MotionConfig:
     quiet_after_s: float = field(default=5.0, metadata={"min": 0.0, "max": 3600.0})
     """Seconds without motion after which the sound fades out (over 2 s), until the
     next move brings it back; 0 never fades. A model fine-tuned on real takes
-    plays a still room nearly as loud as a dance (``device.engine.QuietWhenStill``)."""
+    without ``training.dynamics_weight`` plays a still room nearly as loud as a
+    dance (``device.engine.QuietWhenStill``)."""
+    pause_floor_db: float = field(default=18.0, metadata={"min": 0.0, "max": 60.0})
+    """While a dance goes on, a pause in it plays at most this many dB under the
+    median level of the last 10 s (lifted by up to 24 dB); 0 lets a pause fall to
+    whatever the model plays for stillness (``device.engine.PauseFloor``)."""
 
 
 @dataclass(frozen=True)

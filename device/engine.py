@@ -12,7 +12,8 @@ Each frame's motion is scaled by the bundle's motion gain (the dancer's own rece
 level; ``device.motiongram.MotionGain``) times the room's ``sensitivity``, as the
 model heard it in training. With ``quiet_after_s``, the sound fades out once
 nobody has moved for that long and comes back at the first move
-(``QuietWhenStill``).
+(``QuietWhenStill``). A pause in a dance, shorter than that, keeps the sound within
+``pause_floor_db`` of its recent level (``PauseFloor``).
 
 Another model can take over while playing (``prepare`` then ``swap``): for a short
 crossfade both models hear the same window and their segments are mixed, so the
@@ -88,11 +89,14 @@ class QuietWhenStill:
 
     A model plays whatever it learned for a still window. The factory model, taught
     by its demo instrument, plays almost nothing there (-66 dBFS), but a model
-    fine-tuned on real takes, whose songs go on while the dancer pauses, plays a
-    still window nearly as loud as a dance (-19 to -24 dBFS, 0.4 to 4.7 dB under its
-    level while dancing, over the 13 cross-validation folds): an empty gallery
-    would hear it all day. The real takes' longest still stretches while dancing
-    are 2.4 to 6 s, so the box waits longer than a pause before it fades.
+    fine-tuned on real takes without ``training.dynamics_weight``, whose songs go on
+    while the dancer pauses, plays a still window nearly as loud as a dance (-19 to
+    -24 dBFS, 0.4 to 4.7 dB under its level while dancing, over the 13
+    cross-validation folds): an empty gallery would hear it all day. With the
+    weight (``config/finetune.yaml``) the folds play it at -34 to -59 dBFS, and
+    ``PauseFloor`` lifts it for the first seconds of stillness. The real takes'
+    longest still stretches while dancing are 2.4 to 6 s, so the box waits longer
+    than a pause before it fades.
 
     A frame moves when its motion passes the motion gain's ``floor`` (a repeated
     camera frame carries the motion before it). The room counts as moving again
@@ -131,6 +135,56 @@ class QuietWhenStill:
         return was if self.level == was else was + (self.level - was) * self._ramp
 
 
+PAUSE_FLOOR_DB = 18.0
+"""The box's default ``motion.pause_floor_db``; evaluation plays the model with it."""
+
+
+class PauseFloor:
+    """Keeps a pause in a dance from dropping the sound out.
+
+    A model plays what it learned for a still window, and one that kept its
+    starting model's dynamics (``training.dynamics_weight``) plays a held pose far
+    under the dance around it: in three of the 13 cross-validation folds (a rumba
+    and two waltzes of motion capture) the quietest twentieth of the held-out take
+    lay 27 to 37 dB under the take's median level, where the songs' own lay 2 to 5
+    dB under theirs. A dancer's pause is part of the dance, and the music goes on
+    through it.
+
+    Each segment is lifted, when needed, to ``floor_db`` under the median level
+    (RMS dB) of the model's last ``window_s`` of segments, by at most
+    ``MOST_DB``. The median is of what the model played, before any lift: a
+    pause shorter than half the window does not pull it down, and a room left
+    still for longer lets it fall to the still level, where the lift ends (and
+    ``QuietWhenStill`` fades the sound). ``floor_db`` 0 turns it off.
+    """
+
+    WINDOW_S = 10.0
+    MOST_DB = 24.0
+
+    def __init__(self, floor_db: float, *, fps: float, window_s: float = WINDOW_S):
+        self.floor_db = float(floor_db)
+        self._levels = np.empty(max(1, round(window_s * fps)), np.float64)
+        self._count = 0
+
+    def reset(self) -> None:
+        """Forget the levels heard (a new take)."""
+        self._count = 0
+
+    def __call__(self, segment: np.ndarray) -> np.ndarray:
+        if self.floor_db <= 0:
+            return segment
+        power = float(np.dot(segment, segment)) / max(1, len(segment))
+        level = 10.0 * np.log10(max(power, 1e-8))    # floored at -80 dB
+        n = len(self._levels)
+        self._levels[self._count % n] = level
+        self._count += 1
+        reference = float(np.median(self._levels[:min(self._count, n)]))
+        lift = min(self.MOST_DB, reference - self.floor_db - level)
+        if lift <= 0:
+            return segment
+        return segment * np.float32(10.0 ** (lift / 20.0))
+
+
 def tried_voice(bundle: Bundle, *, runtime: str = "auto", threads: int = 1):
     """What plays ``bundle`` (``device.corpus.open_voice``: its graph's performer, or
     its corpus), once it has made, from a still motion window, one segment of the
@@ -159,7 +213,7 @@ class Engine:
 
     def __init__(self, bundle: Bundle, *, volume: float = 1.0, runtime: str = "auto",
                  threads: int = 1, crossfade_frames: int = 15, sensitivity: float = 1.0,
-                 quiet_after_s: float = 0.0):
+                 quiet_after_s: float = 0.0, pause_floor_db: float = PAUSE_FLOOR_DB):
         m = bundle.manifest
         self.bundle = bundle
         self.volume = np.float32(volume)
@@ -177,6 +231,7 @@ class Engine:
         self.overlap_add = OverlapAdd(m.audio.segment_samples, m.audio.hop_samples)
         self.hop = m.audio.hop_samples
         self.quiet = QuietWhenStill(quiet_after_s, fps=m.fps, hop=self.hop)
+        self.pause_floor = PauseFloor(pause_floor_db, fps=m.fps)
         self._out = np.zeros(self.hop, np.float32)
 
     def prepare(self, bundle: Bundle) -> tuple[Bundle, Callable]:
@@ -216,7 +271,7 @@ class Engine:
                 # The dancer's level carries on; the new model's gain settings apply.
                 self.gain.retune(self.bundle.manifest.gain)
                 log.info("model: now playing %s", self.bundle.manifest.name)
-        hop = self.overlap_add.push(segment)
+        hop = self.overlap_add.push(self.pause_floor(segment))
         # No clipping here: a file sink clips in to_int16, and live sound goes
         # through the audio stream's limiter, which bends peaks instead.
         return np.multiply(hop, self.volume * self.quiet.gains(self.gain.still_frames == 0),

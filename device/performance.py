@@ -156,7 +156,8 @@ class Performance:
         self.engine = Engine(self._first_bundle(), volume=1.0,
                              runtime=cfg.model.runtime, threads=cfg.model.threads,
                              sensitivity=cfg.motion.sensitivity,
-                             quiet_after_s=cfg.motion.quiet_after_s)
+                             quiet_after_s=cfg.motion.quiet_after_s,
+                             pause_floor_db=cfg.motion.pause_floor_db)
         self.notifier.status("starting: opening the sound output")
         self._output = resolve_output(cfg.audio.output, default_wav=resolve_path(cfg.audio.wav_path),
                                       card_only=unattended)

@@ -8,7 +8,7 @@ from device.audio.wav import WavSink, read_wav
 from device.bundle import read_bundle
 from device.camera.synthetic import SyntheticDancer
 from device.camera.video import VideoFileCamera
-from device.engine import Engine, MotionWindow, QuietWhenStill
+from device.engine import Engine, MotionWindow, PauseFloor, QuietWhenStill
 from tests.conftest import real_video
 
 
@@ -144,3 +144,47 @@ def test_with_quiet_after_s_zero_a_still_room_plays_on(tiny_bundle):
     never = _dance_stop_dance(Engine(bundle, volume=1.0, quiet_after_s=0.0), still=400)
     np.testing.assert_array_equal(never, _dance_stop_dance(Engine(bundle, volume=1.0),
                                                            still=400))
+
+
+def _at_db(db: float, seed: int) -> np.ndarray:
+    """A segment of noise at ``db`` RMS dB re full scale."""
+    noise = np.random.default_rng(seed).standard_normal(735)
+    return (noise / np.sqrt(np.mean(noise ** 2)) * 10 ** (db / 20)).astype(np.float32)
+
+
+def _db(segment: np.ndarray) -> float:
+    return float(10 * np.log10(np.mean(np.square(segment, dtype=np.float64))))
+
+
+def test_a_pause_in_a_dance_plays_within_the_floor_and_a_still_room_falls_quiet():
+    floor = PauseFloor(12.0, fps=30)                  # the median of the last 300 segments
+    dance = [_db(floor(_at_db(-20, i))) for i in range(300)]
+    np.testing.assert_allclose(dance, -20, atol=1e-3)  # a dance is played as it is
+    # A held pose of 3 s, where the model plays 30 dB under the dance: 12 dB under.
+    pose = [_db(floor(_at_db(-50, i))) for i in range(90)]
+    np.testing.assert_allclose(pose, -32, atol=1e-3)
+    dance = [_db(floor(_at_db(-20, i))) for i in range(60)]
+    np.testing.assert_allclose(dance, -20, atol=1e-3)
+    # The dancer leaves: once stillness is most of the last 10 s (here 2 s on, with
+    # the pose), the model's own still level plays (and QuietWhenStill fades it).
+    room = [_db(floor(_at_db(-50, i))) for i in range(400)]
+    np.testing.assert_allclose(room[:59], -32, atol=1e-3)
+    np.testing.assert_allclose(room[-200:], -50, atol=1e-3)
+    # A lift is at most 24 dB, and a new take starts from nothing heard.
+    floor.reset()
+    [floor(_at_db(-20, i)) for i in range(300)]
+    assert abs(_db(floor(_at_db(-70, 0))) - (-70 + PauseFloor.MOST_DB)) < 1e-3
+
+
+def test_evaluation_plays_the_pause_floor_the_box_plays_by_default():
+    from device.config import MotionConfig
+    from device.engine import PAUSE_FLOOR_DB
+
+    assert MotionConfig().pause_floor_db == PAUSE_FLOOR_DB
+
+
+def test_with_pause_floor_db_zero_a_pause_falls_to_what_the_model_plays():
+    floor = PauseFloor(0.0, fps=30)
+    [floor(_at_db(-20, i)) for i in range(300)]
+    pose = _at_db(-50, 0)
+    assert floor(pose) is pose

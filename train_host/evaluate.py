@@ -44,6 +44,7 @@ from device.errors import ConfigError, DanceSamplerError
 from device.motiongram import fits_frames, motion_amount
 from device.overlap_add import OverlapAdd
 from device.corpus import open_voice
+from device.engine import PAUSE_FLOOR_DB, PauseFloor
 from device.runtime import Performer
 from device.session import session_info
 from train_host.dataset import DatasetError, Examples, add_cache_option, build_dataset, \
@@ -773,7 +774,7 @@ def run_evaluation(bundle_path: str | os.PathLike, data_roots: list[str | os.Pat
     log.info("baselines from %d training segments of %d take(s)", len(train),
              train_summary["takes"])
 
-    systems = _Systems(performer, train, mean_segment, seed)
+    systems = _Systems(performer, train, mean_segment, seed, m.fps)
     takes: list[TakeResult] = []
     excerpt: Excerpt | None = None
     longest = 0
@@ -839,15 +840,20 @@ class _Systems:
     """Each system's segments for a batch of evaluation windows."""
 
     def __init__(self, performer: Performer, train: Examples, mean_segment: np.ndarray,
-                 seed: int):
+                 seed: int, fps: float):
         self.performer, self.train, self.mean_segment = performer, train, mean_segment
+        self.pause_floor = PauseFloor(PAUSE_FLOOR_DB, fps=fps)
         self.rng = np.random.default_rng(seed)
         self.model_s = self.search_s = 0.0
 
+    def start_take(self) -> None:
+        self.pause_floor.reset()
+
     def __call__(self, motion: np.ndarray) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
-        # One window at a time through one interpreter, as the box runs it.
-        model = np.stack([self.performer(window) for window in motion])
+        # One window at a time through one interpreter and the pause floor, as the
+        # box plays them (a take's windows come in order; ``start_take`` between).
+        model = np.stack([self.pause_floor(self.performer(window)) for window in motion])
         t1 = time.perf_counter()
         nearest = nearest_windows(motion, self.train.motion)
         self.model_s += t1 - t0
@@ -863,6 +869,7 @@ def _evaluate_take(name: str, examples: Examples, cfg: TrainConfig, systems: _Sy
                    spectra: Spectra, params, want_excerpt: bool
                    ) -> tuple[TakeResult, Excerpt | None]:
     n, d = len(examples), cfg.data
+    systems.start_take()
     kept = _subsample(n, MAX_SSM_SEGMENTS)
     names = ("true",) + SYSTEMS
     loudness = {s: np.empty(n) for s in names}
