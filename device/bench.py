@@ -96,9 +96,7 @@ def structure_ms(cfg: DeviceConfig, fps: float, sample_rate: int) -> dict[str, f
 
 
 def report(bundle: Bundle, cfg: DeviceConfig, *, frames: int) -> dict:
-    engine = Engine(bundle, runtime=cfg.model.runtime, threads=cfg.model.threads,
-                    sensitivity=cfg.motion.sensitivity, quiet_after_s=cfg.motion.quiet_after_s,
-                    pause_floor_db=cfg.motion.pause_floor_db)
+    engine = Engine.configured(bundle, cfg)
     compute = measure_compute(engine, cfg, frames=frames)
     # The runtime really loaded ('auto' names none): the figures are that runtime's.
     out = {"model": bundle.manifest.name, "runtime": engine.performer.runtime,
@@ -167,9 +165,7 @@ def play(bundle: Bundle, cfg: DeviceConfig, *, seconds: float, busy: bool,
     from device.audio.stream import AudioStream
 
     fps = fps or cfg.camera.fps
-    engine = Engine(bundle, runtime=cfg.model.runtime, threads=cfg.model.threads,
-                    sensitivity=cfg.motion.sensitivity, quiet_after_s=cfg.motion.quiet_after_s,
-                    pause_floor_db=cfg.motion.pause_floor_db)
+    engine = Engine.configured(bundle, cfg)
     sink = open_configured_sink(cfg.audio, sample_rate=engine.hop * fps)
     stream = AudioStream.from_config(sink, cfg.audio, hop_samples=engine.hop, pace=pace)
     dancer = SyntheticDancer(fps=fps, seed=cfg.camera.seed, paced=True, seconds=seconds)

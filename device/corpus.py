@@ -42,6 +42,7 @@ from device.bundle import AudioParams, Bundle, Manifest, TensorSpec, write_bundl
 from device.config import CorpusConfig
 from device.errors import BundleError, DanceSamplerError
 from device.motiongram import MotionGain, MotionGainParams, MotiongramParams
+from device.publish import level_db
 from device.timeline import take_timeline, window_ends, windows_at
 
 log = logging.getLogger(__name__)
@@ -472,7 +473,7 @@ class CorpusVoice:
         segment = self._samples(start, start + self._seg)
         scale = min(1.0, float(amount[-ACTIVITY_FRAMES:].mean()) / self._quiet)
         if self._leveling:
-            db = 10 * np.log10(max(float(np.dot(segment, segment)) / len(segment), 1e-12))
+            db = level_db(segment)
             if db > SILENT_DB:
                 scale *= 10 ** (min((self._level_db - db) * self._leveling,
                                     MAX_LEVEL_UP_DB) / 20)

@@ -32,11 +32,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from device.bundle import Bundle
+from device.config import DeviceConfig
 from device.errors import BundleError
 from device.camera import Camera, Frame
 from device.motiongram import MotionGain, MotiongramStream
 from device.overlap_add import OverlapAdd
 from device.corpus import open_voice
+from device.publish import level_db
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +162,8 @@ class PauseFloor:
 
     WINDOW_S = 10.0
     MOST_DB = 24.0
+    QUIETEST_DB = -80.0
+    """Levels under this count as this: digital silence does not sink the median."""
 
     def __init__(self, floor_db: float, *, fps: float, window_s: float = WINDOW_S):
         self.floor_db = float(floor_db)
@@ -173,8 +177,7 @@ class PauseFloor:
     def __call__(self, segment: np.ndarray) -> np.ndarray:
         if self.floor_db <= 0:
             return segment
-        power = float(np.dot(segment, segment)) / max(1, len(segment))
-        level = 10.0 * np.log10(max(power, 1e-8))    # floored at -80 dB
+        level = max(level_db(segment), self.QUIETEST_DB)
         n = len(self._levels)
         self._levels[self._count % n] = level
         self._count += 1
@@ -233,6 +236,14 @@ class Engine:
         self.quiet = QuietWhenStill(quiet_after_s, fps=m.fps, hop=self.hop)
         self.pause_floor = PauseFloor(pause_floor_db, fps=m.fps)
         self._out = np.zeros(self.hop, np.float32)
+
+    @classmethod
+    def configured(cls, bundle: Bundle, cfg: DeviceConfig, **kwargs) -> Engine:
+        """An engine for ``bundle`` with the runtime and motion settings of ``cfg``;
+        ``kwargs`` (e.g. ``volume``) go to the constructor as they are."""
+        return cls(bundle, runtime=cfg.model.runtime, threads=cfg.model.threads,
+                   sensitivity=cfg.motion.sensitivity, quiet_after_s=cfg.motion.quiet_after_s,
+                   pause_floor_db=cfg.motion.pause_floor_db, **kwargs)
 
     def prepare(self, bundle: Bundle) -> tuple[Bundle, Callable]:
         """Load another model for ``swap``; any thread, never the audio thread.

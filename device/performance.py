@@ -153,11 +153,7 @@ class Performance:
         # missing camera or card is a mistake to report at once.
         unattended = self.notifier.enabled
         self.notifier.status("starting: loading the model")
-        self.engine = Engine(self._first_bundle(), volume=1.0,
-                             runtime=cfg.model.runtime, threads=cfg.model.threads,
-                             sensitivity=cfg.motion.sensitivity,
-                             quiet_after_s=cfg.motion.quiet_after_s,
-                             pause_floor_db=cfg.motion.pause_floor_db)
+        self.engine = Engine.configured(self._first_bundle(), cfg, volume=1.0)
         self.notifier.status("starting: opening the sound output")
         self._output = resolve_output(cfg.audio.output, default_wav=resolve_path(cfg.audio.wav_path),
                                       card_only=unattended)

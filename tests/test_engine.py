@@ -188,3 +188,15 @@ def test_with_pause_floor_db_zero_a_pause_falls_to_what_the_model_plays():
     [floor(_at_db(-20, i)) for i in range(300)]
     pose = _at_db(-50, 0)
     assert floor(pose) is pose
+
+
+def test_the_room_settings_in_device_yaml_reach_the_engine(tiny_bundle):
+    from device.config import DeviceConfig, with_overrides
+
+    cfg = with_overrides(DeviceConfig(), {"motion.sensitivity": 2.5, "motion.pause_floor_db": 0.0,
+                                          "motion.quiet_after_s": 4.0})
+    engine = Engine.configured(read_bundle(tiny_bundle), cfg, volume=0.5)
+    assert engine.gain.sensitivity == 2.5
+    assert engine.pause_floor.floor_db == 0
+    assert engine.quiet.after_frames == 4 * read_bundle(tiny_bundle).manifest.fps
+    assert engine.volume == np.float32(0.5)
