@@ -337,16 +337,24 @@ def test_the_dynamics_weight_keeps_the_starting_model_s_loudness_following_the_d
     kept = _box_level_db(tiny_run.vae, steady.motion, 256)
     kept -= kept.mean()
 
-    def drift(weight):
-        run = train(with_overrides(tune, {"training.dynamics_weight": weight}), steady,
-                    validation, tmp_path / f"w{weight}", init_from=tiny_run)
-        played = _box_level_db(run.vae, steady.motion, 256)
-        return float(np.mean(np.abs(played - played.mean() - kept)))
+    def played(weight, depth=1.0):
+        run = train(with_overrides(tune, {"training.dynamics_weight": weight,
+                                          "training.dynamics_depth": depth}), steady,
+                    validation, tmp_path / f"w{weight}-d{depth}", init_from=tiny_run)
+        levels = _box_level_db(run.vae, steady.motion, 256)
+        return levels - levels.mean()
+
+    def drift(levels, target):
+        return float(np.mean(np.abs(levels - target)))
 
     assert np.ptp(kept) > 6.0            # the starting model's level moves with the dance
-    plain, kept_drift = drift(0.0), drift(30.0)
-    assert plain > 1.0                   # steady takes teach it to stop moving
-    assert kept_drift < 0.5 * plain
+    plain, whole = played(0.0), played(30.0)
+    assert drift(plain, kept) > 1.0      # steady takes teach it to stop moving
+    assert drift(whole, kept) < 0.5 * drift(plain, kept)
+    # dynamics_depth 0.5: the same windows louder, over half the range.
+    half = played(30.0, 0.5)
+    assert drift(half, 0.5 * kept) < 0.5 * drift(whole, 0.5 * kept)
+    assert np.corrcoef(half, kept)[0, 1] > 0.9
 
     with pytest.raises(ConfigError, match="training.dynamics_weight"):
         train(with_overrides(tune, {"training.dynamics_weight": 1.0}), steady, validation,

@@ -91,6 +91,11 @@ class TrainingConfig:
     plays for each window, from the batch's mean level, differs from the level the
     model fine-tuned from plays for it (``train_host.vae.dynamics_loss``), in tens
     of dB: the starting model's loudness-follows-the-dance, kept."""
+    dynamics_depth: float = field(default=1.0, metadata={"min": 0, "max": 1})
+    """How much of the starting model's dynamics the dynamics loss keeps: its
+    levels' movement about their mean, scaled by this (1 keeps it whole, 0.5 moves
+    half as many dB): which window is louder stays the starting model's, the range
+    they span can be brought to the songs'."""
     motion_weight: float = field(default=0.1, metadata={"min": 0, "max": 100})
     """Weight of the motion reconstruction loss (keeps the latent about motion)."""
     motion_noise: float = field(default=1.0, metadata={"min": 0, "max": 10})

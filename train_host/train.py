@@ -138,7 +138,7 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
         if init_from is None:
             raise ConfigError("training.dynamics_weight: keeps the dynamics of the model "
                               "fine-tuned from; set it to 0 or give --init-from")
-        kept_db = _box_level_db(init_from.vae, train_set.motion, t.batch_size)
+        kept_db = t.dynamics_depth * _box_level_db(init_from.vae, train_set.motion, t.batch_size)
     noise_renderer = (vae_mod.NoiseRenderer(cfg.model.noise_bands, data.segment_samples,
                                             data.sample_rate) if cfg.model.noise_bands else None)
 
