@@ -420,7 +420,12 @@ class MotionConfig:
     pause_floor_db: float = field(default=18.0, metadata={"min": 0.0, "max": 60.0})
     """While a dance goes on, a pause in it plays at most this many dB under the
     median level of the last 10 s (lifted by up to 24 dB); 0 lets a pause fall to
-    whatever the model plays for stillness (``device.engine.PauseFloor``)."""
+    whatever the model plays for stillness (``device.engine.Dynamics``)."""
+    dynamics_depth: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
+    """How far the sound's level swings with the dance around its median of the
+    last 10 s, as a share of the model's own swing: 1 plays the model's level as
+    it is, 0.5 half its distance from that median, 0 holds it there
+    (``device.engine.Dynamics``)."""
 
 
 @dataclass(frozen=True)

@@ -285,6 +285,9 @@ class NotesVoice(NotePicker):
     model voice). Called from the model thread, one call at a time."""
 
     runtime = "notes"
+    own_dynamics = True
+    """Its loudness is its rule's (``db_per_doubling`` of motion): the engine does
+    not narrow its swing (``device.engine.Dynamics``)."""
 
     def __init__(self, bundle: Bundle):
         m, where = bundle.manifest, str(bundle.path)

@@ -8,7 +8,7 @@ from device.audio.wav import WavSink, read_wav
 from device.bundle import read_bundle
 from device.camera.synthetic import SyntheticDancer
 from device.camera.video import VideoFileCamera
-from device.engine import Engine, MotionWindow, PauseFloor, QuietWhenStill
+from device.engine import Dynamics, Engine, MotionWindow, QuietWhenStill
 from tests.conftest import real_video
 
 
@@ -157,7 +157,7 @@ def _db(segment: np.ndarray) -> float:
 
 
 def test_a_pause_in_a_dance_plays_within_the_floor_and_a_still_room_falls_quiet():
-    floor = PauseFloor(12.0, fps=30)                  # the median of the last 300 segments
+    floor = Dynamics(12.0, fps=30)                    # the median of the last 300 segments
     dance = [_db(floor(_at_db(-20, i))) for i in range(300)]
     np.testing.assert_allclose(dance, -20, atol=1e-3)  # a dance is played as it is
     # A held pose of 3 s, where the model plays 30 dB under the dance: 12 dB under.
@@ -173,18 +173,41 @@ def test_a_pause_in_a_dance_plays_within_the_floor_and_a_still_room_falls_quiet(
     # A lift is at most 24 dB, and a new take starts from nothing heard.
     floor.reset()
     [floor(_at_db(-20, i)) for i in range(300)]
-    assert abs(_db(floor(_at_db(-70, 0))) - (-70 + PauseFloor.MOST_DB)) < 1e-3
+    assert abs(_db(floor(_at_db(-70, 0))) - (-70 + Dynamics.MOST_DB)) < 1e-3
 
 
-def test_evaluation_plays_the_pause_floor_the_box_plays_by_default():
+def test_a_narrowed_swing_follows_the_dance_by_half_around_its_recent_level():
+    dynamics = Dynamics(18.0, 0.5, fps=30)
+    swing = [0, 4, -4] * 100
+    dance = [_db(dynamics(_at_db(-20 + swing[i], i))) for i in range(300)]
+    # A dance swinging 4 dB either side of its median plays 2 dB either side.
+    np.testing.assert_allclose(dance[-200:], [-20 + s / 2 for s in swing[-200:]], atol=1e-3)
+    assert _db(dynamics(_at_db(-8, 0))) == pytest.approx(-14, abs=1e-3)   # a burst: louder, by half
+    # A held pose 20 dB under plays 10 dB under; 50 dB under, the floor's 18 dB
+    # would take a lift of 32 dB: it gets the most, 24.
+    assert _db(dynamics(_at_db(-40, 1))) == pytest.approx(-30, abs=1e-3)
+    assert _db(dynamics(_at_db(-70, 2))) == pytest.approx(-70 + Dynamics.MOST_DB, abs=1e-3)
+
+
+def test_a_notes_voice_keeps_its_own_swing_and_the_pause_floor():
+    from device.notes import NotesVoice
+
+    dynamics = Dynamics(18.0, 0.5, fps=30)
+    [dynamics(_at_db(-20, i), NotesVoice) for i in range(300)]
+    assert _db(dynamics(_at_db(-8, 0), NotesVoice)) == pytest.approx(-8, abs=1e-3)
+    assert _db(dynamics(_at_db(-50, 1), NotesVoice)) == pytest.approx(-38, abs=1e-3)
+
+
+def test_evaluation_plays_the_level_dynamics_the_box_plays_by_default():
     from device.config import MotionConfig
-    from device.engine import PAUSE_FLOOR_DB
+    from device.engine import DYNAMICS_DEPTH, PAUSE_FLOOR_DB
 
     assert MotionConfig().pause_floor_db == PAUSE_FLOOR_DB
+    assert MotionConfig().dynamics_depth == DYNAMICS_DEPTH
 
 
-def test_with_pause_floor_db_zero_a_pause_falls_to_what_the_model_plays():
-    floor = PauseFloor(0.0, fps=30)
+def test_with_pause_floor_db_zero_and_depth_one_the_model_s_level_plays_as_it_is():
+    floor = Dynamics(0.0, 1.0, fps=30)
     [floor(_at_db(-20, i)) for i in range(300)]
     pose = _at_db(-50, 0)
     assert floor(pose) is pose
@@ -194,9 +217,10 @@ def test_the_room_settings_in_device_yaml_reach_the_engine(tiny_bundle):
     from device.config import DeviceConfig, with_overrides
 
     cfg = with_overrides(DeviceConfig(), {"motion.sensitivity": 2.5, "motion.pause_floor_db": 0.0,
-                                          "motion.quiet_after_s": 4.0})
+                                          "motion.quiet_after_s": 4.0,
+                                          "motion.dynamics_depth": 0.8})
     engine = Engine.configured(read_bundle(tiny_bundle), cfg, volume=0.5)
     assert engine.gain.sensitivity == 2.5
-    assert engine.pause_floor.floor_db == 0
+    assert (engine.dynamics.floor_db, engine.dynamics.depth) == (0, 0.8)
     assert engine.quiet.after_frames == 4 * read_bundle(tiny_bundle).manifest.fps
     assert engine.volume == np.float32(0.5)

@@ -44,7 +44,7 @@ from device.errors import ConfigError, DanceSamplerError
 from device.motiongram import fits_frames, motion_amount
 from device.overlap_add import OverlapAdd
 from device.corpus import open_voice
-from device.engine import PAUSE_FLOOR_DB, PauseFloor
+from device.engine import DYNAMICS_DEPTH, PAUSE_FLOOR_DB, Dynamics
 from device.runtime import Performer
 from device.session import session_info
 from train_host.dataset import DatasetError, Examples, add_cache_option, build_dataset, \
@@ -842,18 +842,19 @@ class _Systems:
     def __init__(self, performer: Performer, train: Examples, mean_segment: np.ndarray,
                  seed: int, fps: float):
         self.performer, self.train, self.mean_segment = performer, train, mean_segment
-        self.pause_floor = PauseFloor(PAUSE_FLOOR_DB, fps=fps)
+        self.dynamics = Dynamics(PAUSE_FLOOR_DB, DYNAMICS_DEPTH, fps=fps)
         self.rng = np.random.default_rng(seed)
         self.model_s = self.search_s = 0.0
 
     def start_take(self) -> None:
-        self.pause_floor.reset()
+        self.dynamics.reset()
 
     def __call__(self, motion: np.ndarray) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
-        # One window at a time through one interpreter and the pause floor, as the
+        # One window at a time through one interpreter and the level dynamics, as the
         # box plays them (a take's windows come in order; ``start_take`` between).
-        model = np.stack([self.pause_floor(self.performer(window)) for window in motion])
+        model = np.stack([self.dynamics(self.performer(window), self.performer)
+                          for window in motion])
         t1 = time.perf_counter()
         nearest = nearest_windows(motion, self.train.motion)
         self.model_s += t1 - t0
