@@ -155,7 +155,10 @@ class Dynamics:
     waltz). Each segment is moved to ``depth`` of its distance from the median
     level (RMS dB) of the model's last ``window_s`` of segments: at 0.5 the level
     still rises and falls with the dance, by half as much (docs/model.md, "The
-    swing of the level, narrowed on the box").
+    swing of the level, narrowed on the box"). No segment is turned down by more
+    than ``MOST_CUT_DB``: after a room has been still, the median is the still
+    level, and a dancer coming in is heard at once, at most that far under the
+    dance's own level until the median has caught up (half the window).
 
     And a held pose is part of the dance: in three of those folds (a rumba and
     two waltzes of motion capture) the quietest twentieth of the held-out take lay
@@ -173,6 +176,7 @@ class Dynamics:
 
     WINDOW_S = 10.0
     MOST_DB = 24.0
+    MOST_CUT_DB = 6.0
     QUIETEST_DB = -80.0
     """Levels under this count as this: digital silence does not sink the median."""
 
@@ -200,7 +204,7 @@ class Dynamics:
         target = reference + depth * (level - reference)
         if self.floor_db > 0:
             target = max(target, reference - self.floor_db)
-        change = min(self.MOST_DB, target - level)
+        change = min(self.MOST_DB, max(-self.MOST_CUT_DB, target - level))
         if change == 0:
             return segment
         return segment * np.float32(10.0 ** (change / 20.0))

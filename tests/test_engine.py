@@ -187,6 +187,16 @@ def test_a_narrowed_swing_follows_the_dance_by_half_around_its_recent_level():
     # would take a lift of 32 dB: it gets the most, 24.
     assert _db(dynamics(_at_db(-40, 1))) == pytest.approx(-30, abs=1e-3)
     assert _db(dynamics(_at_db(-70, 2))) == pytest.approx(-70 + Dynamics.MOST_DB, abs=1e-3)
+    # A burst far over the median is turned down by at most 6 dB.
+    assert _db(dynamics(_at_db(0, 3))) == pytest.approx(-Dynamics.MOST_CUT_DB, abs=1e-3)
+
+
+def test_a_dancer_coming_into_a_still_room_is_heard_at_once():
+    dynamics = Dynamics(18.0, 0.5, fps=30)
+    [dynamics(_at_db(-70, i)) for i in range(400)]      # a still room: its median is -70
+    dance = [_db(dynamics(_at_db(-20, i))) for i in range(200)]
+    np.testing.assert_allclose(dance[:150], -20 - Dynamics.MOST_CUT_DB, atol=1e-3)
+    np.testing.assert_allclose(dance[151:], -20, atol=1e-3)   # the median has caught up
 
 
 def test_a_notes_voice_keeps_its_own_swing_and_the_pause_floor():
