@@ -34,16 +34,17 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = 1
 COMMANDS = ("record", "stop", "delete-last", "next-model", "voice-from-last-take", "status",
-            "volume", "sensitivity", "voice", "delete-take", "add-model")
+            "volume", "sensitivity", "dynamics", "voice", "delete-take", "add-model")
 """record: start a take (labelled ``value``, if given); stop: end it; delete-last:
 delete the last take; next-model: crossfade to the next bundle;
 voice-from-last-take: build a corpus voice from the newest take and crossfade to
-it; status: what the box is doing; volume, sensitivity: set the master volume or
-the motion sensitivity to ``value``; voice: crossfade to the bundle named
+it; status: what the box is doing; volume, sensitivity, dynamics: set the master
+volume, the motion sensitivity or how far the level swings with the dance (the
+dynamics depth) to ``value``; voice: crossfade to the bundle named
 ``value`` in the models folder; delete-take: delete the take folder named
 ``value``; add-model: check the bundle file at the path ``value`` as
 check-bundle does and copy it into the models folder (never over a file there)."""
-VALUE_COMMANDS = ("volume", "sensitivity", "voice", "delete-take", "add-model")
+VALUE_COMMANDS = ("volume", "sensitivity", "dynamics", "voice", "delete-take", "add-model")
 """The commands that need a ``value``."""
 OPTIONAL_VALUE_COMMANDS = ("record",)
 """The commands that may take a ``value``; the others take none."""
@@ -66,9 +67,12 @@ def _bounds(section: type, name: str) -> tuple[float, float]:
 
 
 _NUMBERS = {"volume": _bounds(AudioConfig, "volume"),
-            "sensitivity": _bounds(MotionConfig, "sensitivity")}
-"""The numbers volume and sensitivity take: the bounds of audio.volume and
-motion.sensitivity in the config."""
+            "sensitivity": _bounds(MotionConfig, "sensitivity"),
+            "dynamics": _bounds(MotionConfig, "dynamics_depth")}
+"""The numbers volume, sensitivity and dynamics take: the bounds of audio.volume,
+motion.sensitivity and motion.dynamics_depth in the config."""
+NUMBER_COMMANDS = tuple(_NUMBERS)
+"""The commands whose value is a number."""
 
 
 def check_value(command: str, value: object) -> float | str | None:

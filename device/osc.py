@@ -56,7 +56,8 @@ TRIGGERS = {f"{PREFIX}/{command}": command for command in
             ("record", "stop", "delete-last", "next-model", "voice-from-last-take")}
 """Addresses that start an action; no argument, or one number (0 or false: ignored,
 a button's release)."""
-VALUES = {f"{PREFIX}/{command}": command for command in ("volume", "sensitivity", "voice")}
+VALUES = {f"{PREFIX}/{command}": command for command in ("volume", "sensitivity", "dynamics",
+                                                              "voice")}
 """Addresses that set something; one argument, as ``device ctl`` takes it."""
 REPORT_EVERY_S = 10.0
 """Most often a line about ignored messages is logged."""

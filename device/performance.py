@@ -458,6 +458,7 @@ class Performance:
         return {"state": self._state_name(), "model": manifest.name, "voice": manifest.voice,
                 "status": self.status_text(), "volume": self._volume,
                 "sensitivity": self.engine.gain.sensitivity,
+                "dynamics": self.engine.dynamics.depth,
                 "still_s": round(self._still_s(), 1), "quiet": self.engine.quiet.quiet,
                 "compute_ms": round(float(np.median(ms)), 3) if ms else None,
                 "underruns": self.stream.stats.underruns if self.stream is not None else None}
@@ -478,6 +479,9 @@ class Performance:
             return {"ok": True, **self._state()}
         if action == "sensitivity":
             self.engine.gain.set_sensitivity(value)
+            return {"ok": True, **self._state()}
+        if action == "dynamics":
+            self.engine.dynamics.depth = value   # from the next segment; the median is kept
             return {"ok": True, **self._state()}
         if self.recorder is None:
             log.warning("controls: %s asked for, but this box has no recorder set up", action)

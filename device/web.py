@@ -52,7 +52,7 @@ import numpy as np
 
 from device import control, publish
 from device.config import PROJECT_ROOT, DeviceConfig, host_port, resolve_path
-from device.control import ControlError, check_value
+from device.control import NUMBER_COMMANDS, ControlError, check_value
 from device.errors import DanceSamplerError
 from device.osc import Tally
 from device.session import is_take_name, list_sessions
@@ -77,7 +77,7 @@ HISTORY = 300
 STATUS_EVERY_S = 1.0
 """How often the box's status is asked for over the control channel."""
 COMMANDS = ("record", "stop", "delete-last", "next-model", "voice-from-last-take",
-            "volume", "sensitivity", "voice", "delete-take")
+            "volume", "sensitivity", "dynamics", "voice", "delete-take")
 """What the page's buttons may ask the box (``add-model`` goes through the upload)."""
 BUNDLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.dsb")
 _POLL_S = 0.5
@@ -344,7 +344,7 @@ class WebService:
         """One control channel request from a button of the page."""
         if cmd not in COMMANDS:
             return {"ok": False, "error": f"unknown command {cmd!r}"}
-        if cmd in ("volume", "sensitivity") and isinstance(value, str):
+        if cmd in NUMBER_COMMANDS and isinstance(value, str):
             try:
                 value = float(value)
             except ValueError:

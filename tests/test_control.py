@@ -169,7 +169,7 @@ def test_ctl_without_a_running_box_is_one_line(tmp_path):
     assert os.path.exists(tmp_path / "stale.sock")
 
 
-def test_ctl_sets_volume_and_sensitivity_and_picks_a_voice_by_name(show):
+def test_ctl_sets_volume_sensitivity_and_dynamics_and_picks_a_voice_by_name(show):
     performance, path, _ = show
     turned = ctl("volume", "0.3", "--socket", str(path), "--json")
     assert turned.returncode == 0, turned.stderr
@@ -177,12 +177,18 @@ def test_ctl_sets_volume_and_sensitivity_and_picks_a_voice_by_name(show):
     assert performance.stream._volume_target == 0.3     # the audio thread glides there
     assert request("sensitivity", path, value=2.5)["sensitivity"] == 2.5
     assert performance.engine.gain.sensitivity == 2.5
+    assert performance.engine.dynamics.depth == 0.5          # motion.dynamics_depth
+    widened = ctl("dynamics", "1", "--socket", str(path), "--json")
+    assert widened.returncode == 0, widened.stderr
+    assert json.loads(widened.stdout)["dynamics"] == 1.0
+    assert performance.engine.dynamics.depth == 1.0
     status = request("status", path)
-    assert (status["volume"], status["sensitivity"]) == (0.3, 2.5)
+    assert (status["volume"], status["sensitivity"], status["dynamics"]) == (0.3, 2.5, 1.0)
 
     for args, fragment in ((("volume", "1.5"), "volume takes a number from 0 to 1, not 1.5"),
                            (("sensitivity", "loud"), "sensitivity takes a number from 0.05 "
                                                      "to 20, not 'loud'"),
+                           (("dynamics", "2"), "dynamics takes a number from 0 to 1, not 2.0"),
                            (("volume",), "volume needs a value"),
                            (("stop", "now"), "stop takes no value")):
         one_line_error(ctl(*args, "--socket", str(path)), fragment)

@@ -201,9 +201,11 @@ def test_osc_commands_go_through_the_control_channel(show_factory):
 
         client.send_message("/dancesampler/volume", 0.25)
         client.send_message("/dancesampler/sensitivity", 2)
-        until(lambda: len(service.done) >= 4, "volume and sensitivity answered")
+        client.send_message("/dancesampler/dynamics", 0.25)
+        until(lambda: len(service.done) >= 5, "volume, sensitivity and dynamics answered")
         status = request("status", ctl)
         assert status["volume"] == 0.25 and status["sensitivity"] == 2.0
+        assert status["dynamics"] == 0.25 and performance.engine.dynamics.depth == 0.25
         assert performance.stream is not None
 
         client.send_message("/dancesampler/voice", "b")

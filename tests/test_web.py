@@ -332,6 +332,15 @@ def test_in_a_real_browser_the_picture_moves_a_take_lands_and_a_wrong_password_i
               and not browser.find_element(By.ID, "figures").text.startswith("0 fps"),
               "the frame rate")
 
+        until(lambda: browser.find_element(By.ID, "dynamicsval").text == "0.50",
+              "the dynamics depth the box plays at")
+        browser.execute_script("const s = document.getElementById('dynamics'); s.value = 1; "
+                               "s.dispatchEvent(new Event('change'))")
+        until(lambda: box.performance.engine.dynamics.depth == 1.0, "the whole swing, set "
+                                                                     "from the page")
+        until(lambda: browser.find_element(By.ID, "dynamicsval").text == "1.00",
+              "the page shows it")
+
         browser.find_element(By.ID, "label").send_keys("from the page")
         browser.find_element(By.ID, "record").click()
         until(lambda: box.performance.recorder.recording, "recording from the page")
