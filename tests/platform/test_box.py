@@ -19,6 +19,7 @@ x86-64) and skips, saying why, elsewhere.
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import shutil
 import socket
@@ -285,6 +286,9 @@ def test_a_take_recorded_through_the_control_channel_comes_home_verified(box, tm
     box.ssh(f"{ctl} stop")
     time.sleep(1)
     assert box.ssh(f"{ctl} status").stdout.startswith("playing default")
+    # A room's setting, tried over the same channel, reaches the unit's process.
+    tried = json.loads(box.ssh(f"{ctl} dynamics 1 --json").stdout)
+    assert (tried["ok"], tried["dynamics"], tried["state"]) == (True, 1.0, "playing"), tried
     takes = box.ssh("ls /var/lib/dancesampler/sessions").stdout.split()
     assert len(takes) == 1, takes
 
