@@ -194,12 +194,12 @@ class Dynamics:
     def __call__(self, segment: np.ndarray, voice=None) -> np.ndarray:
         """``segment``, played by ``voice``, at its level for the box."""
         depth = 1.0 if getattr(voice, "own_dynamics", False) else self.depth
-        if self.floor_db <= 0 and depth >= 1:
-            return segment
         level = max(level_db(segment), self.QUIETEST_DB)
         n = len(self._levels)
         self._levels[self._count % n] = level
         self._count += 1
+        if self.floor_db <= 0 and depth >= 1:
+            return segment   # heard, so a depth set later narrows around this median
         reference = float(np.median(self._levels[:min(self._count, n)]))
         target = reference + depth * (level - reference)
         if self.floor_db > 0:

@@ -221,6 +221,9 @@ def test_with_pause_floor_db_zero_and_depth_one_the_model_s_level_plays_as_it_is
     [floor(_at_db(-20, i)) for i in range(300)]
     pose = _at_db(-50, 0)
     assert floor(pose) is pose
+    # What it played is still heard: a depth set now (`ctl dynamics`) narrows around it.
+    floor.depth = 0.5
+    assert _db(floor(_at_db(-10, 1))) == pytest.approx(-15, abs=1e-3)
 
 
 def test_the_room_settings_in_device_yaml_reach_the_engine(tiny_bundle):
