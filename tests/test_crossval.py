@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import one_line_error
 from tests.test_evaluate import write_demo_take
 from train_host import evaluate as ev
-from train_host.crossval import COLUMNS
+from train_host.evaluate import TAKE_COLUMNS as COLUMNS
 
 pytestmark = pytest.mark.slow
 

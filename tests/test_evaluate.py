@@ -432,6 +432,9 @@ def check_schema(metrics: dict) -> None:
     reference = metrics.pop("reference", None)
     if reference is not None:   # the command's JSON: the true audio's own values too
         assert sorted(reference) == sorted(ev.REFERENCE)
+        for take in metrics.pop("takes"):   # and each take's own
+            assert sorted(take["reference"]) == sorted(ev.REFERENCE)
+            check_schema(take["metrics"])
     assert list(metrics) == list(ev.SYSTEMS)
     for system, values in metrics.items():
         assert sorted(values) == sorted(ev.METRICS), system
@@ -453,6 +456,38 @@ def test_model_follows_the_sound_on_unseen_synthetic_takes(tmp_path):
     assert metrics["baseline_mean"]["loudness_corr"] is None   # one segment, always
     # Seeded: the same run gives the same numbers.
     assert ev.evaluate(DEFAULT_BUNDLE, [tmp_path / "eval"], [tmp_path / "train"]) == metrics
+
+
+def test_several_takes_are_scored_each_and_pooled(tmp_path, capsys):
+    # A developer scoring a model on new takes sees each take beside the baselines.
+    names = [write_demo_take(tmp_path / "eval", 6.0, seed=seed).name for seed in (101, 102)]
+    write_demo_take(tmp_path / "train", 6.0, seed=7)
+    argv = (str(DEFAULT_BUNDLE), "--data", str(tmp_path / "eval"), "--train-data",
+            str(tmp_path / "train"), "--cache", "none")
+    assert cli("evaluate", *argv, "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    takes = result["takes"]
+    assert [take["take"] for take in takes] == sorted(names)
+    check_schema(result)
+    # The pooled log-mel distance is the mean over every segment of both takes.
+    distances = [take["metrics"]["model"]["log_mel_distance_db"] for take in takes]
+    assert result["model"]["log_mel_distance_db"] == pytest.approx(
+        np.average(distances, weights=[take["segments"] for take in takes]), abs=1e-3)
+    assert distances[0] != distances[1]
+
+    assert cli("evaluate", *argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("take ")))
+    assert lines[header].split() == ["take", *[h for h, _, _ in ev.TAKE_COLUMNS]]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[header + 1:header + 4]}
+    assert list(rows) == [*sorted(names), "pooled"]
+    for name, take in zip(sorted(names), takes):
+        assert float(rows[name][0]) == pytest.approx(
+            take["metrics"]["model"]["log_mel_distance_db"], abs=0.01)
+        assert float(rows[name][1]) == pytest.approx(
+            take["metrics"]["baseline_mean"]["log_mel_distance_db"], abs=0.01)
+    assert float(rows["pooled"][0]) == pytest.approx(result["model"]["log_mel_distance_db"],
+                                                     abs=0.01)
 
 
 def test_refusals_name_what_is_wrong(tmp_path):

@@ -25,39 +25,11 @@ from pathlib import Path
 from device.errors import DanceSamplerError
 from train_host.dataset import (DatasetError, add_cache_option, cache_dir_option, find_takes,
                                 prepare_take)
-from train_host.evaluate import pool_takes, run_evaluation
+from train_host.evaluate import format_takes, pool_takes, run_evaluation
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
-
-COLUMNS = (   # (heading, system or "reference", key)
-    ("model", "model", "log_mel_distance_db"),
-    ("mean", "baseline_mean", "log_mel_distance_db"),
-    ("nearest", "baseline_nearest", "log_mel_distance_db"),
-    ("model_lm", "model", "log_mel_matched_db"),
-    ("mean_lm", "baseline_mean", "log_mel_matched_db"),
-    ("offset", "model", "level_offset_db"),
-    ("lvl_err", "model", "level_error_db"),
-    ("loud_r", "model", "loudness_corr"),
-    ("ceiling", "reference", "loudness_ceiling"),
-    ("chroma_r", "model", "chroma_movement_corr"),
-    ("BAS", "model", "beat_align"),
-    ("BAS_true", "reference", "beat_align"),
-    ("BAS+", "model", "beat_align_over_chance"),
-    ("BAS+_true", "reference", "beat_align_over_chance"),
-    ("hit", "model", "beat_hit"),
-    ("hit+", "model", "beat_hit_over_chance"),
-    ("cover", "model", "beat_cover"),
-)
-"""The table's columns after the take: log-mel distance (dB) of the model, the
-mean-spectrum and the nearest-window baselines; that of the model and of the mean
-spectrum once each take's overall level is matched (``log_mel_matched_db``,
-``_lm``); the model's level offset and error
-(dB), loudness correlation and the true audio's ceiling, chroma movement
-correlation, beat alignment (and the true audio's), the same over chance, beat hit,
-the same over chance, and cover."""
-
 
 class CrossvalError(DanceSamplerError, ValueError):
     """Cross-validation cannot run as asked; the message names what is wrong."""
@@ -217,33 +189,10 @@ def _progress_bar(folds: int):
 
 def format_crossval(result: dict) -> str:
     """A row per held-out take and the pooled row."""
-    width = max([len("pooled")] + [len(f["take"]) for f in result["folds"]]) + 2
-    lines = ["take".ljust(width) + "".join(h.rjust(10) for h, _, _ in COLUMNS)]
-
-    def row(label: str, metrics: dict, reference: dict) -> str:
-        cells = [_cell((reference if system == "reference" else metrics[system]).get(key))
-                 for _, system, key in COLUMNS]
-        return label.ljust(width) + "".join(c.rjust(10) for c in cells)
-
-    for fold in result["folds"]:
-        lines.append(row(fold["take"], fold["metrics"], fold["reference"]))
+    rows = [(fold["take"], fold["metrics"], fold["reference"]) for fold in result["folds"]]
     pooled = result["pooled"]
-    lines.append(row("pooled", pooled["metrics"], pooled["reference"]))
-    lines.append("")
-    lines.append("model, mean, nearest: log-mel distance (dB) of the model and the mean-spectrum "
-                 "and nearest-window baselines; model_lm, mean_lm: log_mel_matched_db of the "
-                 "model and the mean spectrum; offset, lvl_err: the model's level offset and "
-                 "error (dB); loud_r: its loudness_corr, ceiling: the true audio's "
-                 "motion_loudness_corr; chroma_r: chroma_movement_corr; BAS: beat_align "
-                 "(BAS_true: the true audio's); BAS+: beat_align_over_chance (BAS+_true: the "
-                 "true audio's); hit, hit+, cover: beat_hit, beat_hit_over_chance, "
-                 "beat_cover. Pooled as "
-                 "docs/evaluation.md says. Folds in " + result["out"])
-    return "\n".join(lines)
-
-
-def _cell(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}" if abs(value) < 10 else f"{value:.2f}"
+    return (format_takes(rows, pooled["metrics"], pooled["reference"])
+            + " Folds in " + result["out"])
 
 
 def add_commands(subparsers) -> None:

@@ -1054,8 +1054,67 @@ def _winners(values: dict[str, float | None], metric: str) -> list[str]:
 
 
 def format_table(evaluation: Evaluation) -> str:
-    """Metrics by systems, the true audio's own values for scale, and each metric's winner."""
-    return format_metrics(evaluation.metrics, evaluation.reference, evaluation.winners())
+    """Metrics by systems, the true audio's own values for scale, and each metric's
+    winner; with more than one take, then a row per take (``format_takes``)."""
+    table = format_metrics(evaluation.metrics, evaluation.reference, evaluation.winners())
+    if len(evaluation.takes) < 2:
+        return table
+    rows = [(take.name, take.metrics, take.reference) for take in evaluation.takes]
+    return (table + "\n\n" + format_takes(rows, evaluation.metrics, evaluation.reference)
+            + " Pooled as the table above.")
+
+
+TAKE_COLUMNS = (   # (heading, system or "reference", key)
+    ("model", "model", "log_mel_distance_db"),
+    ("mean", "baseline_mean", "log_mel_distance_db"),
+    ("nearest", "baseline_nearest", "log_mel_distance_db"),
+    ("model_lm", "model", "log_mel_matched_db"),
+    ("mean_lm", "baseline_mean", "log_mel_matched_db"),
+    ("offset", "model", "level_offset_db"),
+    ("lvl_err", "model", "level_error_db"),
+    ("loud_r", "model", "loudness_corr"),
+    ("ceiling", "reference", "loudness_ceiling"),
+    ("chroma_r", "model", "chroma_movement_corr"),
+    ("BAS", "model", "beat_align"),
+    ("BAS_true", "reference", "beat_align"),
+    ("BAS+", "model", "beat_align_over_chance"),
+    ("BAS+_true", "reference", "beat_align_over_chance"),
+    ("hit", "model", "beat_hit"),
+    ("hit+", "model", "beat_hit_over_chance"),
+    ("cover", "model", "beat_cover"),
+)
+"""The per-take table's columns after the take: log-mel distance (dB) of the model,
+the mean-spectrum and the nearest-window baselines; that of the model and of the
+mean spectrum once each take's overall level is matched (``log_mel_matched_db``,
+``_lm``); the model's level offset and error (dB), loudness correlation and the true
+audio's ceiling, chroma movement correlation, beat alignment (and the true audio's),
+the same over chance, beat hit, the same over chance, and cover."""
+
+
+def format_takes(rows: list[tuple[str, dict, dict]], pooled_metrics: dict,
+                 pooled_reference: dict) -> str:
+    """A row per take, ``(label, metrics, reference)``, and the pooled row, in the
+    columns of ``TAKE_COLUMNS``, then what they mean."""
+    width = max([len("pooled")] + [len(label) for label, _, _ in rows]) + 2
+    lines = ["take".ljust(width) + "".join(h.rjust(10) for h, _, _ in TAKE_COLUMNS)]
+
+    def row(label: str, metrics: dict, reference: dict) -> str:
+        cells = [_cell((reference if system == "reference" else metrics[system]).get(key))
+                 for _, system, key in TAKE_COLUMNS]
+        return label.ljust(width) + "".join(c.rjust(10) for c in cells)
+
+    lines += [row(*r) for r in rows]
+    lines.append(row("pooled", pooled_metrics, pooled_reference))
+    lines.append("")
+    lines.append("model, mean, nearest: log-mel distance (dB) of the model and the mean-spectrum "
+                 "and nearest-window baselines; model_lm, mean_lm: log_mel_matched_db of the "
+                 "model and the mean spectrum; offset, lvl_err: the model's level offset and "
+                 "error (dB); loud_r: its loudness_corr, ceiling: the true audio's "
+                 "motion_loudness_corr; chroma_r: chroma_movement_corr; BAS: beat_align "
+                 "(BAS_true: the true audio's); BAS+: beat_align_over_chance (BAS+_true: the "
+                 "true audio's); hit, hit+, cover: beat_hit, beat_hit_over_chance, "
+                 "beat_cover. Pooled as docs/evaluation.md says.")
+    return "\n".join(lines)
 
 
 REFERENCE_CELL = {"loudness_corr": "loudness_ceiling", "motion_loudness_corr":
@@ -1305,8 +1364,10 @@ def _evaluate_command(args) -> int:
         page = write_report(evaluation, args.report)
         print(f"wrote {page}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
-        print(json.dumps({**evaluation.metrics, "reference": evaluation.reference},
-                         sort_keys=False))
+        takes = [{key: value for key, value in take.scores().items() if key != "weights"}
+                 for take in evaluation.takes]
+        print(json.dumps({**evaluation.metrics, "reference": evaluation.reference,
+                          "takes": takes}, sort_keys=False))
     else:
         print(format_table(evaluation))
     return 0
