@@ -1060,8 +1060,7 @@ def format_table(evaluation: Evaluation) -> str:
     if len(evaluation.takes) < 2:
         return table
     rows = [(take.name, take.metrics, take.reference) for take in evaluation.takes]
-    return (table + "\n\n" + format_takes(rows, evaluation.metrics, evaluation.reference)
-            + " Pooled as the table above.")
+    return table + "\n\n" + format_takes(rows, evaluation.metrics, evaluation.reference)
 
 
 TAKE_COLUMNS = (   # (heading, system or "reference", key)
