@@ -488,6 +488,9 @@ def test_several_takes_are_scored_each_and_pooled(tmp_path, capsys):
             take["metrics"]["baseline_mean"]["log_mel_distance_db"], abs=0.01)
     assert float(rows["pooled"][0]) == pytest.approx(result["model"]["log_mel_distance_db"],
                                                      abs=0.01)
+    closer = sum(take["metrics"]["model"]["log_mel_distance_db"]
+                 < take["metrics"]["baseline_mean"]["log_mel_distance_db"] for take in takes)
+    assert f"closer than the mean spectrum in {closer} take(s) of 2" in lines[header + 5]
 
 
 def test_refusals_name_what_is_wrong(tmp_path):

@@ -1105,6 +1105,7 @@ def format_takes(rows: list[tuple[str, dict, dict]], pooled_metrics: dict,
     lines += [row(*r) for r in rows]
     lines.append(row("pooled", pooled_metrics, pooled_reference))
     lines.append("")
+    lines.append(_closer_count(rows))
     lines.append("model, mean, nearest: log-mel distance (dB) of the model and the mean-spectrum "
                  "and nearest-window baselines; model_lm, mean_lm: log_mel_matched_db of the "
                  "model and the mean spectrum; offset, lvl_err: the model's level offset and "
@@ -1114,6 +1115,17 @@ def format_takes(rows: list[tuple[str, dict, dict]], pooled_metrics: dict,
                  "true audio's); hit, hit+, cover: beat_hit, beat_hit_over_chance, "
                  "beat_cover. Pooled as docs/evaluation.md says.")
     return "\n".join(lines)
+
+
+def _closer_count(rows: list[tuple[str, dict, dict]]) -> str:
+    """In how many takes the model's log-mel distance is under each baseline's."""
+    def closer(baseline: str) -> int:
+        return sum(m["model"]["log_mel_distance_db"] < m[baseline]["log_mel_distance_db"]
+                   for _, m, _ in rows)
+
+    return (f"the model is closer than the mean spectrum in {closer('baseline_mean')} "
+            f"take(s) of {len(rows)}, than the nearest window in "
+            f"{closer('baseline_nearest')}.")
 
 
 REFERENCE_CELL = {"loudness_corr": "loudness_ceiling", "motion_loudness_corr":
