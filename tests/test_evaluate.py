@@ -292,6 +292,17 @@ def test_frechet_distance(spectra):
         pytest.approx(4 + np.trace(c1) + np.trace(c2) - 2 * cross)
 
 
+def test_spread_ratio_says_how_far_the_frames_vary_against_the_music(spectra):
+    frames = spectra.log_mel(noise_segments(60, seed=16)).reshape(-1, ev.N_MELS)
+    cov = np.cov(frames.T)
+    assert ev.spread_ratio(cov, cov) == pytest.approx(1.0)
+    # The same frames drawn halfway to their mean: half the spread.
+    half = frames.mean(axis=0) + 0.5 * (frames - frames.mean(axis=0))
+    assert ev.spread_ratio(np.cov(half.T), cov) == pytest.approx(0.5)
+    assert ev.spread_ratio(np.zeros_like(cov), cov) == 0.0     # one unchanging spectrum
+    assert ev.spread_ratio(cov, np.zeros_like(cov)) is None    # music that never varies
+
+
 def test_level_error_removes_a_constant_offset():
     true = np.linspace(-40, -10, 50)
     offset, error, used = ev.level_offset_error(true - 12.0, true)
@@ -474,6 +485,9 @@ def test_several_takes_are_scored_each_and_pooled(tmp_path, capsys):
     assert result["model"]["log_mel_distance_db"] == pytest.approx(
         np.average(distances, weights=[take["segments"] for take in takes]), abs=1e-3)
     assert distances[0] != distances[1]
+    # A constant sound reads as less varied than real training segments.
+    assert result["baseline_mean"]["log_mel_spread_ratio"] < \
+        result["baseline_nearest"]["log_mel_spread_ratio"]
 
     assert cli("evaluate", *argv) == 0
     lines = capsys.readouterr().out.splitlines()

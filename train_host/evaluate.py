@@ -54,15 +54,15 @@ log = logging.getLogger(__name__)
 
 SYSTEMS = ("model", "baseline_mean", "baseline_random", "baseline_nearest")
 """The systems compared, in the order tables list them."""
-METRICS = ("log_mel_distance_db", "log_mel_matched_db", "frechet_log_mel", "level_offset_db",
-           "level_error_db",
+METRICS = ("log_mel_distance_db", "log_mel_matched_db", "frechet_log_mel",
+           "log_mel_spread_ratio", "level_offset_db", "level_error_db",
            "loudness_corr", "loudness_ceiling_share", "motion_loudness_corr",
            "similarity_corr", "chroma_movement_corr", "chroma_movement_ratio", "beat_align",
            "beat_align_over_chance", "beat_hit", "beat_hit_over_chance", "beat_cover")
 """The metrics, in the order tables list them."""
 LOWER_IS_BETTER = frozenset({"log_mel_distance_db", "log_mel_matched_db", "frechet_log_mel",
                              "level_error_db"})
-IDEAL = {"chroma_movement_ratio": 1.0, "beat_cover": 1.0}
+IDEAL = {"log_mel_spread_ratio": 1.0, "chroma_movement_ratio": 1.0, "beat_cover": 1.0}
 """Ratios best at 1: the value nearest wins."""
 NO_WINNER = frozenset({"level_offset_db"})
 """Reported, never won: a take's level offset is the song's mastering, not the dance."""
@@ -72,7 +72,7 @@ REFERENCE = ("loudness_ceiling", "motion_loudness_corr", "similarity_corr", "bea
 motion_loudness_corr: what loudness_corr could reach from motion alone)."""
 WEIGHTS = {
     "log_mel_distance_db": "segments", "log_mel_matched_db": "segments",
-    "frechet_log_mel": "segments",
+    "frechet_log_mel": "segments", "log_mel_spread_ratio": "segments",
     "level_offset_db": "audible_segments", "level_error_db": "audible_segments",
     "loudness_corr": "segments", "motion_loudness_corr": "segments",
     "similarity_corr": "takes", "chroma_movement_corr": "chroma_blocks",
@@ -526,6 +526,17 @@ def frechet_distance(mean1: np.ndarray, cov1: np.ndarray, mean2: np.ndarray,
     return max(0.0, float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * cross))
 
 
+def spread_ratio(cov: np.ndarray, true_cov: np.ndarray) -> float | None:
+    """How far a system's log-mel frames spread against the true audio's: the square
+    root of the ratio of their covariances' traces (each the total variance over the
+    bands). 1: as varied as the music; 0: one unchanging spectrum; None where the
+    true frames do not vary."""
+    true_total = float(np.trace(true_cov))
+    if true_total <= 0:
+        return None
+    return float(np.sqrt(max(float(np.trace(cov)), 0.0) / true_total))
+
+
 def level_offset_error(generated_db: np.ndarray, true_db: np.ndarray
                        ) -> tuple[float | None, float | None, int]:
     """(offset, error, segments used) of a take's segment levels (dB).
@@ -931,10 +942,12 @@ def _evaluate_take(name: str, examples: Examples, cfg: TrainConfig, systems: _Sy
         corr, ratio = _chroma_agreement(chroma_movement(streams[system], d.sample_rate),
                                         true_chroma)
         hit, cover = beat_hit_cover(found[system], found["true"], d.fps)
+        gaussian = fits[system].mean_cov()
         result.metrics[system] = {
             "log_mel_distance_db": float(distance[system].mean()),
             "log_mel_matched_db": matched_distance(np.concatenate(differences.pop(system))),
-            "frechet_log_mel": frechet_distance(*fits[system].mean_cov(), *true_gaussian),
+            "frechet_log_mel": frechet_distance(*gaussian, *true_gaussian),
+            "log_mel_spread_ratio": spread_ratio(gaussian[1], true_gaussian[1]),
             "level_offset_db": offset, "level_error_db": error,
             "loudness_corr": pearson(loudness[system], loudness["true"]),
             "motion_loudness_corr": pearson(motion, loudness[system]),
@@ -1069,6 +1082,7 @@ TAKE_COLUMNS = (   # (heading, system or "reference", key)
     ("nearest", "baseline_nearest", "log_mel_distance_db"),
     ("model_lm", "model", "log_mel_matched_db"),
     ("mean_lm", "baseline_mean", "log_mel_matched_db"),
+    ("spread", "model", "log_mel_spread_ratio"),
     ("offset", "model", "level_offset_db"),
     ("lvl_err", "model", "level_error_db"),
     ("loud_r", "model", "loudness_corr"),
@@ -1085,7 +1099,8 @@ TAKE_COLUMNS = (   # (heading, system or "reference", key)
 """The per-take table's columns after the take: log-mel distance (dB) of the model,
 the mean-spectrum and the nearest-window baselines; that of the model and of the
 mean spectrum once each take's overall level is matched (``log_mel_matched_db``,
-``_lm``); the model's level offset and error (dB), loudness correlation and the true
+``_lm``); the model's log-mel spread against the music's, its level offset and
+error (dB), loudness correlation and the true
 audio's ceiling, chroma movement correlation, beat alignment (and the true audio's),
 the same over chance, beat hit, the same over chance, and cover."""
 
@@ -1108,7 +1123,8 @@ def format_takes(rows: list[tuple[str, dict, dict]], pooled_metrics: dict,
     lines.append(_closer_count(rows))
     lines.append("model, mean, nearest: log-mel distance (dB) of the model and the mean-spectrum "
                  "and nearest-window baselines; model_lm, mean_lm: log_mel_matched_db of the "
-                 "model and the mean spectrum; offset, lvl_err: the model's level offset and "
+                 "model and the mean spectrum; spread: the model's log_mel_spread_ratio; "
+                 "offset, lvl_err: the model's level offset and "
                  "error (dB); loud_r: its loudness_corr, ceiling: the true audio's "
                  "motion_loudness_corr; chroma_r: chroma_movement_corr; BAS: beat_align "
                  "(BAS_true: the true audio's); BAS+: beat_align_over_chance (BAS+_true: the "
@@ -1153,7 +1169,8 @@ def format_metrics(metrics: dict, reference: dict, winners: dict | None = None) 
     lines.append("")
     lines.append("lower is better: log_mel_distance_db, log_mel_matched_db, frechet_log_mel, "
                  "level_error_db; "
-                 "nearest 1 is best: chroma_movement_ratio, beat_cover; level_offset_db is "
+                 "nearest 1 is best: log_mel_spread_ratio, chroma_movement_ratio, beat_cover; "
+                 "level_offset_db is "
                  "the mastering level, never best; the rest: higher is better. n/a: "
                  "undefined, never best. true_audio: the real music's own value; in the "
                  "loudness_corr row, its motion_loudness_corr (the ceiling that "
