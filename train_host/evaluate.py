@@ -1100,9 +1100,9 @@ TAKE_COLUMNS = (   # (heading, system or "reference", key)
 the mean-spectrum and the nearest-window baselines; that of the model and of the
 mean spectrum once each take's overall level is matched (``log_mel_matched_db``,
 ``_lm``); the model's log-mel spread against the music's, its level offset and
-error (dB), loudness correlation and the true
-audio's ceiling, chroma movement correlation, beat alignment (and the true audio's),
-the same over chance, beat hit, the same over chance, and cover."""
+error (dB), loudness correlation and the true audio's ceiling, chroma movement
+correlation, beat alignment (and the true audio's), the same over chance, beat hit,
+the same over chance, and cover."""
 
 
 def format_takes(rows: list[tuple[str, dict, dict]], pooled_metrics: dict,
