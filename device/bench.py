@@ -4,8 +4,9 @@ Two parts:
 
 - **Compute**: the live loop's stages timed one by one, per frame, over synthetic
   dancer frames: capture (rendering the stand-in frame; the real camera's share is
-  its frame period), motiongram, inference, level dynamics and overlap-add. Median
-  and 99th percentile, single-threaded inference, as the box runs it.
+  its frame period), motiongram, inference, then level dynamics, accents and
+  overlap-add. Median and 99th percentile, single-threaded inference, as the box
+  runs it.
 - **Structure**: the delays that are not compute: one camera frame (a move is
   seen when the frame that holds it is complete), the ALSA buffer and the jitter
   margin the audio stream keeps ahead of the card. End to end = structure +
@@ -70,7 +71,8 @@ def measure_compute(engine: Engine, cfg: DeviceConfig, *, frames: int) -> dict[s
         t2 = clock()
         segment = engine.performer(window)
         t3 = clock()
-        engine.overlap_add.push(engine.dynamics(segment, engine.performer))
+        played = engine.dynamics(segment, engine.performer)
+        engine.overlap_add.push(engine.accents(played, window, engine.performer))
         t4 = clock()
         stages["capture"].append(t1 - t0)
         stages["motiongram"].append(t2 - t1)
@@ -207,7 +209,7 @@ def format_text(result: dict) -> str:
              "compute per frame        median     p99"]
     for stage in ("capture", "motiongram", "inference", "overlap_add", "compute"):
         label = {"capture": "capture (stand-in)", "compute": "total compute",
-                 "overlap_add": "dynamics, overlap-add"}.get(stage, stage)
+                 "overlap_add": "dynamics to overlap-add"}.get(stage, stage)
         lines.append(f"  {label:<22}{c[stage]['median_ms']:7.3f} ms {c[stage]['p99_ms']:7.3f} ms")
     lines += ["", "end to end, move to sound   median     p99    structure"]
     for rate, e in result["end_to_end_ms"].items():

@@ -426,6 +426,11 @@ class MotionConfig:
     last 10 s, as a share of the model's own swing: 1 plays the model's level as
     it is, 0.5 half its distance from that median, 0 holds it there
     (``device.engine.Dynamics``)."""
+    accent_db: float = field(default=9.5, metadata={"min": 0.0, "max": 20.0})
+    """How hard a model's sound is struck where the dancer stops between moves:
+    this many dB up at once, back within 0.15 s; 0 strikes nothing. A notes or
+    corpus voice strikes there itself and is left as it is
+    (``device.engine.Accents``)."""
 
 
 @dataclass(frozen=True)

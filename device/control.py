@@ -34,17 +34,19 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = 1
 COMMANDS = ("record", "stop", "delete-last", "next-model", "voice-from-last-take", "status",
-            "volume", "sensitivity", "dynamics", "voice", "delete-take", "add-model")
+            "volume", "sensitivity", "dynamics", "accent", "voice", "delete-take", "add-model")
 """record: start a take (labelled ``value``, if given); stop: end it; delete-last:
 delete the last take; next-model: crossfade to the next bundle;
 voice-from-last-take: build a corpus voice from the newest take and crossfade to
-it; status: what the box is doing; volume, sensitivity, dynamics: set the master
-volume, the motion sensitivity or how far the level swings with the dance (the
-dynamics depth) to ``value``; voice: crossfade to the bundle named
+it; status: what the box is doing; volume, sensitivity, dynamics, accent: set the
+master volume, the motion sensitivity, how far the level swings with the dance
+(the dynamics depth) or how hard a model's sound is struck where the dancer stops
+(in dB) to ``value``; voice: crossfade to the bundle named
 ``value`` in the models folder; delete-take: delete the take folder named
 ``value``; add-model: check the bundle file at the path ``value`` as
 check-bundle does and copy it into the models folder (never over a file there)."""
-VALUE_COMMANDS = ("volume", "sensitivity", "dynamics", "voice", "delete-take", "add-model")
+VALUE_COMMANDS = ("volume", "sensitivity", "dynamics", "accent", "voice", "delete-take",
+                  "add-model")
 """The commands that need a ``value``."""
 OPTIONAL_VALUE_COMMANDS = ("record",)
 """The commands that may take a ``value``; the others take none."""
@@ -68,9 +70,11 @@ def _bounds(section: type, name: str) -> tuple[float, float]:
 
 _NUMBERS = {"volume": _bounds(AudioConfig, "volume"),
             "sensitivity": _bounds(MotionConfig, "sensitivity"),
-            "dynamics": _bounds(MotionConfig, "dynamics_depth")}
-"""The numbers volume, sensitivity and dynamics take: the bounds of audio.volume,
-motion.sensitivity and motion.dynamics_depth in the config."""
+            "dynamics": _bounds(MotionConfig, "dynamics_depth"),
+            "accent": _bounds(MotionConfig, "accent_db")}
+"""The numbers volume, sensitivity, dynamics and accent take: the bounds of
+audio.volume, motion.sensitivity, motion.dynamics_depth and motion.accent_db in
+the config."""
 NUMBER_COMMANDS = tuple(_NUMBERS)
 """The commands whose value is a number."""
 

@@ -41,7 +41,7 @@ import numpy as np
 from device.bundle import AudioParams, Bundle, Manifest, TensorSpec, write_bundle
 from device.config import CorpusConfig
 from device.errors import BundleError, DanceSamplerError
-from device.motiongram import MotionGain, MotionGainParams, MotiongramParams
+from device.motiongram import MotionGain, MotionGainParams, MotiongramParams, stop_between_moves
 from device.publish import level_db
 from device.timeline import take_timeline, window_ends, windows_at
 
@@ -381,6 +381,9 @@ class CorpusVoice:
     does for a model voice). Called from the model thread, one call at a time."""
 
     runtime = "corpus"
+    own_strikes = True
+    """It takes a grain with an attack at the dancer's stops: the engine adds no
+    accent there (``device.engine.Accents``)."""
 
     def __init__(self, bundle: Bundle):
         m, where = bundle.manifest, str(bundle.path)
@@ -457,7 +460,7 @@ class CorpusVoice:
         d = self._norms - 2.0 * (self._index @ q)
         amount = window[:, :self._width].mean(axis=1)
         nxt = self._follows[self._previous] if self._previous >= 0 else -1
-        if _beat(amount):
+        if stop_between_moves(amount):
             # The dancer stops between moves: a fresh grain that starts with an attack.
             k = min(ATTACK_CANDIDATES, len(d))
             chosen = max(map(int, np.argpartition(d, k - 1)[:k]), key=self._attack)
@@ -478,16 +481,6 @@ class CorpusVoice:
                 scale *= 10 ** (min((self._level_db - db) * self._leveling,
                                     MAX_LEVEL_UP_DB) / 20)
         return segment * np.float32(scale)
-
-
-def _beat(amount: np.ndarray) -> bool:
-    """Whether the window's quantity of motion, smoothed over 3 frames, had a local
-    minimum one frame ago (a dancer's stop between moves: the kinetic beat that
-    ``train_host.evaluate.motion_beats`` finds in a whole take)."""
-    if len(amount) < 5:
-        return False
-    s = np.convolve(amount, np.full(3, 1 / 3, np.float32), mode="valid")
-    return bool(s[-2] < s[-3] and s[-2] < s[-1])
 
 
 def _array(data: bytes) -> np.ndarray:

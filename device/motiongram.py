@@ -211,6 +211,20 @@ def motion_amount(features: np.ndarray, params: MotiongramParams) -> np.ndarray:
     return features[..., :params.width].mean(axis=-1)
 
 
+def stop_between_moves(amount: np.ndarray) -> bool:
+    """Whether a window's quantity of motion (``motion_amount`` of each frame, oldest
+    first), averaged over 3 frames, had a local minimum one average ago: a
+    dancer's stop between moves, the kinetic beat that
+    ``train_host.evaluate.motion_beats`` finds in a whole take, known two frames
+    after the stillest frame (67 ms at 30 fps). The corpus voice takes a grain
+    with an attack there, the notes voice strikes a note, and the engine accents a
+    model's sound (``device.engine.Accents``)."""
+    if len(amount) < 5:
+        return False
+    s = np.convolve(amount, np.full(3, 1 / 3, np.float32), mode="valid")
+    return bool(s[-2] < s[-3] and s[-2] < s[-1])
+
+
 @dataclass(frozen=True)
 class MotionGainParams:
     """How motion is scaled to the dancer's own recent level. Recorded in every bundle.

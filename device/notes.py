@@ -50,8 +50,9 @@ from pathlib import Path
 import numpy as np
 
 from device.bundle import Bundle, Manifest, TensorSpec, write_bundle
-from device.corpus import VoiceShape, _beat
+from device.corpus import VoiceShape
 from device.errors import BundleError, DanceSamplerError
+from device.motiongram import stop_between_moves
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ class NotePicker:
         amount = window[:, :self._width].mean(axis=1)
         moving = float(amount[-RECENT_FRAMES:].mean()) >= p.still_below
         # A stop after a move: the window's peak is the move just made.
-        beat = p.method == "motion" and _beat(amount) and float(amount.max()) >= p.still_below
+        beat = p.method == "motion" and stop_between_moves(amount) and float(amount.max()) >= p.still_below
         if not (moving or beat):
             return None
         step = self.step_of(window)
@@ -288,6 +289,9 @@ class NotesVoice(NotePicker):
     own_dynamics = True
     """Its loudness is its rule's (``db_per_doubling`` of motion): the engine does
     not narrow its swing (``device.engine.Dynamics``)."""
+    own_strikes = True
+    """It strikes its notes at the dancer's stops: the engine adds no accent there
+    (``device.engine.Accents``)."""
 
     def __init__(self, bundle: Bundle):
         m, where = bundle.manifest, str(bundle.path)

@@ -37,14 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from device.bundle import Bundle, read_bundle
+from device.bundle import Bundle, Manifest, read_bundle
 from device.config import with_overrides
 from train_host.config import TrainConfig
 from device.errors import ConfigError, DanceSamplerError
 from device.motiongram import fits_frames, motion_amount
 from device.overlap_add import OverlapAdd
 from device.corpus import open_voice
-from device.engine import DYNAMICS_DEPTH, PAUSE_FLOOR_DB, Dynamics
+from device.engine import ACCENT_DB, DYNAMICS_DEPTH, PAUSE_FLOOR_DB, Accents, Dynamics
 from device.runtime import Performer
 from device.session import session_info
 from train_host.dataset import DatasetError, Examples, add_cache_option, build_dataset, \
@@ -785,7 +785,7 @@ def run_evaluation(bundle_path: str | os.PathLike, data_roots: list[str | os.Pat
     log.info("baselines from %d training segments of %d take(s)", len(train),
              train_summary["takes"])
 
-    systems = _Systems(performer, train, mean_segment, seed, m.fps)
+    systems = _Systems(performer, train, mean_segment, seed, m)
     takes: list[TakeResult] = []
     excerpt: Excerpt | None = None
     longest = 0
@@ -851,21 +851,30 @@ class _Systems:
     """Each system's segments for a batch of evaluation windows."""
 
     def __init__(self, performer: Performer, train: Examples, mean_segment: np.ndarray,
-                 seed: int, fps: float):
+                 seed: int, manifest: Manifest):
         self.performer, self.train, self.mean_segment = performer, train, mean_segment
-        self.dynamics = Dynamics(PAUSE_FLOOR_DB, DYNAMICS_DEPTH, fps=fps)
+        m = manifest
+        self.dynamics = Dynamics(PAUSE_FLOOR_DB, DYNAMICS_DEPTH, fps=m.fps)
+        self.accents = Accents(ACCENT_DB, motiongram=m.motiongram, gain=m.gain,
+                               sample_rate=m.audio.sample_rate, hop=m.audio.hop_samples,
+                               segment=m.audio.segment_samples)
         self.rng = np.random.default_rng(seed)
         self.model_s = self.search_s = 0.0
 
     def start_take(self) -> None:
         self.dynamics.reset()
+        self.accents.reset()
+
+    def _played(self, window: np.ndarray) -> np.ndarray:
+        voice = self.performer
+        return self.accents(self.dynamics(voice(window), voice), window, voice)
 
     def __call__(self, motion: np.ndarray) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
-        # One window at a time through one interpreter and the level dynamics, as the
-        # box plays them (a take's windows come in order; ``start_take`` between).
-        model = np.stack([self.dynamics(self.performer(window), self.performer)
-                          for window in motion])
+        # One window at a time through one interpreter, the level dynamics and the
+        # accents, as the box plays them (a take's windows come in order;
+        # ``start_take`` between).
+        model = np.stack([self._played(window) for window in motion])
         t1 = time.perf_counter()
         nearest = nearest_windows(motion, self.train.motion)
         self.model_s += t1 - t0
