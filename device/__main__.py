@@ -64,20 +64,20 @@ def main(argv: list[str] | None = None) -> int:
                                           "control channel (docs/control.md).")
     ctl.add_argument("action", choices=("record", "stop", "delete-last", "next-model",
                                         "voice-from-last-take", "status", "volume",
-                                        "sensitivity", "dynamics", "accent", "voice",
+                                        "sensitivity", "dynamics", "strike", "voice",
                                         "delete-take", "add-model"),
                      help="record [LABEL]: start a take; stop: end it; delete-last: delete the last "
                           "take; next-model: play the next bundle; voice-from-last-take: "
                           "build a corpus voice from the newest take and play it; status: "
                           "what it is doing; volume V: master volume, 0 to 1; sensitivity "
                           "S: motion sensitivity, 0.05 to 20; dynamics D: how far the level "
-                          "swings with the dance, 0 to 1; accent DB: how hard a model's "
-                          "sound is struck where the dancer stops, 0 to 20 dB; voice NAME: "
+                          "swings with the dance, 0 to 1; strike S: how loud a model's "
+                          "sound is struck where the dancer stops, 0 to 4; voice NAME: "
                           "play the bundle NAME.dsb of the models folder; delete-take NAME: "
                           "delete the take folder NAME; add-model PATH: check the bundle at "
                           "PATH and copy it into the models folder")
     ctl.add_argument("value", nargs="?", help="for record (a label), volume, sensitivity, "
-                                              "dynamics, accent, voice, delete-take and "
+                                              "dynamics, strike, voice, delete-take and "
                                               "add-model")
     ctl.add_argument("--json", action="store_true", help="print the box's reply as JSON")
     ctl.add_argument("--socket", help="the box's control socket (default: "

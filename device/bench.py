@@ -4,7 +4,7 @@ Two parts:
 
 - **Compute**: the live loop's stages timed one by one, per frame, over synthetic
   dancer frames: capture (rendering the stand-in frame; the real camera's share is
-  its frame period), motiongram, inference, then level dynamics, accents and
+  its frame period), motiongram, inference, then level dynamics, strikes and
   overlap-add. Median and 99th percentile, single-threaded inference, as the box
   runs it.
 - **Structure**: the delays that are not compute: one camera frame (a move is
@@ -72,7 +72,7 @@ def measure_compute(engine: Engine, cfg: DeviceConfig, *, frames: int) -> dict[s
         segment = engine.performer(window)
         t3 = clock()
         played = engine.dynamics(segment, engine.performer)
-        engine.overlap_add.push(engine.accents(played, window, engine.performer))
+        engine.overlap_add.push(engine.strikes(played, window, engine.performer))
         t4 = clock()
         stages["capture"].append(t1 - t0)
         stages["motiongram"].append(t2 - t1)

@@ -426,11 +426,11 @@ class MotionConfig:
     last 10 s, as a share of the model's own swing: 1 plays the model's level as
     it is, 0.5 half its distance from that median, 0 holds it there
     (``device.engine.Dynamics``)."""
-    accent_db: float = field(default=9.5, metadata={"min": 0.0, "max": 20.0})
-    """How hard a model's sound is struck where the dancer stops between moves:
-    this many dB up at once, back within 0.15 s; 0 strikes nothing. A notes or
-    corpus voice strikes there itself and is left as it is
-    (``device.engine.Accents``)."""
+    strike: float = field(default=1.0, metadata={"min": 0.0, "max": 4.0})
+    """How loud a model's sound is struck where the dancer stops between moves: a
+    burst of noise this many times the sound's level, gone within 0.1 s; 0
+    strikes nothing. A notes or corpus voice strikes there itself and is left as
+    it is (``device.engine.Strikes``)."""
 
 
 @dataclass(frozen=True)

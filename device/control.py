@@ -34,18 +34,18 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = 1
 COMMANDS = ("record", "stop", "delete-last", "next-model", "voice-from-last-take", "status",
-            "volume", "sensitivity", "dynamics", "accent", "voice", "delete-take", "add-model")
+            "volume", "sensitivity", "dynamics", "strike", "voice", "delete-take", "add-model")
 """record: start a take (labelled ``value``, if given); stop: end it; delete-last:
 delete the last take; next-model: crossfade to the next bundle;
 voice-from-last-take: build a corpus voice from the newest take and crossfade to
-it; status: what the box is doing; volume, sensitivity, dynamics, accent: set the
+it; status: what the box is doing; volume, sensitivity, dynamics, strike: set the
 master volume, the motion sensitivity, how far the level swings with the dance
-(the dynamics depth) or how hard a model's sound is struck where the dancer stops
-(in dB) to ``value``; voice: crossfade to the bundle named
+(the dynamics depth) or how loud a model's sound is struck where the dancer stops
+to ``value``; voice: crossfade to the bundle named
 ``value`` in the models folder; delete-take: delete the take folder named
 ``value``; add-model: check the bundle file at the path ``value`` as
 check-bundle does and copy it into the models folder (never over a file there)."""
-VALUE_COMMANDS = ("volume", "sensitivity", "dynamics", "accent", "voice", "delete-take",
+VALUE_COMMANDS = ("volume", "sensitivity", "dynamics", "strike", "voice", "delete-take",
                   "add-model")
 """The commands that need a ``value``."""
 OPTIONAL_VALUE_COMMANDS = ("record",)
@@ -71,10 +71,10 @@ def _bounds(section: type, name: str) -> tuple[float, float]:
 _NUMBERS = {"volume": _bounds(AudioConfig, "volume"),
             "sensitivity": _bounds(MotionConfig, "sensitivity"),
             "dynamics": _bounds(MotionConfig, "dynamics_depth"),
-            "accent": _bounds(MotionConfig, "accent_db")}
-"""The numbers volume, sensitivity, dynamics and accent take: the bounds of
-audio.volume, motion.sensitivity, motion.dynamics_depth and motion.accent_db in
-the config."""
+            "strike": _bounds(MotionConfig, "strike")}
+"""The numbers volume, sensitivity, dynamics and strike take: the bounds of
+audio.volume, motion.sensitivity, motion.dynamics_depth and motion.strike in the
+config."""
 NUMBER_COMMANDS = tuple(_NUMBERS)
 """The commands whose value is a number."""
 

@@ -383,7 +383,7 @@ class CorpusVoice:
     runtime = "corpus"
     own_strikes = True
     """It takes a grain with an attack at the dancer's stops: the engine adds no
-    accent there (``device.engine.Accents``)."""
+    strike of its own there (``device.engine.Strikes``)."""
 
     def __init__(self, bundle: Bundle):
         m, where = bundle.manifest, str(bundle.path)

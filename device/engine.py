@@ -143,8 +143,8 @@ PAUSE_FLOOR_DB = 18.0
 """The box's default ``motion.pause_floor_db``; evaluation plays the model with it."""
 DYNAMICS_DEPTH = 0.5
 """The box's default ``motion.dynamics_depth``; evaluation plays the model with it."""
-ACCENT_DB = 9.5
-"""The box's default ``motion.accent_db``; evaluation plays the model with it."""
+STRIKE = 1.0
+"""The box's default ``motion.strike``; evaluation plays the model with it."""
 
 
 class Dynamics:
@@ -213,40 +213,42 @@ class Dynamics:
         return segment * np.float32(10.0 ** (change / 20.0))
 
 
-class Accents:
+class Strikes:
     """A model's sound struck at each of the dancer's stops between moves.
 
     A model fine-tuned on songs plays a sound that swells with the dance and is
     never struck: on takes it never heard, its onsets are 1 % as many as the
-    songs' (docs/model.md, "Accents at the dancer's stops"). Where the dancer stops
-    after a move (``device.motiongram.stop_between_moves``, two frames on, with
-    the window's motion at its peak at least a quarter of the motion gain's
-    reference, so a flicker in a still room is no move), the segment starting
-    then and those after it are multiplied by ``1 + a e^(-t / 30 ms)``, ``t``
-    from the start of that segment, ``a`` making ``accent_db`` at ``t`` = 0: the
-    sound is struck and back within 0.15 s, and a stop during an accent strikes
-    afresh. The accent comes after ``Dynamics``, whose median it leaves alone. A
-    voice that strikes at the stops itself (a notes or corpus voice, whose class
-    says ``own_strikes``) is left as it is; ``accent_db`` 0 strikes nothing.
+    songs' (docs/model.md, "Strikes at the dancer's stops"). Where the dancer
+    stops after a move (``device.motiongram.stop_between_moves``, two frames on,
+    with the window's motion at its peak at least a quarter of the motion gain's
+    reference, so a flicker in a still room is no move), a burst of white noise
+    is added to the segment starting then and those after it, ``strike`` times
+    the RMS level of that first segment, decaying as ``e^(-t / 15 ms)``: the
+    stick of a hi-hat, as loud as the sound it strikes and gone within 0.1 s,
+    heard across the spectrum (the upper mel bands, where a model's sound is
+    weakest, most) while the level of a segment hardly moves. A stop during a
+    strike strikes afresh. The burst is one fixed stretch of noise, so a run is
+    repeatable to the sample. The strike comes after ``Dynamics``, whose median it
+    leaves alone. A voice that strikes at the stops itself (a notes or corpus
+    voice, whose class says ``own_strikes``) is left as it is; ``strike`` 0
+    strikes nothing.
     """
 
-    DECAY_S = 0.03
+    DECAY_S = 0.015
     SPAN = 6.0
-    """Decay times an accent lasts (then under 0.05 dB at the box's default)."""
+    """Decay times a strike lasts (then under 0.3 % of its start)."""
 
-    def __init__(self, accent_db: float, *, motiongram: MotiongramParams,
+    def __init__(self, strike: float, *, motiongram: MotiongramParams,
                  gain: MotionGainParams, sample_rate: int, hop: int, segment: int):
         self.params, self.hop, self.segment = motiongram, hop, segment
         self.retune(gain)
         self._span = int(np.ceil(self.SPAN * self.DECAY_S * sample_rate))
-        self._decay = np.exp(-np.arange(self._span + segment) / (self.DECAY_S * sample_rate))
-        self.set_db(accent_db)
+        n = np.arange(self._span + segment)
+        burst = np.random.default_rng(0).standard_normal(len(n)) * np.exp(
+            -n / (self.DECAY_S * sample_rate))
+        self._burst = burst.astype(np.float32)
+        self.strike = float(strike)
         self.reset()
-
-    def set_db(self, accent_db: float) -> None:
-        """Strike ``accent_db`` hard from the next stop on (``ctl accent``)."""
-        self.accent_db = float(accent_db)
-        self._excess = ((10.0 ** (self.accent_db / 20.0) - 1.0) * self._decay).astype(np.float32)
 
     def retune(self, gain: MotionGainParams) -> None:
         """Take another model's motion gain: its reference sets what a move is."""
@@ -254,24 +256,28 @@ class Accents:
         self._move = 0.25 * reference
 
     def reset(self) -> None:
-        """Forget the accent under way (a new take)."""
+        """Forget the strike under way (a new take)."""
         self._since = self._span
+        self._level = np.float32(0.0)
         self.count = 0
-        """Accents struck since the last ``reset``."""
+        """Strikes since the last ``reset``."""
 
     def __call__(self, segment: np.ndarray, window: np.ndarray, voice=None) -> np.ndarray:
-        """``segment``, the one made from motion ``window`` by ``voice``, accented."""
-        if self.accent_db <= 0 or getattr(voice, "own_strikes", False):
+        """``segment``, the one made from motion ``window`` by ``voice``, struck."""
+        if self.strike <= 0 or getattr(voice, "own_strikes", False):
             return segment
         amount = motion_amount(window, self.params)
         if stop_between_moves(amount) and float(amount.max()) >= self._move:
             self._since = 0
+            self._level = np.float32(np.sqrt(np.mean(np.square(segment, dtype=np.float64))))
             self.count += 1
         since = self._since
         if since >= self._span:
             return segment
         self._since = since + self.hop
-        return segment * (1.0 + self._excess[since:since + self.segment])
+        # The strength is read now: one set while a strike sounds applies at once.
+        return segment + self._burst[since:since + self.segment] * (self._level * np.float32(
+            self.strike))
 
 
 def tried_voice(bundle: Bundle, *, runtime: str = "auto", threads: int = 1):
@@ -303,7 +309,7 @@ class Engine:
     def __init__(self, bundle: Bundle, *, volume: float = 1.0, runtime: str = "auto",
                  threads: int = 1, crossfade_frames: int = 15, sensitivity: float = 1.0,
                  quiet_after_s: float = 0.0, pause_floor_db: float = PAUSE_FLOOR_DB,
-                 dynamics_depth: float = DYNAMICS_DEPTH, accent_db: float = ACCENT_DB):
+                 dynamics_depth: float = DYNAMICS_DEPTH, strike: float = STRIKE):
         m = bundle.manifest
         self.bundle = bundle
         self.volume = np.float32(volume)
@@ -322,7 +328,7 @@ class Engine:
         self.hop = m.audio.hop_samples
         self.quiet = QuietWhenStill(quiet_after_s, fps=m.fps, hop=self.hop)
         self.dynamics = Dynamics(pause_floor_db, dynamics_depth, fps=m.fps)
-        self.accents = Accents(accent_db, motiongram=m.motiongram, gain=m.gain,
+        self.strikes = Strikes(strike, motiongram=m.motiongram, gain=m.gain,
                                sample_rate=m.audio.sample_rate, hop=self.hop,
                                segment=m.audio.segment_samples)
         self._out = np.zeros(self.hop, np.float32)
@@ -335,7 +341,7 @@ class Engine:
                    sensitivity=cfg.motion.sensitivity, quiet_after_s=cfg.motion.quiet_after_s,
                    pause_floor_db=cfg.motion.pause_floor_db,
                    dynamics_depth=cfg.motion.dynamics_depth,
-                   accent_db=cfg.motion.accent_db, **kwargs)
+                   strike=cfg.motion.strike, **kwargs)
 
     def prepare(self, bundle: Bundle) -> tuple[Bundle, Callable]:
         """Load another model for ``swap``; any thread, never the audio thread.
@@ -373,9 +379,9 @@ class Engine:
                 self._incoming = None
                 # The dancer's level carries on; the new model's gain settings apply.
                 self.gain.retune(self.bundle.manifest.gain)
-                self.accents.retune(self.bundle.manifest.gain)
+                self.strikes.retune(self.bundle.manifest.gain)
                 log.info("model: now playing %s", self.bundle.manifest.name)
-        segment = self.accents(self.dynamics(segment, self.performer), window, self.performer)
+        segment = self.strikes(self.dynamics(segment, self.performer), window, self.performer)
         hop = self.overlap_add.push(segment)
         # No clipping here: a file sink clips in to_int16, and live sound goes
         # through the audio stream's limiter, which bends peaks instead.

@@ -217,8 +217,8 @@ def stop_between_moves(amount: np.ndarray) -> bool:
     dancer's stop between moves, the kinetic beat that
     ``train_host.evaluate.motion_beats`` finds in a whole take, known two frames
     after the stillest frame (67 ms at 30 fps). The corpus voice takes a grain
-    with an attack there, the notes voice strikes a note, and the engine accents a
-    model's sound (``device.engine.Accents``)."""
+    with an attack there, the notes voice strikes a note, and the engine strikes a
+    model's sound (``device.engine.Strikes``)."""
     if len(amount) < 5:
         return False
     s = np.convolve(amount, np.full(3, 1 / 3, np.float32), mode="valid")

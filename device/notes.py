@@ -290,8 +290,8 @@ class NotesVoice(NotePicker):
     """Its loudness is its rule's (``db_per_doubling`` of motion): the engine does
     not narrow its swing (``device.engine.Dynamics``)."""
     own_strikes = True
-    """It strikes its notes at the dancer's stops: the engine adds no accent there
-    (``device.engine.Accents``)."""
+    """It strikes its notes at the dancer's stops: the engine adds no strike of its
+    own there (``device.engine.Strikes``)."""
 
     def __init__(self, bundle: Bundle):
         m, where = bundle.manifest, str(bundle.path)

@@ -459,7 +459,7 @@ class Performance:
                 "status": self.status_text(), "volume": self._volume,
                 "sensitivity": self.engine.gain.sensitivity,
                 "dynamics": self.engine.dynamics.depth,
-                "accent": self.engine.accents.accent_db,
+                "strike": self.engine.strikes.strike,
                 "still_s": round(self._still_s(), 1), "quiet": self.engine.quiet.quiet,
                 "compute_ms": round(float(np.median(ms)), 3) if ms else None,
                 "underruns": self.stream.stats.underruns if self.stream is not None else None}
@@ -484,8 +484,8 @@ class Performance:
         if action == "dynamics":
             self.engine.dynamics.depth = value   # from the next segment; the median is kept
             return {"ok": True, **self._state()}
-        if action == "accent":
-            self.engine.accents.set_db(value)    # from the next stop
+        if action == "strike":
+            self.engine.strikes.strike = value   # at once, a strike under way too
             return {"ok": True, **self._state()}
         if self.recorder is None:
             log.warning("controls: %s asked for, but this box has no recorder set up", action)

@@ -77,7 +77,7 @@ HISTORY = 300
 STATUS_EVERY_S = 1.0
 """How often the box's status is asked for over the control channel."""
 COMMANDS = ("record", "stop", "delete-last", "next-model", "voice-from-last-take",
-            "volume", "sensitivity", "dynamics", "accent", "voice", "delete-take")
+            "volume", "sensitivity", "dynamics", "strike", "voice", "delete-take")
 """What the page's buttons may ask the box (``add-model`` goes through the upload)."""
 BUNDLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.dsb")
 _POLL_S = 0.5

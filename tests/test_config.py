@@ -95,8 +95,8 @@ def test_sensitivity_and_motion_gain_out_of_range_name_their_key(tmp_path):
         "1 problem(s): motion.pause_floor_db: expected a number from 0 to 60, got 70")
     assert error_of(write(tmp_path, "motion: {dynamics_depth: 1.5}\n")).endswith(
         "1 problem(s): motion.dynamics_depth: expected a number from 0 to 1, got 1.5")
-    assert error_of(write(tmp_path, "motion: {accent_db: 25}\n")).endswith(
-        "1 problem(s): motion.accent_db: expected a number from 0 to 20, got 25")
+    assert error_of(write(tmp_path, "motion: {strike: 5}\n")).endswith(
+        "1 problem(s): motion.strike: expected a number from 0 to 4, got 5")
     message = error_of(write(tmp_path, "motion_gain: {reference: -0.1, time_s: 0}\n"),
                        TrainConfig)
     assert "motion_gain.reference: expected a number from 0 to 1, got -0.1" in message

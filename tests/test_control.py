@@ -169,7 +169,7 @@ def test_ctl_without_a_running_box_is_one_line(tmp_path):
     assert os.path.exists(tmp_path / "stale.sock")
 
 
-def test_ctl_sets_volume_sensitivity_dynamics_and_accent_and_picks_a_voice_by_name(show):
+def test_ctl_sets_volume_sensitivity_dynamics_and_strike_and_picks_a_voice_by_name(show):
     performance, path, _ = show
     turned = ctl("volume", "0.3", "--socket", str(path), "--json")
     assert turned.returncode == 0, turned.stderr
@@ -182,20 +182,20 @@ def test_ctl_sets_volume_sensitivity_dynamics_and_accent_and_picks_a_voice_by_na
     assert widened.returncode == 0, widened.stderr
     assert json.loads(widened.stdout)["dynamics"] == 1.0
     assert performance.engine.dynamics.depth == 1.0
-    assert performance.engine.accents.accent_db == 9.5         # motion.accent_db
-    softer = ctl("accent", "4", "--socket", str(path), "--json")
+    assert performance.engine.strikes.strike == 1.0            # motion.strike
+    softer = ctl("strike", "0.5", "--socket", str(path), "--json")
     assert softer.returncode == 0, softer.stderr
-    assert json.loads(softer.stdout)["accent"] == 4.0
-    assert performance.engine.accents.accent_db == 4.0         # from the next stop
+    assert json.loads(softer.stdout)["strike"] == 0.5
+    assert performance.engine.strikes.strike == 0.5
     status = request("status", path)
-    assert (status["volume"], status["sensitivity"], status["dynamics"], status["accent"]) == \
-        (0.3, 2.5, 1.0, 4.0)
+    assert (status["volume"], status["sensitivity"], status["dynamics"], status["strike"]) == \
+        (0.3, 2.5, 1.0, 0.5)
 
     for args, fragment in ((("volume", "1.5"), "volume takes a number from 0 to 1, not 1.5"),
                            (("sensitivity", "loud"), "sensitivity takes a number from 0.05 "
                                                      "to 20, not 'loud'"),
                            (("dynamics", "2"), "dynamics takes a number from 0 to 1, not 2.0"),
-                           (("accent", "-3"), "accent takes a number from 0 to 20, not -3.0"),
+                           (("strike", "-3"), "strike takes a number from 0 to 4, not -3.0"),
                            (("volume",), "volume needs a value"),
                            (("stop", "now"), "stop takes no value")):
         one_line_error(ctl(*args, "--socket", str(path)), fragment)

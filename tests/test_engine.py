@@ -8,7 +8,7 @@ from device.audio.wav import WavSink, read_wav
 from device.bundle import read_bundle
 from device.camera.synthetic import SyntheticDancer
 from device.camera.video import VideoFileCamera
-from device.engine import Accents, Dynamics, Engine, MotionWindow, QuietWhenStill
+from device.engine import Dynamics, Engine, MotionWindow, QuietWhenStill, Strikes
 from tests.conftest import real_video
 
 
@@ -210,11 +210,11 @@ def test_a_notes_voice_keeps_its_own_swing_and_the_pause_floor():
 
 def test_evaluation_plays_the_level_dynamics_the_box_plays_by_default():
     from device.config import MotionConfig
-    from device.engine import ACCENT_DB, DYNAMICS_DEPTH, PAUSE_FLOOR_DB
+    from device.engine import DYNAMICS_DEPTH, PAUSE_FLOOR_DB, STRIKE
 
     assert MotionConfig().pause_floor_db == PAUSE_FLOOR_DB
     assert MotionConfig().dynamics_depth == DYNAMICS_DEPTH
-    assert MotionConfig().accent_db == ACCENT_DB
+    assert MotionConfig().strike == STRIKE
 
 
 def test_with_pause_floor_db_zero_and_depth_one_the_model_s_level_plays_as_it_is():
@@ -233,21 +233,21 @@ def test_the_room_settings_in_device_yaml_reach_the_engine(tiny_bundle):
     cfg = with_overrides(DeviceConfig(), {"motion.sensitivity": 2.5, "motion.pause_floor_db": 0.0,
                                           "motion.quiet_after_s": 4.0,
                                           "motion.dynamics_depth": 0.8,
-                                          "motion.accent_db": 6.0})
+                                          "motion.strike": 2.0})
     engine = Engine.configured(read_bundle(tiny_bundle), cfg, volume=0.5)
     assert engine.gain.sensitivity == 2.5
     assert (engine.dynamics.floor_db, engine.dynamics.depth) == (0, 0.8)
-    assert engine.accents.accent_db == 6.0
+    assert engine.strikes.strike == 2.0
     assert engine.quiet.after_frames == 4 * read_bundle(tiny_bundle).manifest.fps
     assert engine.volume == np.float32(0.5)
 
 
-def _accents(accent_db: float = 9.5) -> tuple[Accents, int, int]:
+def _strikes(strike: float = 1.0) -> tuple[Strikes, int, int]:
     from device.motiongram import MotionGainParams, MotiongramParams
 
     params = MotiongramParams()
     hop, segment = 735, 2205
-    return (Accents(accent_db, motiongram=params, gain=MotionGainParams(), sample_rate=22050,
+    return (Strikes(strike, motiongram=params, gain=MotionGainParams(), sample_rate=22050,
                     hop=hop, segment=segment), params.features, segment)
 
 
@@ -258,38 +258,43 @@ def _windows(amounts, features: int, frames: int = 8):
         yield np.repeat(padded[i + 1:i + 1 + frames, None], features, axis=1).astype(np.float32)
 
 
-def test_a_stop_between_moves_strikes_the_sound_and_it_is_back_within_a_sixth_of_a_second():
-    accents, features, segment = _accents(9.5)
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+def test_a_stop_between_moves_strikes_the_sound_at_its_level_and_is_gone_within_0_1_s():
+    strikes, features, segment = _strikes(1.0)
     # A move, a stop at frame 5 (a local minimum of the motion), another move.
     dance = [0.004, 0.012, 0.02, 0.012, 0.006, 0.004, 0.008, 0.016] + [0.02] * 6
-    steady = np.full(segment, 0.1, np.float32)
-    gains = [accents(steady, window) / steady for window in _windows(dance, features)]
-    struck = [i for i, g in enumerate(gains) if g.max() > 1.0]
-    # Known two frames on: the segment of frame 7 starts 9.5 dB up; 0.17 s later
-    # (frame 12) the sound is within 0.1 dB of where it was, and then it is again.
-    assert struck == [7, 8, 9, 10, 11, 12] and accents.count == 1
-    assert 20 * np.log10(gains[7][0]) == pytest.approx(9.5, abs=1e-3)
-    starts = [g[0] for g in gains[7:13]]
-    assert np.all(np.diff(starts) < 0)      # one decay across the segments
-    assert 20 * np.log10(gains[12].max()) < 0.1 and gains[13].max() == 1.0
-    # Set softer while playing (`ctl accent 4`): the next stop is struck 4 dB up.
-    accents.set_db(4.0)
-    accents.reset()
-    gains = [accents(steady, window) / steady for window in _windows(dance, features)]
-    assert 20 * np.log10(gains[7][0]) == pytest.approx(4.0, abs=1e-3)
+    sound = np.sin(np.arange(segment) * 0.05).astype(np.float32) * 0.1
+    added = [strikes(sound, window) - sound for window in _windows(dance, features)]
+    struck = [i for i, a in enumerate(added) if np.any(a)]
+    # Known two frames on: from the segment of frame 7, for 0.09 s (frames 7 to 9).
+    assert struck == [7, 8, 9] and strikes.count == 1
+    # Its first 5 ms as loud as the sound; then it decays, and is one burst across
+    # segments (each segment a hop on in it).
+    first = added[7]
+    assert 0.5 * _rms(sound) < _rms(first[:110]) < 1.5 * _rms(sound)
+    assert _rms(first[:330]) > 4 * _rms(first[735:1065])
+    np.testing.assert_allclose(added[8][:-735], first[735:], atol=1e-7)
+    # Set softer while playing (`ctl strike 0.5`): the strike is half as loud.
+    strikes.strike = 0.5
+    strikes.reset()
+    softer = [strikes(sound, window) - sound for window in _windows(dance, features)]
+    np.testing.assert_allclose(softer[7], first / 2, atol=1e-7)
 
 
-def test_no_accent_in_a_still_room_for_a_notes_voice_or_at_zero_db():
+def test_no_strike_in_a_still_room_for_a_notes_voice_or_at_zero():
     from device.notes import NotesVoice
 
     steady = np.full(2205, 0.1, np.float32)
     dance = [0.004, 0.012, 0.02, 0.012, 0.006, 0.004, 0.008, 0.016, 0.02]
     flicker = [d / 20 for d in dance]    # the same shape, never a quarter of the reference
-    for accent_db, amounts, voice in ((9.5, flicker, None), (9.5, dance, NotesVoice),
-                                      (0.0, dance, None)):
-        accents, features, _ = _accents(accent_db)
-        assert all(accents(steady, w, voice) is steady for w in _windows(amounts, features))
-        assert accents.count == 0
+    for strike, amounts, voice in ((1.0, flicker, None), (1.0, dance, NotesVoice),
+                                   (0.0, dance, None)):
+        strikes, features, _ = _strikes(strike)
+        assert all(strikes(steady, w, voice) is steady for w in _windows(amounts, features))
+        assert strikes.count == 0
 
 
 def test_the_factory_model_is_struck_at_the_synthetic_dancer_s_stops(default_bundle):
@@ -298,16 +303,16 @@ def test_the_factory_model_is_struck_at_the_synthetic_dancer_s_stops(default_bun
     bundle = read_bundle(default_bundle)
     m = bundle.manifest
     found = {}
-    for accent_db in (0.0, 9.5):
-        engine = Engine(bundle, accent_db=accent_db)
+    for strike in (0.0, 1.0):
+        engine = Engine(bundle, strike=strike)
         camera = SyntheticDancer(seed=1, seconds=20)
         audio = []
         while (frame := camera.read()) is not None:
             audio.append(engine.step(frame.image, frame.repeat).copy())
-        found[accent_db] = onsets(np.concatenate(audio), m.audio.sample_rate,
-                                  m.audio.hop_samples)
-        if accent_db:
-            struck = engine.accents.count
-    # Without accents the model's chords change smoothly and few onsets are heard;
+        found[strike] = onsets(np.concatenate(audio), m.audio.sample_rate,
+                               m.audio.hop_samples)
+        if strike:
+            struck = engine.strikes.count
+    # Without strikes the model's chords change smoothly and few onsets are heard;
     # with them most stops are heard as onsets.
-    assert struck > 20 and len(found[9.5]) > 0.5 * struck > 4 * len(found[0.0])
+    assert struck > 20 and len(found[1.0]) > 0.5 * struck > 4 * len(found[0.0])

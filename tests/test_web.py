@@ -340,12 +340,12 @@ def test_in_a_real_browser_the_picture_moves_a_take_lands_and_a_wrong_password_i
                                                                      "from the page")
         until(lambda: browser.find_element(By.ID, "dynamicsval").text == "1.00",
               "the page shows it")
-        until(lambda: browser.find_element(By.ID, "accentval").text == "9.5 dB",
-              "the accent the box strikes at")
-        browser.execute_script("const s = document.getElementById('accent'); s.value = 3; "
+        until(lambda: browser.find_element(By.ID, "strikeval").text == "1.00",
+              "how loud the box strikes")
+        browser.execute_script("const s = document.getElementById('strike'); s.value = 0.5; "
                                "s.dispatchEvent(new Event('change'))")
-        until(lambda: box.performance.engine.accents.accent_db == 3.0, "softer strikes, set "
-                                                                        "from the page")
+        until(lambda: box.performance.engine.strikes.strike == 0.5, "softer strikes, set "
+                                                                     "from the page")
 
         browser.find_element(By.ID, "label").send_keys("from the page")
         browser.find_element(By.ID, "record").click()

@@ -44,7 +44,7 @@ from device.errors import ConfigError, DanceSamplerError
 from device.motiongram import fits_frames, motion_amount
 from device.overlap_add import OverlapAdd
 from device.corpus import open_voice
-from device.engine import ACCENT_DB, DYNAMICS_DEPTH, PAUSE_FLOOR_DB, Accents, Dynamics
+from device.engine import DYNAMICS_DEPTH, PAUSE_FLOOR_DB, STRIKE, Dynamics, Strikes
 from device.runtime import Performer
 from device.session import session_info
 from train_host.dataset import DatasetError, Examples, add_cache_option, build_dataset, \
@@ -855,7 +855,7 @@ class _Systems:
         self.performer, self.train, self.mean_segment = performer, train, mean_segment
         m = manifest
         self.dynamics = Dynamics(PAUSE_FLOOR_DB, DYNAMICS_DEPTH, fps=m.fps)
-        self.accents = Accents(ACCENT_DB, motiongram=m.motiongram, gain=m.gain,
+        self.strikes = Strikes(STRIKE, motiongram=m.motiongram, gain=m.gain,
                                sample_rate=m.audio.sample_rate, hop=m.audio.hop_samples,
                                segment=m.audio.segment_samples)
         self.rng = np.random.default_rng(seed)
@@ -863,16 +863,16 @@ class _Systems:
 
     def start_take(self) -> None:
         self.dynamics.reset()
-        self.accents.reset()
+        self.strikes.reset()
 
     def _played(self, window: np.ndarray) -> np.ndarray:
         voice = self.performer
-        return self.accents(self.dynamics(voice(window), voice), window, voice)
+        return self.strikes(self.dynamics(voice(window), voice), window, voice)
 
     def __call__(self, motion: np.ndarray) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
         # One window at a time through one interpreter, the level dynamics and the
-        # accents, as the box plays them (a take's windows come in order;
+        # strikes, as the box plays them (a take's windows come in order;
         # ``start_take`` between).
         model = np.stack([self._played(window) for window in motion])
         t1 = time.perf_counter()
