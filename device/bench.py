@@ -209,7 +209,7 @@ def format_text(result: dict) -> str:
              "compute per frame        median     p99"]
     for stage in ("capture", "motiongram", "inference", "overlap_add", "compute"):
         label = {"capture": "capture (stand-in)", "compute": "total compute",
-                 "overlap_add": "dynamics to overlap-add"}.get(stage, stage)
+                 "overlap_add": "dynamics to output"}.get(stage, stage)
         lines.append(f"  {label:<22}{c[stage]['median_ms']:7.3f} ms {c[stage]['p99_ms']:7.3f} ms")
     lines += ["", "end to end, move to sound   median     p99    structure"]
     for rate, e in result["end_to_end_ms"].items():

@@ -15,6 +15,7 @@ nobody has moved for that long and comes back at the first move
 (``QuietWhenStill``). The level swings around its recent median by
 ``dynamics_depth`` of what the model plays, and a pause in a dance, shorter than
 that, keeps the sound within ``pause_floor_db`` of that median (``Dynamics``).
+Where the dancer stops between moves, a model's sound is struck (``Strikes``).
 
 Another model can take over while playing (``prepare`` then ``swap``): for a short
 crossfade both models hear the same window and their segments are mixed, so the
@@ -217,21 +218,21 @@ class Strikes:
     """A model's sound struck at each of the dancer's stops between moves.
 
     A model fine-tuned on songs plays a sound that swells with the dance and is
-    never struck: on takes it never heard, its onsets are 1 % as many as the
-    songs' (docs/model.md, "Strikes at the dancer's stops"). Where the dancer
-    stops after a move (``device.motiongram.stop_between_moves``, two frames on,
-    with the window's motion at its peak at least a quarter of the motion gain's
-    reference, so a flicker in a still room is no move), a burst of white noise
-    is added to the segment starting then and those after it, ``strike`` times
-    the RMS level of that first segment, decaying as ``e^(-t / 15 ms)``: the
-    stick of a hi-hat, as loud as the sound it strikes and gone within 0.1 s,
-    heard across the spectrum (the upper mel bands, where a model's sound is
-    weakest, most) while the level of a segment hardly moves. A stop during a
-    strike strikes afresh. The burst is one fixed stretch of noise, so a run is
-    repeatable to the sample. The strike comes after ``Dynamics``, whose median it
-    leaves alone. A voice that strikes at the stops itself (a notes or corpus
-    voice, whose class says ``own_strikes``) is left as it is; ``strike`` 0
-    strikes nothing.
+    never struck: on takes it never heard, it makes 0.04 onsets for each of the
+    songs' (docs/model.md, "Strikes at the dancer's stops, on the box"). Where
+    the dancer stops after a move (``device.motiongram.stop_between_moves``, two
+    frames on, with the window's motion at its peak at least a quarter of the
+    motion gain's reference, so a flicker in a still room is no move), a burst
+    of white noise is added to the segment starting then and those after it,
+    ``strike`` times the RMS level of that first segment, decaying as
+    ``e^(-t / 15 ms)``: a hi-hat's tick, as loud as the sound it strikes and
+    gone within 0.1 s, heard across the spectrum (most in the upper mel bands,
+    where a model's sound is weakest) while the level of a segment hardly
+    moves. A stop during a strike strikes afresh. The burst is one fixed
+    stretch of noise, so a run is repeatable to the sample. The strike comes
+    after ``Dynamics``, whose median it leaves alone. A voice that strikes at
+    the stops itself (a notes or corpus voice, whose class says
+    ``own_strikes``) is left as it is; ``strike`` 0 strikes nothing.
     """
 
     DECAY_S = 0.015
