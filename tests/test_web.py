@@ -332,20 +332,17 @@ def test_in_a_real_browser_the_picture_moves_a_take_lands_and_a_wrong_password_i
               and not browser.find_element(By.ID, "figures").text.startswith("0 fps"),
               "the frame rate")
 
-        until(lambda: browser.find_element(By.ID, "dynamicsval").text == "0.50",
-              "the dynamics depth the box plays at")
-        browser.execute_script("const s = document.getElementById('dynamics'); s.value = 1; "
-                               "s.dispatchEvent(new Event('change'))")
-        until(lambda: box.performance.engine.dynamics.depth == 1.0, "the whole swing, set "
-                                                                     "from the page")
-        until(lambda: browser.find_element(By.ID, "dynamicsval").text == "1.00",
-              "the page shows it")
-        until(lambda: browser.find_element(By.ID, "strikeval").text == "1.00",
-              "how loud the box strikes")
-        browser.execute_script("const s = document.getElementById('strike'); s.value = 0.5; "
-                               "s.dispatchEvent(new Event('change'))")
-        until(lambda: box.performance.engine.strikes.strike == 0.5, "softer strikes, set "
-                                                                     "from the page")
+        engine = box.performance.engine
+        # The dynamics depth and the strike the box plays at, each set from the page.
+        for key, now, value, reached in (
+                ("dynamics", "0.50", 1, lambda: engine.dynamics.depth == 1.0),
+                ("strike", "1.00", 0.5, lambda: engine.strikes.strike == 0.5)):
+            until(lambda: browser.find_element(By.ID, key + "val").text == now, key + " now")
+            browser.execute_script(f"const s = document.getElementById('{key}'); "
+                                   f"s.value = {value}; s.dispatchEvent(new Event('change'))")
+            until(reached, f"{key} set from the page")
+            until(lambda: browser.find_element(By.ID, key + "val").text == f"{value:.2f}",
+                  f"the page shows the {key} set")
 
         browser.find_element(By.ID, "label").send_keys("from the page")
         browser.find_element(By.ID, "record").click()
