@@ -295,24 +295,3 @@ def test_no_strike_in_a_still_room_for_a_notes_voice_or_at_zero():
         strikes, features, _ = _strikes(strike)
         assert all(strikes(steady, w, voice) is steady for w in _windows(amounts, features))
         assert strikes.count == 0
-
-
-def test_the_factory_model_is_struck_at_the_synthetic_dancer_s_stops(default_bundle):
-    from train_host.evaluate import onsets
-
-    bundle = read_bundle(default_bundle)
-    m = bundle.manifest
-    found = {}
-    for strike in (0.0, 1.0):
-        engine = Engine(bundle, strike=strike)
-        camera = SyntheticDancer(seed=1, seconds=20)
-        audio = []
-        while (frame := camera.read()) is not None:
-            audio.append(engine.step(frame.image, frame.repeat).copy())
-        found[strike] = onsets(np.concatenate(audio), m.audio.sample_rate,
-                               m.audio.hop_samples)
-        if strike:
-            struck = engine.strikes.count
-    # Without strikes the model's chords change smoothly and few onsets are heard;
-    # with them most stops are heard as onsets.
-    assert struck > 20 and len(found[1.0]) > 0.5 * struck > 4 * len(found[0.0])

@@ -4,6 +4,12 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+
+from device.bundle import read_bundle
+from device.camera.synthetic import SyntheticDancer
+from device.engine import Engine
+from train_host.evaluate import onsets
 from tests.conftest import DEFAULT_BUNDLE, ROOT, one_line_error, real_video
 
 
@@ -35,3 +41,23 @@ def test_listen_refuses_what_it_cannot_hear_in_one_line(tmp_path):
     one_line_error(listen(str(DEFAULT_BUNDLE), "--videos", str(tmp_path / "none.mp4")),
                    "none.mp4", "not a file")
     one_line_error(listen(str(tmp_path / "none.dsb")), "none.dsb")
+
+
+def test_the_factory_model_is_struck_at_the_synthetic_dancer_s_stops():
+    # Heard by evaluate's onset detector (a host test: train_host is not on the box).
+    bundle = read_bundle(DEFAULT_BUNDLE)
+    m = bundle.manifest
+    found = {}
+    for strike in (0.0, 1.0):
+        engine = Engine(bundle, strike=strike)
+        camera = SyntheticDancer(seed=1, seconds=20)
+        audio = []
+        while (frame := camera.read()) is not None:
+            audio.append(engine.step(frame.image, frame.repeat).copy())
+        found[strike] = onsets(np.concatenate(audio), m.audio.sample_rate,
+                               m.audio.hop_samples)
+        if strike:
+            struck = engine.strikes.count
+    # Without strikes the model's chords change smoothly and few onsets are heard;
+    # with them most stops are heard as onsets.
+    assert struck > 20 and len(found[1.0]) > 0.5 * struck > 4 * len(found[0.0])
