@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from device.bundle import Bundle
+from device.bundle import Bundle, Manifest
 from device.config import DeviceConfig
 from device.errors import BundleError
 from device.camera import Camera, Frame
@@ -251,6 +251,13 @@ class Strikes:
         self.strike = float(strike)
         self.reset()
 
+    @classmethod
+    def of(cls, manifest: Manifest, strike: float) -> Strikes:
+        """Strikes for the segments of the bundle ``manifest`` describes."""
+        m = manifest
+        return cls(strike, motiongram=m.motiongram, gain=m.gain, sample_rate=m.audio.sample_rate,
+                   hop=m.audio.hop_samples, segment=m.audio.segment_samples)
+
     def retune(self, gain: MotionGainParams) -> None:
         """Take another model's motion gain: its reference sets what a move is."""
         reference = gain.reference if gain.enabled else MotionGainParams.reference
@@ -268,7 +275,7 @@ class Strikes:
         if self.strike <= 0 or getattr(voice, "own_strikes", False):
             return segment
         amount = motion_amount(window, self.params)
-        if stop_between_moves(amount) and float(amount.max()) >= self._move:
+        if stop_between_moves(amount, self._move):
             self._since = 0
             self._level = np.float32(np.sqrt(np.mean(np.square(segment, dtype=np.float64))))
             self.count += 1
@@ -329,9 +336,7 @@ class Engine:
         self.hop = m.audio.hop_samples
         self.quiet = QuietWhenStill(quiet_after_s, fps=m.fps, hop=self.hop)
         self.dynamics = Dynamics(pause_floor_db, dynamics_depth, fps=m.fps)
-        self.strikes = Strikes(strike, motiongram=m.motiongram, gain=m.gain,
-                               sample_rate=m.audio.sample_rate, hop=self.hop,
-                               segment=m.audio.segment_samples)
+        self.strikes = Strikes.of(m, strike)
         self._out = np.zeros(self.hop, np.float32)
 
     @classmethod
@@ -382,12 +387,16 @@ class Engine:
                 self.gain.retune(self.bundle.manifest.gain)
                 self.strikes.retune(self.bundle.manifest.gain)
                 log.info("model: now playing %s", self.bundle.manifest.name)
-        segment = self.strikes(self.dynamics(segment, self.performer), window, self.performer)
-        hop = self.overlap_add.push(segment)
+        hop = self.overlap_add.push(self.shaped(segment, window))
         # No clipping here: a file sink clips in to_int16, and live sound goes
         # through the audio stream's limiter, which bends peaks instead.
         return np.multiply(hop, self.volume * self.quiet.gains(self.gain.still_frames == 0),
                            out=self._out)
+
+    def shaped(self, segment: np.ndarray, window: np.ndarray) -> np.ndarray:
+        """The playing voice's ``segment`` for ``window`` through the level dynamics
+        and the strikes, ready to overlap-add."""
+        return self.strikes(self.dynamics(segment, self.performer), window, self.performer)
 
     def latent(self) -> np.ndarray | None:
         """The latent of the model playing, for the window of the last ``step``;

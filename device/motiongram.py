@@ -211,18 +211,20 @@ def motion_amount(features: np.ndarray, params: MotiongramParams) -> np.ndarray:
     return features[..., :params.width].mean(axis=-1)
 
 
-def stop_between_moves(amount: np.ndarray) -> bool:
+def stop_between_moves(amount: np.ndarray, move: float = 0.0) -> bool:
     """Whether a window's quantity of motion (``motion_amount`` of each frame, oldest
     first), averaged over 3 frames, had a local minimum one average ago: a
     dancer's stop between moves, the kinetic beat that
     ``train_host.evaluate.motion_beats`` finds in a whole take, known two frames
-    after the stillest frame (67 ms at 30 fps). The corpus voice takes a grain
-    with an attack there, the notes voice strikes a note, and the engine strikes a
-    model's sound (``device.engine.Strikes``)."""
+    after the stillest frame (67 ms at 30 fps). With ``move``, only a stop after
+    a move: the window's peak at least that much, so a flicker in a still room is
+    none. The corpus voice takes a grain with an attack there, the notes voice
+    strikes a note, and the engine strikes a model's sound
+    (``device.engine.Strikes``)."""
     if len(amount) < 5:
         return False
     s = np.convolve(amount, np.full(3, 1 / 3, np.float32), mode="valid")
-    return bool(s[-2] < s[-3] and s[-2] < s[-1])
+    return bool(s[-2] < s[-3] and s[-2] < s[-1]) and float(amount.max()) >= move
 
 
 @dataclass(frozen=True)

@@ -248,7 +248,7 @@ class NotePicker:
         amount = window[:, :self._width].mean(axis=1)
         moving = float(amount[-RECENT_FRAMES:].mean()) >= p.still_below
         # A stop after a move: the window's peak is the move just made.
-        beat = p.method == "motion" and stop_between_moves(amount) and float(amount.max()) >= p.still_below
+        beat = p.method == "motion" and stop_between_moves(amount, p.still_below)
         if not (moving or beat):
             return None
         step = self.step_of(window)

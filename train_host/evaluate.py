@@ -853,11 +853,8 @@ class _Systems:
     def __init__(self, performer: Performer, train: Examples, mean_segment: np.ndarray,
                  seed: int, manifest: Manifest):
         self.performer, self.train, self.mean_segment = performer, train, mean_segment
-        m = manifest
-        self.dynamics = Dynamics(PAUSE_FLOOR_DB, DYNAMICS_DEPTH, fps=m.fps)
-        self.strikes = Strikes(STRIKE, motiongram=m.motiongram, gain=m.gain,
-                               sample_rate=m.audio.sample_rate, hop=m.audio.hop_samples,
-                               segment=m.audio.segment_samples)
+        self.dynamics = Dynamics(PAUSE_FLOOR_DB, DYNAMICS_DEPTH, fps=manifest.fps)
+        self.strikes = Strikes.of(manifest, STRIKE)
         self.rng = np.random.default_rng(seed)
         self.model_s = self.search_s = 0.0
 
