@@ -4,12 +4,11 @@ import json
 import subprocess
 import sys
 
-import numpy as np
-
 from device.bundle import read_bundle
 from device.camera.synthetic import SyntheticDancer
 from device.engine import Engine
 from train_host.evaluate import onsets
+from train_host.listen import _play
 from tests.conftest import DEFAULT_BUNDLE, ROOT, one_line_error, real_video
 
 
@@ -51,11 +50,8 @@ def test_the_factory_model_is_struck_at_the_synthetic_dancer_s_stops():
     for strike in (0.0, 1.0):
         engine = Engine(bundle, strike=strike)
         camera = SyntheticDancer(seed=1, seconds=20)
-        audio = []
-        while (frame := camera.read()) is not None:
-            audio.append(engine.step(frame.image, frame.repeat).copy())
-        found[strike] = onsets(np.concatenate(audio), m.audio.sample_rate,
-                               m.audio.hop_samples)
+        audio = _play(engine, ((f.image, f.repeat) for f in iter(camera.read, None)))
+        found[strike] = onsets(audio, m.audio.sample_rate, m.audio.hop_samples)
         if strike:
             struck = engine.strikes.count
     # Without strikes the model's chords change smoothly and few onsets are heard;
