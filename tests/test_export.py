@@ -54,11 +54,12 @@ def _snr_db(reference, test):
 @pytest.fixture(scope="module")
 def keras_reference(tiny_run):
     """Validation windows that the model never trained on, and the float model's output."""
-    from train_host.vae import perform, performer
+    from train_host.export import exported_model
+    from train_host.vae import perform
 
     # Spread over the held-out takes: their first windows are a dancer standing still.
     windows = np.load(tiny_run.path / "calibration.npz")["validation"][::25][:40]
-    model = performer(tiny_run.vae)
+    model = exported_model(tiny_run)
     return windows, np.stack([perform(model, w[None])[0] for w in windows])
 
 
@@ -101,10 +102,11 @@ def test_both_runtimes_give_the_same_samples(tiny_bundle, keras_reference, tmp_p
 def test_the_recorded_parity_is_what_the_box_runtime_gives(tiny_run, tiny_bundle, tmp_path):
     """The manifest's int8 figure is the one tflite-runtime 2.14, in a process of its
     own without TensorFlow, gives on the same held-out windows."""
-    from train_host.vae import perform, performer
+    from train_host.export import exported_model
+    from train_host.vae import perform
 
     windows = np.load(tiny_run.path / "calibration.npz")["validation"]
-    model = performer(tiny_run.vae)
+    model = exported_model(tiny_run)
     reference = np.stack([perform(model, w[None])[0] for w in windows])
     _, out = _run_in("tflite_runtime", tiny_bundle, windows, tmp_path)
     metrics = read_bundle(tiny_bundle).manifest.training["metrics"]
@@ -127,16 +129,25 @@ def test_manifest_records_how_the_model_was_made(tiny_bundle):
 
 
 def test_rebuilding_gives_the_same_bytes(tiny_config_file, tmp_path):
-    """make default-model is reproducible: two fresh builds, byte-identical bundles."""
+    """make default-model is reproducible: two fresh builds, byte-identical bundles.
+    Each says how far its pitch follows the demo instrument's, and warns where that
+    is short of the targets (a recipe trains elsewhere on another processor)."""
+    import re
+
     built = []
     for i in range(2):
         out = tmp_path / f"model{i}.dsb"
-        subprocess.run([sys.executable, "-m", "train_host", "default-model",
-                        "--config", str(tiny_config_file), "--out", str(out),
-                        "--run", str(tmp_path / f"run{i}")],
-                       cwd=ROOT, check=True, capture_output=True)
+        result = subprocess.run([sys.executable, "-m", "train_host", "default-model",
+                                 "--config", str(tiny_config_file), "--out", str(out),
+                                 "--run", str(tmp_path / f"run{i}")],
+                                cwd=ROOT, check=True, capture_output=True, text=True)
         built.append(out.read_bytes())
     assert built[0] == built[1]
+    said = re.search(r"demo instrument on 3 dances it never trained on \(seeds 2000, 2001, "
+                     r"2002\): corr (-?[\d.]+), (-?[\d.]+) as much movement", result.stdout)
+    assert said, result.stdout
+    short = min(float(said[1]), float(said[2])) < 0.5
+    assert ("WARNING" in result.stderr and "another training seed" in result.stderr) == short
 
 
 def test_a_collapsed_model_is_refused_before_any_runtime_sees_it(tiny_run, tmp_path):
@@ -436,3 +447,36 @@ def test_a_model_for_finer_frames_says_so_and_a_box_that_cannot_read_it_refuses_
         data["motiongram"]["scale"] = scale
         with pytest.raises(BundleError, match=message):
             type(manifest).from_dict(data, "hand.dsb")
+
+
+def test_a_model_of_partials_alone_is_exported_without_its_highest_partials(
+        tiny_run, tiny_bundle, tiny_noise_bundle, tmp_path):
+    """Its highest partials, the whole-band loss's stand-ins for the sound above
+    them, are silent in the bundle and its float reference; the others play as
+    trained. A model with noise bands keeps every partial."""
+    from train_host.export import exported_model
+    from train_host.vae import PARTIALS_TOP, perform, performer, stand_in_partials
+
+    data = tiny_run.config.data
+    silenced = stand_in_partials(data.hop_samples)
+    assert read_bundle(tiny_bundle).manifest.training["silenced_partials_hz"] == \
+        [(k + 1) * data.fps for k in silenced] == [8670, 8700, 8730, 8760, 8790, 8820]
+    assert read_bundle(tiny_noise_bundle).manifest.training["silenced_partials_hz"] == []
+    windows = np.load(tiny_run.path / "calibration.npz")["validation"][::10]
+    # Partial k + 1 makes whole cycles in a hop: bin (k + 1) x hops of a segment.
+    bins = data.segment_samples // data.hop_samples * np.arange(
+        1, int(PARTIALS_TOP * data.hop_samples) + 1)
+
+    def partials_db(segments):          # each partial's power, dB under the loudest's
+        power = np.mean(np.abs(np.fft.rfft(segments, axis=1)) ** 2, axis=0)[bins]
+        return 10 * np.log10(power / power.max() + 1e-30)
+
+    trained = partials_db(perform(performer(tiny_run.vae), windows))
+    exported = partials_db(perform(exported_model(tiny_run), windows))
+    _, out = _run_in("tflite_runtime", tiny_bundle, windows, tmp_path)
+    played = partials_db(out["consecutive"])
+    rest = np.arange(silenced[0])
+    assert trained[silenced].max() > -60               # the trained model plays them
+    assert exported[silenced].max() < -100             # its exported float graph: nothing
+    assert played[silenced].max() < trained[silenced].max() - 10
+    assert np.allclose(exported[rest], trained[rest], atol=0.01)

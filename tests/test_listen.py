@@ -57,3 +57,30 @@ def test_the_factory_model_is_struck_at_the_synthetic_dancer_s_stops():
     # Without strikes the model's chords change smoothly and few onsets are heard;
     # with them most stops are heard as onsets.
     assert struck > 20 and len(found[1.0]) > 0.5 * struck > 4 * len(found[0.0])
+
+
+def test_the_factory_model_plays_no_steady_whistle_at_its_highest_partials():
+    """Trained with the whole band, a model of partials alone plays its highest ones
+    as a steady tone in place of the sound above them; the factory bundle is
+    exported without them (``train_host.vae.stand_in_partials``). Heard as
+    ``make run`` plays: no line at those partials, where the whistle was 20 dB
+    under the whole sound."""
+    import numpy as np
+
+    from train_host.vae import stand_in_partials
+
+    bundle = read_bundle(DEFAULT_BUNDLE)
+    m = bundle.manifest
+    silenced = stand_in_partials(m.audio.hop_samples)
+    assert m.training["silenced_partials_hz"] == [(k + 1) * m.fps for k in silenced]
+    camera = SyntheticDancer(seed=1, seconds=20)
+    audio = _play(Engine(bundle), ((f.image, f.repeat) for f in iter(camera.read, None)))
+    power = np.abs(np.fft.rfft(audio * np.hanning(len(audio)))) ** 2
+    hz = np.fft.rfftfreq(len(audio), 1 / m.audio.sample_rate)
+
+    def share_db(centre):                       # of the whole sound, within 5 Hz
+        return 10 * np.log10(power[np.abs(hz - centre) < 5].sum() / power.sum())
+
+    assert max(share_db((k + 1) * m.fps) for k in silenced) < -35
+    # The partials under them still play the chords.
+    assert max(share_db(f) for f in range(30 * 4, 30 * 40, 30)) > -25

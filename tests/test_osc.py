@@ -117,9 +117,10 @@ def test_each_frame_goes_out_as_wekinator_inputs_and_the_box_s_own_messages(show
     w, h = cfg.motiongram.width, cfg.motiongram.height
     grams = np.array(heard.at("/dancesampler/motiongram"))
     assert grams.shape[1] == w + h and (grams >= 0).all() and (grams <= 1).all()
-    # Per frame, in this order: /wek/inputs, quantity, centroid, gain, level,
-    # motiongram. Within each frame's group, the gained quantity is the camera's
-    # times the gain, and the camera's is the mean of the motiongram's columns.
+    # Per frame, in this order: /wek/inputs, quantity, centroid, gain, level, the
+    # factory model's latent, motiongram. Within each frame's group, the gained
+    # quantity is the camera's times the gain, and the camera's is the mean of the
+    # motiongram's columns.
     frames_heard, group = [], {}
     for address, args in heard.messages:
         if address == "/wek/inputs":
@@ -127,9 +128,11 @@ def test_each_frame_goes_out_as_wekinator_inputs_and_the_box_s_own_messages(show
             frames_heard.append(group)
         group[address] = args
     per_frame = ["/wek/inputs", "/dancesampler/quantity", "/dancesampler/centroid",
-                 "/dancesampler/gain", "/dancesampler/level", "/dancesampler/motiongram"]
+                 "/dancesampler/gain", "/dancesampler/level", "/dancesampler/latent",
+                 "/dancesampler/motiongram"]
     whole = [g for g in frames_heard if list(g) == per_frame]
     assert len(whole) >= 0.9 * len(frames_heard) >= 50
+    assert all(len(g["/dancesampler/latent"]) == 16 for g in whole)
     for g in whole:
         quantity, gain = g["/dancesampler/quantity"][0], g["/dancesampler/gain"][0]
         assert g["/wek/inputs"][0] == pytest.approx(quantity * gain, rel=1e-4, abs=1e-7)

@@ -200,7 +200,24 @@ def _default_model(args) -> int:
     created = None if "SOURCE_DATE_EPOCH" in os.environ else FACTORY_CREATED
     path = export(run, args.out, name="default", created=created)
     print(f"wrote {path}")
+    _check_pitch(path)
     return 0
+
+
+def _check_pitch(path: Path) -> None:
+    """Say how far the rebuild's pitch follows the demo instrument's, on dances no
+    reported figure uses: the same recipe on another processor trains elsewhere
+    (docs/model.md, "Rebuilding the factory model")."""
+    from train_host.listen import PITCH_TARGET, VALIDATION_SEEDS, pitch_following
+
+    corr, ratio = pitch_following(path)
+    print(f"pitch-class movement against the demo instrument on {len(VALIDATION_SEEDS)} "
+          f"dances it never trained on (seeds {', '.join(map(str, VALIDATION_SEEDS))}): "
+          f"corr {corr:.2f}, {ratio:.2f} as much movement (targets: at least "
+          f"{PITCH_TARGET:g} each)")
+    if min(corr, ratio) < PITCH_TARGET:
+        log.warning("this rebuild's pitch follows the dance less than the targets: "
+                    "try another training seed (`seed:` in the config) and compare")
 
 
 if __name__ == "__main__":

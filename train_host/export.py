@@ -10,8 +10,11 @@ and the weights put on the int8 grid by GPTQ (``round_weights``) rather than
 left to the converter's rounding to nearest. The int8 graph is then run through
 the device's own ``Performer`` (the runtime the box uses) on held-out windows and
 compared with the float Keras model; that parity figure goes into the manifest.
-The graph also gives the model's latent, its last output (bundle version 6),
-which the box sends over OSC; its own parity is measured beside the sound's.
+A model without noise bands is exported without its highest partials
+(``train_host.vae.stand_in_partials``), which it learned as a whistle in place
+of the sound above them. The graph also gives the model's latent, its last
+output (bundle version 6), which the box sends over OSC; its own parity is
+measured beside the sound's.
 """
 
 from __future__ import annotations
@@ -151,6 +154,42 @@ def balance_partials(model, windows: np.ndarray):
     return balanced
 
 
+def silenced_partials(run: Run) -> np.ndarray:
+    """Rows of the sine basis that the bundle of ``run`` never plays: a model without
+    noise bands learned its highest partials as a whistle in place of the sound
+    above them (``train_host.vae.stand_in_partials``); one with them keeps all."""
+    from train_host.vae import stand_in_partials
+
+    cfg = run.config
+    return (np.zeros(0, int) if cfg.model.noise_bands
+            else stand_in_partials(cfg.data.hop_samples))
+
+
+def exported_model(run: Run, *, latent: bool = False):
+    """The float graph that the bundle of ``run`` is the int8 form of: the run's
+    performer, its ``silenced_partials`` silent."""
+    from train_host.vae import performer
+
+    model = performer(run.vae, latent=latent)
+    rows = silenced_partials(run)
+    return silence_partials(model, rows) if len(rows) else model
+
+
+def silence_partials(model, rows: np.ndarray):
+    """A copy of the performer graph whose audio decoder never plays the partials
+    ``rows`` (rows of its sine basis): their amplitudes' weights and biases are 0."""
+    import keras
+
+    silent = keras.models.clone_model(model)
+    silent.set_weights(model.get_weights())
+    partials = sub_models(silent)[1].get_layer("partials")
+    kernel, bias = partials.get_weights()
+    kernel[:, rows] = 0.0
+    bias[rows] = 0.0
+    partials.set_weights([kernel, bias])
+    return silent
+
+
 def round_weights(model, windows: np.ndarray, progress=None):
     """A copy of the performer graph with every dense layer's weights rounded by
     ``gptq`` on the activations ``windows`` give, one layer after another in the
@@ -285,14 +324,17 @@ def parity(model, graph: bytes, windows: np.ndarray, audio: AudioParams,
 def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
            created: str | None = None) -> Path:
     """Write the int8 bundle for a run. ``created`` fixes the timestamp (reproducible builds)."""
-    from train_host.vae import performer
-
     run = run if isinstance(run, Run) else load_run(run)
     cfg, data = run.config, run.config.data
     calibration = np.load(run.path / CALIBRATION_FILE)
-    model = performer(run.vae, latent=True)
+    # The bundle, and its parity, are of the model without its silenced partials.
+    model = exported_model(run, latent=True)
     audio = AudioParams(data.sample_rate, data.segment_samples, data.hop_samples)
     bands = cfg.model.noise_bands
+    silenced_hz = [round((int(k) + 1) * data.fps, 3) for k in silenced_partials(run)]
+    if silenced_hz:
+        log.info("silenced the %d highest partials, the loss's stand-ins for the sound "
+                 "above them (%s Hz)", len(silenced_hz), ", ".join(f"{f:g}" for f in silenced_hz))
     started = time.monotonic()
     windows = calibration["train"][:cfg.export.representative_windows]
     stronger = np.clip(windows * np.float32(cfg.export.headroom), 0.0, 1.0)
@@ -340,6 +382,7 @@ def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
             "data": run.info["data"],
             "examples": run.info["examples"],
             "epochs": cfg.training.epochs,
+            "silenced_partials_hz": silenced_hz,
             "metrics": {**metrics,
                         **{k: round(v, 4) for k, v in history.items()
                            if k in ("val_motion_spectral", "train_motion_spectral")}},

@@ -120,6 +120,25 @@ def partials_basis(segment_samples: int, hop_samples: int) -> np.ndarray:
     return np.sin(2 * np.pi * ((k * n) % hop_samples) / hop_samples).astype(np.float32)
 
 
+def stand_in_partials(hop_samples: int) -> np.ndarray:
+    """Indices (0-based rows of ``partials_basis``) of the partials that a decoder of
+    partials alone learns to play as a stand-in for the sound above its highest one.
+
+    The spectral loss compares the whole band, and partials cannot make the sound
+    above ``PARTIALS_TOP``; but a partial within the main lobe of the loss's shortest
+    Hann window (two bins) of the partials' reach (half a spacing over the top
+    one) leaks into the bins above it, so the loss rewards a steady tone there.
+    Factory runs played some of them up to 37 dB over the demo instrument at
+    their frequencies, as a whistle (docs/model.md); ``export`` silences them in a
+    model without noise bands.
+    """
+    count = int(PARTIALS_TOP * hop_samples)
+    reach = (count + 0.5) / hop_samples
+    lobe = 2.0 / min(frame for frame, _ in _STFT_RESOLUTIONS)
+    k = np.arange(1, count + 1)
+    return np.flatnonzero(k / hop_samples >= reach - lobe)
+
+
 def build(*, window_frames: int, features: int, segment_samples: int, hop_samples: int,
           latent_size: int, hidden_units: int, input_scale: float,
           noise_bands: int = 0) -> JointVAE:
