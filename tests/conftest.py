@@ -82,10 +82,13 @@ DEFAULT_BUNDLE = ROOT / "models" / "default.dsb"
 # export and runtime path, not of sound quality. Twelve epochs (120 steps): after
 # 60, the level output still straddles zero on most windows, where int8 resolves
 # it worst (10.5 dB of parity in the box's kernels, against 20 dB after 120).
+# Without the pitch-class loss: in 120 steps it makes the quietest windows 20 to
+# 40 dB quieter than the rest, a range the fine-tuning tests' 60 steps cannot
+# follow; tests/test_training.py trains with it on its own.
 TINY_TRAIN_YAML = """\
 demo: {seconds: 40.0, seed: 3}
 model: {hidden_units: 32, latent_size: 8}
-training: {epochs: 12, batch_size: 64}
+training: {epochs: 12, batch_size: 64, chroma_weight: 0.0}
 export: {representative_windows: 100}
 """
 

@@ -121,10 +121,12 @@ def test_calibrate_level_makes_the_box_play_the_training_takes_at_their_level(ti
 
 
 @pytest.mark.parametrize("key, term", [("spread_weight", "box_spread"),
-                                       ("onset_weight", "box_onset")])
-def test_a_box_loss_weight_adds_its_term_to_the_loss_it_trains_on(tiny, tmp_path, key, term):
-    """training.spread_weight and training.onset_weight: each adds its term on the
-    box's sound, weighted, and nothing else."""
+                                       ("onset_weight", "box_onset"),
+                                       ("chroma_weight", "chroma")])
+def test_a_loss_weight_adds_its_term_to_the_loss_it_trains_on(tiny, tmp_path, key, term):
+    """training.spread_weight and training.onset_weight (on the box's sound) and
+    training.chroma_weight (on each posterior's, weighted as the others): each adds
+    its term, weighted, and nothing else."""
     from train_host.train import train
 
     cfg, (train_set, validation, _) = tiny
@@ -256,6 +258,42 @@ def test_the_log_mel_loss_is_the_distance_evaluate_reports():
                                atol=1e-3)
     loss = float(log_mel_loss(log_mel, log_mel(tf.constant(true)), tf.constant(made)))
     assert loss == pytest.approx(log_mel_distance(made, true, spectra).mean() / 10, rel=1e-4)
+
+
+def test_the_chroma_loss_is_least_for_the_likelier_chord_not_a_blend():
+    """training.chroma_weight: each segment's pitch classes as `evaluate` names them
+    (A is 0), its profile near 0 for a segment with no pitch; and where a window
+    could go with either of two chords, one twice as likely, the likelier chord
+    alone is nearer than any blend of the two, which the spectral loss prefers."""
+    tf = pytest.importorskip("tensorflow")
+    from train_host.vae import SegmentChroma, chroma_loss
+
+    n, rate = 2205, 22050
+    t = np.arange(n) / rate
+
+    def chord(*freqs, gain=0.1):
+        return (gain * sum(np.sin(2 * np.pi * f * t) for f in freqs)).astype(np.float32)
+
+    chroma = SegmentChroma(rate, n)
+    profiles = chroma(tf.constant(np.stack([chord(440), chord(660), chord(300),
+                                            chord(440, gain=1e-5)]))).numpy()
+    # 440 Hz is A (0); 660 Hz is E (7); 300 Hz, 0.37 semitone over D, is D (5).
+    assert [int(np.argmax(p)) for p in profiles[:3]] == [0, 7, 5]
+    # A partial's Hann window spreads it over the 10 Hz bins either side: at 300 Hz
+    # the one above is D#.
+    assert np.all(profiles[:2].max(axis=1) > 0.97) and profiles[2].max() > 0.8
+    assert profiles[3].sum() < 0.01                      # -106 dB: no pitch
+
+    d_major, a_major = chord(300, 360, 450), chord(220, 270, 330)   # D F# A, A C# E
+    truths = tf.constant(np.stack([d_major, d_major, a_major]))   # D twice as likely
+
+    def expected(made):
+        return float(chroma_loss(chroma, chroma(truths), tf.constant(np.stack([made] * 3))))
+
+    alone = expected(d_major)
+    for share in (0.25, 0.5, 0.75):
+        blend = ((1 - share) * d_major + share * a_major).astype(np.float32)
+        assert alone < expected(blend) - 0.02
 
 
 def test_the_spread_loss_compares_how_much_each_take_s_sound_moves():

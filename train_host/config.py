@@ -79,6 +79,11 @@ class TrainingConfig:
     """Weight of the log-mel loss: the mean absolute difference, in tens of dB, of
     the generated and true segments' log-mel spectra, as ``evaluate`` measures
     them (``train_host.vae.log_mel_loss``)."""
+    chroma_weight: float = field(default=1.0, metadata={"min": 0, "max": 100})
+    """Weight of the pitch-class loss: how far each generated segment's pitch-class
+    profile lies from the true segment's (``train_host.vae.chroma_loss``), 0 to 1.
+    The paired losses are least wrong for a blend of the chords a window might go
+    with; this one for the likelier chord alone."""
     spread_weight: float = field(default=0.0, metadata={"min": 0, "max": 100})
     """Weight of the spread loss: how far the motion-only sound's spread over each
     take, band by band, differs from the true sound's (``train_host.vae.spread_loss``)."""

@@ -306,15 +306,23 @@ def chroma_movement(audio: np.ndarray, sample_rate: int, block_s: float = CHROMA
     return movement
 
 
+def pitch_classes(freqs: np.ndarray) -> np.ndarray:
+    """(len(freqs), 12) float32: 1 in the pitch class ``round(12 log2(f / 440)) mod
+    12`` (A is 0) of each frequency from 55 Hz (less half a semitone) to 5 kHz, a
+    row of 0 for the others: FFT bins' power times this is their chroma."""
+    used = np.flatnonzero((freqs >= CHROMA_FMIN * 2 ** (-1 / 24)) & (freqs <= CHROMA_FMAX))
+    to_class = np.zeros((len(freqs), 12), np.float32)
+    to_class[used, np.round(12 * np.log2(freqs[used] / 440.0)).astype(int) % 12] = 1.0
+    return to_class
+
+
 def _block_chroma(x: np.ndarray, sample_rate: int, block: int, blocks: int) -> np.ndarray:
     """(blocks, 12) chroma normalised to sum 1 per block; NaN rows where undefined."""
     n_fft = 2 ** math.ceil(math.log2(CHROMA_MIN_WINDOW_S * sample_rate))
     hop = n_fft // 4
-    freqs = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
-    used = np.flatnonzero((freqs >= CHROMA_FMIN * 2 ** (-1 / 24)) & (freqs <= CHROMA_FMAX))
-    pitch_class = np.round(12 * np.log2(freqs[used] / 440.0)).astype(int) % 12
-    to_class = np.zeros((len(used), 12), np.float32)
-    to_class[np.arange(len(used)), pitch_class] = 1.0
+    to_class = pitch_classes(np.arange(n_fft // 2 + 1) * sample_rate / n_fft)
+    used = np.flatnonzero(to_class.any(axis=1))
+    to_class = to_class[used]
     window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
     scale = 4.0 / float(window.sum()) ** 2
     power = np.zeros((blocks, 12))

@@ -129,6 +129,8 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
     optimizer = tf.keras.optimizers.Adam(t.learning_rate)
     log_mel = (vae_mod.LogMel(data.sample_rate, data.segment_samples)
                if t.mel_weight or t.spread_weight or t.onset_weight else None)
+    chroma = (vae_mod.SegmentChroma(data.sample_rate, data.segment_samples)
+              if t.chroma_weight else None)
     # Each training example's take as 0 .. takes-1, for the spread and onset losses.
     take_ids, take_index = np.unique(train_set.take, return_inverse=True)
     take_index = take_index.astype(np.int32)
@@ -152,6 +154,7 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
             heard = x + (t.motion_noise / scale) * noise
         # The true segments' log-mel spectra, once for every term that compares with them.
         true_mel = log_mel(y) if log_mel is not None else None
+        true_chroma = chroma(y) if chroma is not None else None
         em = vae_mod.expert(model.motion_encoder(heard, training=training))
         ea = vae_mod.expert(model.audio_encoder(y, training=training))
         experts = {"joint": (em, ea), "motion": (em,), "audio": (ea,)}
@@ -172,14 +175,20 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
             waveform = tf.reduce_mean(tf.square(y - audio))
             motion_error = tf.reduce_mean(tf.square(x * scale - motion))
             kl = tf.reduce_mean(vae_mod.kl_divergence(mu, logvar))
+            pitch = (vae_mod.chroma_loss(chroma, true_chroma, audio) if chroma is not None
+                     else 0.0)
             total += weight * (t.spectral_weight * spectral + t.waveform_weight * waveform
                                + t.loudness_weight * vae_mod.loudness_loss(y, audio)
                                + t.motion_weight * motion_error + beta * kl
                                + (t.mel_weight * vae_mod.log_mel_loss(log_mel, true_mel, audio)
                                   if t.mel_weight else 0.0)
+                               + t.chroma_weight * pitch
                                + _SHAPE_WEIGHT * vae_mod.shape_level_penalty(shape))
             terms[f"{name}_spectral"] = spectral
             terms[f"{name}_kl"] = kl
+            if chroma is not None:
+                # The pitch-class term as it enters the loss: over the posteriors, weighted.
+                terms["chroma"] = terms.get("chroma", 0.0) + weight * pitch
 
         def decoded(window):
             # What the box plays from: the motion expert's mean for the window as

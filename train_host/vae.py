@@ -358,6 +358,45 @@ def log_mel_loss(log_mel: LogMel, true, generated):
     return tf.reduce_mean(tf.abs(log_mel(generated) - true)) / 10.0
 
 
+class SegmentChroma:
+    """Each segment's pitch-class profile, as ``evaluate``'s pitch-class movement
+    takes a block's: STFT power (here one periodic Hann window over the whole
+    segment) in the bins from 55 Hz (less half a semitone) to 5 kHz, summed by pitch
+    class ``round(12 log2(f / 440)) mod 12``. A segment's profile is divided by its
+    power plus the power of ``CHROMA_FLOOR_DB``, so a segment with no pitch to speak
+    of has a profile near 0 rather than one drawn from its faintest partials."""
+
+    def __init__(self, sample_rate: int, segment_samples: int):
+        from train_host.evaluate import CHROMA_FLOOR_DB, pitch_classes
+
+        n = segment_samples
+        window = np.hanning(n + 1)[:-1].astype(np.float32)
+        self.n = n
+        self.window = tf.constant(window)
+        self.to_class = tf.constant(pitch_classes(np.arange(n // 2 + 1) * sample_rate / n))
+        self.scale = float(4.0 / float(window.sum()) ** 2)
+        self.floor = float(10.0 ** (CHROMA_FLOOR_DB / 10))
+
+    def __call__(self, audio):
+        """(N, 12) profiles of (N, segment_samples) segments, each summing to at most 1."""
+        spectrum = tf.signal.rfft(audio * self.window, fft_length=[self.n])
+        power = tf.square(tf.abs(spectrum)) * self.scale
+        classes = tf.matmul(power, self.to_class)
+        return classes / (tf.reduce_sum(classes, axis=-1, keepdims=True) + self.floor)
+
+
+def chroma_loss(chroma: SegmentChroma, true, generated):
+    """How far each generated segment's pitch-class profile lies from ``true``, the
+    true segments' (``chroma(target)``): half the summed absolute difference, 0 to 1,
+    averaged over the segments.
+
+    Where a window of motion could go with two chords, the spectral and waveform
+    losses are least wrong for a blend of both, which moves little as the dance
+    moves; this distance between profiles is least for the likelier chord alone.
+    """
+    return tf.reduce_mean(0.5 * tf.reduce_sum(tf.abs(chroma(generated) - true), axis=-1))
+
+
 def spread_loss(log_mel: LogMel, true, generated, takes, count: int):
     """How far the generated sound's spread within each take differs from the true
     sound's, in tens of dB: per take with two or more segments in the batch and per
