@@ -397,3 +397,22 @@ def test_the_dynamics_weight_keeps_the_starting_model_s_loudness_following_the_d
     with pytest.raises(ConfigError, match="training.dynamics_weight"):
         train(with_overrides(tune, {"training.dynamics_weight": 1.0}), steady, validation,
               tmp_path / "scratch")
+
+
+def test_a_dynamics_floor_keeps_no_dip_deeper_than_it_and_leaves_the_rest(tiny, tiny_run):
+    """training.dynamics_floor_db: the levels the dynamics loss keeps lie no deeper
+    than the floor under their median (a dancer standing still is not asked for
+    the starting model's silence), and every window above it keeps its level."""
+    from train_host.train import kept_levels_db
+
+    cfg, (train_set, _, _) = tiny
+    whole = kept_levels_db(tiny_run.vae, train_set.motion, cfg.training)
+    median = float(np.median(whole))
+    floor = (median - float(whole.min())) / 2
+    assert floor > 1.0                   # the starting model dips
+    floored = kept_levels_db(tiny_run.vae, train_set.motion,
+                             with_overrides(cfg, {"training.dynamics_floor_db": floor}).training)
+    assert floored.min() >= median - floor - 1e-3
+    above = whole >= median - floor
+    assert not above.all()
+    np.testing.assert_array_equal(floored[above], whole[above])

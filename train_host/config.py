@@ -101,6 +101,14 @@ class TrainingConfig:
     levels' movement about their mean, scaled by this (1 keeps it whole, 0.5 moves
     half as many dB): which window is louder stays the starting model's, the range
     they span can be brought to the songs'."""
+    dynamics_floor_db: float = field(default=0.0, metadata={"min": 0, "max": 100})
+    """How far under its median level (dB) a window's kept level may lie; 0 keeps
+    every dip. The factory model is silent for stillness: it plays the quietest
+    twentieth of the real takes' windows, where dancers stand still while their
+    songs go on, 33 dB or more under its median. With a floor the dynamics loss asks
+    for no deeper dip than this, and the songs teach what such a window sounds like;
+    a room left still is faded by the box (``motion.quiet_after_s``). Measured, not
+    the default (docs/model.md, "A dancer standing still while the song goes on")."""
     motion_weight: float = field(default=0.1, metadata={"min": 0, "max": 100})
     """Weight of the motion reconstruction loss (keeps the latent about motion)."""
     motion_noise: float = field(default=1.0, metadata={"min": 0, "max": 10})

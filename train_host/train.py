@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from device.errors import ConfigError
-from train_host.config import TrainConfig
+from train_host.config import TrainConfig, TrainingConfig
 from train_host.dataset import Examples, consecutive, even_levels
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
         if init_from is None:
             raise ConfigError("training.dynamics_weight: keeps the dynamics of the model "
                               "fine-tuned from; set it to 0 or give --init-from")
-        kept_db = t.dynamics_depth * _box_level_db(init_from.vae, train_set.motion, t.batch_size)
+        kept_db = kept_levels_db(init_from.vae, train_set.motion, t)
     noise_renderer = (vae_mod.NoiseRenderer(cfg.model.noise_bands, data.segment_samples,
                                             data.sample_rate) if cfg.model.noise_bands else None)
 
@@ -408,6 +408,16 @@ def _box_level_db(vae, motion: np.ndarray, batch_size: int) -> np.ndarray:
     levels = [vae.audio_decoder(vae_mod.motion_latent(vae, motion[i:i + batch_size]))[1]
               for i in range(0, len(motion), batch_size)]
     return np.concatenate([vae_mod.level_db(level).numpy() for level in levels]).astype(np.float32)
+
+
+def kept_levels_db(vae, motion: np.ndarray, t: TrainingConfig) -> np.ndarray:
+    """The level (dB) the dynamics loss keeps for each window: ``vae``'s own
+    (``_box_level_db``), its movement scaled by ``t.dynamics_depth``, and none
+    deeper than ``t.dynamics_floor_db`` under their median (0: no floor)."""
+    kept = t.dynamics_depth * _box_level_db(vae, motion, t.batch_size)
+    if t.dynamics_floor_db:
+        kept = np.maximum(kept, np.float32(np.median(kept) - t.dynamics_floor_db))
+    return kept
 
 
 def box_level_offset_db(model, examples: Examples, cfg: TrainConfig) -> float:
