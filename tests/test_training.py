@@ -416,3 +416,39 @@ def test_a_dynamics_floor_keeps_no_dip_deeper_than_it_and_leaves_the_rest(tiny, 
     above = whole >= median - floor
     assert not above.all()
     np.testing.assert_array_equal(floored[above], whole[above])
+
+
+def test_the_kept_pitch_weight_keeps_the_starting_model_s_pitch_following_the_dance(
+        tiny, tiny_run, tmp_path):
+    """training.kept_pitch_weight: fine-tuned on takes whose sound is one note
+    whatever the dance (a song's chords are not in its dance), the pitch classes the
+    box plays for each window stay those the model fine-tuned from played for it;
+    without it, every window drifts to that note."""
+    from train_host.dataset import Examples
+    from train_host.train import kept_pitch_classes, train
+    from train_host.vae import SegmentChroma
+
+    cfg, (train_set, validation, _) = tiny
+    chroma = SegmentChroma(cfg.data.sample_rate, train_set.audio.shape[1])
+    seconds = np.arange(train_set.audio.shape[1]) / cfg.data.sample_rate
+    note = (0.1 * np.sin(2 * np.pi * 370.0 * seconds)).astype(np.float32)   # F sharp
+    steady = Examples(train_set.motion, np.tile(note, (len(train_set), 1)),
+                      train_set.labels, train_set.take)
+    tune = with_overrides(cfg, {"training.max_steps": 60, "training.epochs": 50})
+    kept = kept_pitch_classes(tiny_run.vae, steady.motion, chroma, 256)
+
+    def drift(weight):
+        run = train(with_overrides(tune, {"training.kept_pitch_weight": weight}), steady,
+                    validation, tmp_path / f"w{weight}", init_from=tiny_run)
+        played = kept_pitch_classes(run.vae, steady.motion, chroma, 256)
+        return float(np.mean(0.5 * np.abs(played - kept).sum(axis=1)))
+
+    # The starting model's pitch classes move from window to window.
+    assert float(np.mean(np.abs(kept - kept.mean(axis=0)).sum(axis=1))) > 0.1
+    plain, held = drift(0.0), drift(30.0)
+    assert plain > 0.1                   # one note everywhere teaches it one note
+    assert held < 0.5 * plain
+
+    with pytest.raises(ConfigError, match="training.kept_pitch_weight"):
+        train(with_overrides(tune, {"training.kept_pitch_weight": 1.0}), steady, validation,
+              tmp_path / "scratch")

@@ -130,7 +130,7 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
     log_mel = (vae_mod.LogMel(data.sample_rate, data.segment_samples)
                if t.mel_weight or t.spread_weight or t.onset_weight else None)
     chroma = (vae_mod.SegmentChroma(data.sample_rate, data.segment_samples)
-              if t.chroma_weight else None)
+              if t.chroma_weight or t.kept_pitch_weight else None)
     # Each training example's take as 0 .. takes-1, for the spread and onset losses.
     take_ids, take_index = np.unique(train_set.take, return_inverse=True)
     take_index = take_index.astype(np.int32)
@@ -141,10 +141,16 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
             raise ConfigError("training.dynamics_weight: keeps the dynamics of the model "
                               "fine-tuned from; set it to 0 or give --init-from")
         kept_db = kept_levels_db(init_from.vae, train_set.motion, t)
+    kept_pitch = None
+    if t.kept_pitch_weight:
+        if init_from is None:
+            raise ConfigError("training.kept_pitch_weight: keeps the pitch classes of the "
+                              "model fine-tuned from; set it to 0 or give --init-from")
+        kept_pitch = kept_pitch_classes(init_from.vae, train_set.motion, chroma, t.batch_size)
     noise_renderer = (vae_mod.NoiseRenderer(cfg.model.noise_bands, data.segment_samples,
                                             data.sample_rate) if cfg.model.noise_bands else None)
 
-    def losses(x, y, beta, seed, training, takes=None, before=None, kept=None):
+    def losses(x, y, beta, seed, training, takes=None, before=None, kept=None, pitch=None):
         # In training the motion encoder sees the window with noise on it (in
         # units of the input scale); the motion decoder is still asked for the
         # clean window.
@@ -154,7 +160,7 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
             heard = x + (t.motion_noise / scale) * noise
         # The true segments' log-mel spectra, once for every term that compares with them.
         true_mel = log_mel(y) if log_mel is not None else None
-        true_chroma = chroma(y) if chroma is not None else None
+        true_chroma = chroma(y) if t.chroma_weight else None
         em = vae_mod.expert(model.motion_encoder(heard, training=training))
         ea = vae_mod.expert(model.audio_encoder(y, training=training))
         experts = {"joint": (em, ea), "motion": (em,), "audio": (ea,)}
@@ -175,20 +181,20 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
             waveform = tf.reduce_mean(tf.square(y - audio))
             motion_error = tf.reduce_mean(tf.square(x * scale - motion))
             kl = tf.reduce_mean(vae_mod.kl_divergence(mu, logvar))
-            pitch = (vae_mod.chroma_loss(chroma, true_chroma, audio) if chroma is not None
+            chord = (vae_mod.chroma_loss(chroma, true_chroma, audio) if t.chroma_weight
                      else 0.0)
             total += weight * (t.spectral_weight * spectral + t.waveform_weight * waveform
                                + t.loudness_weight * vae_mod.loudness_loss(y, audio)
                                + t.motion_weight * motion_error + beta * kl
                                + (t.mel_weight * vae_mod.log_mel_loss(log_mel, true_mel, audio)
                                   if t.mel_weight else 0.0)
-                               + t.chroma_weight * pitch
+                               + t.chroma_weight * chord
                                + _SHAPE_WEIGHT * vae_mod.shape_level_penalty(shape))
             terms[f"{name}_spectral"] = spectral
             terms[f"{name}_kl"] = kl
-            if chroma is not None:
+            if t.chroma_weight:
                 # The pitch-class term as it enters the loss: over the posteriors, weighted.
-                terms["chroma"] = terms.get("chroma", 0.0) + weight * pitch
+                terms["chroma"] = terms.get("chroma", 0.0) + weight * chord
 
         def decoded(window):
             # What the box plays from: the motion expert's mean for the window as
@@ -204,11 +210,16 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
             return vae_mod.synthesize(shape, level)
 
         box_terms = takes is not None and (t.spread_weight or before is not None)
-        here = decoded(x) if kept is not None or box_terms else None
+        here = decoded(x) if kept is not None or pitch is not None or box_terms else None
         if kept is not None:
             dynamics = vae_mod.dynamics_loss(vae_mod.level_db(here[1]), kept)
             total += t.dynamics_weight * dynamics
             terms["box_dynamics"] = dynamics
+        if pitch is not None:
+            # The partials alone: the pitch is theirs, and the noise is drawn afresh.
+            held = vae_mod.chroma_loss(chroma, pitch, vae_mod.synthesize(here[0], here[1]))
+            total += t.kept_pitch_weight * held
+            terms["box_pitch"] = held
         if box_terms:
             played = box(here, 99)
             if t.spread_weight:
@@ -226,9 +237,9 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
         return terms
 
     @tf.function(reduce_retracing=True)
-    def step(x, y, beta, seed, takes, before, kept):
+    def step(x, y, beta, seed, takes, before, kept, pitch):
         with tf.GradientTape() as tape:
-            terms = losses(x, y, beta, seed, True, takes, before, kept)
+            terms = losses(x, y, beta, seed, True, takes, before, kept, pitch)
         optimizer.apply_gradients(zip(tape.gradient(terms["total"], variables), variables))
         return terms
 
@@ -279,7 +290,8 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
             terms = step(tf.constant(train_set.motion[index]), tf.constant(train_set.audio[index]),
                          tf.constant(beta, tf.float32), tf.constant(steps, tf.int64),
                          tf.constant(take_index[index]), before,
-                         None if kept_db is None else tf.constant(kept_db[index]))
+                         None if kept_db is None else tf.constant(kept_db[index]),
+                         None if kept_pitch is None else tf.constant(kept_pitch[index]))
             steps += 1
             batches += 1
             for key, value in terms.items():
@@ -418,6 +430,19 @@ def kept_levels_db(vae, motion: np.ndarray, t: TrainingConfig) -> np.ndarray:
     if t.dynamics_floor_db:
         kept = np.maximum(kept, np.float32(np.median(kept) - t.dynamics_floor_db))
     return kept
+
+
+def kept_pitch_classes(vae, motion: np.ndarray, chroma, batch_size: int) -> np.ndarray:
+    """The pitch-class profile (``chroma``, a ``vae.SegmentChroma``) of the partials
+    ``vae``'s box path plays for each window, (N, 12) float32: what the kept
+    pitch-class loss keeps."""
+    from train_host import vae as vae_mod
+
+    profiles = []
+    for i in range(0, len(motion), batch_size):
+        shape, level, *_ = vae.audio_decoder(vae_mod.motion_latent(vae, motion[i:i + batch_size]))
+        profiles.append(chroma(vae_mod.synthesize(shape, level)).numpy())
+    return np.concatenate(profiles).astype(np.float32)
 
 
 def box_level_offset_db(model, examples: Examples, cfg: TrainConfig) -> float:
