@@ -115,7 +115,8 @@ class TrainingConfig:
     model fine-tuned from plays for it (``train_host.vae.chroma_loss``), 0 to 1: the
     starting model's pitch following the dance, kept, as ``dynamics_weight`` keeps
     its loudness. A song's chords are not in its dance, and fine-tuning on songs
-    otherwise teaches one chord for every dance."""
+    otherwise teaches one spread of chords for every dance. Measured, not the
+    default (docs/model.md, "The pitch through fine-tuning")."""
     motion_weight: float = field(default=0.1, metadata={"min": 0, "max": 100})
     """Weight of the motion reconstruction loss (keeps the latent about motion)."""
     motion_noise: float = field(default=1.0, metadata={"min": 0, "max": 10})
