@@ -412,14 +412,22 @@ def _check_same_model(cfg: TrainConfig, base: Run) -> None:
                           f"{', '.join(differ)} differ")
 
 
-def _box_level_db(vae, motion: np.ndarray, batch_size: int) -> np.ndarray:
-    """The level (dB) that ``vae``'s box path (the motion expert's mean into the
-    audio decoder) gives each window, float32."""
+def _box_outputs(vae, motion: np.ndarray, batch_size: int):
+    """``vae``'s box path (the motion expert's mean into the audio decoder) over
+    ``motion``: the decoder's outputs, a batch at a time."""
     from train_host import vae as vae_mod
 
-    levels = [vae.audio_decoder(vae_mod.motion_latent(vae, motion[i:i + batch_size]))[1]
-              for i in range(0, len(motion), batch_size)]
-    return np.concatenate([vae_mod.level_db(level).numpy() for level in levels]).astype(np.float32)
+    for i in range(0, len(motion), batch_size):
+        yield vae.audio_decoder(vae_mod.motion_latent(vae, motion[i:i + batch_size]))
+
+
+def _box_level_db(vae, motion: np.ndarray, batch_size: int) -> np.ndarray:
+    """The level (dB) that ``vae``'s box path gives each window, float32."""
+    from train_host import vae as vae_mod
+
+    return np.concatenate([vae_mod.level_db(outputs[1]).numpy()
+                           for outputs in _box_outputs(vae, motion, batch_size)]
+                          ).astype(np.float32)
 
 
 def kept_levels_db(vae, motion: np.ndarray, t: TrainingConfig) -> np.ndarray:
@@ -438,11 +446,9 @@ def kept_pitch_classes(vae, motion: np.ndarray, chroma, batch_size: int) -> np.n
     pitch-class loss keeps."""
     from train_host import vae as vae_mod
 
-    profiles = []
-    for i in range(0, len(motion), batch_size):
-        shape, level, *_ = vae.audio_decoder(vae_mod.motion_latent(vae, motion[i:i + batch_size]))
-        profiles.append(chroma(vae_mod.synthesize(shape, level)).numpy())
-    return np.concatenate(profiles).astype(np.float32)
+    return np.concatenate([chroma(vae_mod.synthesize(shape, level)).numpy()
+                           for shape, level, *_ in _box_outputs(vae, motion, batch_size)]
+                          ).astype(np.float32)
 
 
 def box_level_offset_db(model, examples: Examples, cfg: TrainConfig) -> float:
