@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from tests.conftest import one_line_error
 from tests.test_evaluate import write_demo_take
 from train_host import evaluate as ev
+from train_host.crossval import CrossvalError
 from train_host.evaluate import TAKE_COLUMNS as COLUMNS
 
 pytestmark = pytest.mark.slow
@@ -78,10 +80,13 @@ def test_every_take_is_held_out_once_and_finished_folds_are_skipped(takes, capsy
     assert result["pooled"]["metrics"]["model"]["log_mel_distance_db"] == \
         pytest.approx(np.average(distances, weights=segments), abs=1e-4)
 
-    # Rerun: every fold is read back, none trains again (the results stay as they were).
+    # Rerun, the takes' folder moved as a whole: every fold is read back, none
+    # trains again (the results stay as they were).
     stamps = {f: (f / "result.json").stat().st_mtime_ns for f in folders}
     caplog.clear()
     caplog.set_level("INFO", logger="train_host")
+    shutil.copytree(takes / "takes", takes / "moved")
+    argv[1] = str(takes / "moved")
     code, stdout, _ = run(capsys, *argv)
     assert code == 0
     assert {f: (f / "result.json").stat().st_mtime_ns for f in folders} == stamps
@@ -94,6 +99,39 @@ def test_every_take_is_held_out_once_and_finished_folds_are_skipped(takes, capsy
     pooled_model = float(rows["pooled"][0])
     assert pooled_model == pytest.approx(
         result["pooled"]["metrics"]["model"]["log_mel_distance_db"], abs=0.01)
+
+    # Other takes: the first fold was trained on two, now there would be one.
+    fewer = takes / "fewer"
+    for take in sorted((takes / "takes").iterdir())[:2]:
+        shutil.copytree(take, fewer / take.name)
+    argv[1] = str(fewer)
+    with pytest.raises(CrossvalError, match="01-.*made with another config or other takes"):
+        run(capsys, *argv)
+
+
+def test_the_model_fine_tuned_from_is_known_by_its_weights_not_its_path(tmp_path):
+    """A run rebuilt in the same folder must not resume folds made from the old
+    weights; the same weights elsewhere must."""
+    import keras
+
+    from train_host import vae as vae_mod
+    from train_host.crossval import weights_digest
+    from train_host.train import Run
+
+    keras.utils.set_random_seed(1)
+    vae = vae_mod.build(window_frames=8, features=4, segment_samples=64, hop_samples=32,
+                        latent_size=2, hidden_units=8, input_scale=1.0)
+    here = Run(tmp_path / "a", None, vae, {"input_scale": 1.0})
+    moved = Run(tmp_path / "b", None, vae, {"input_scale": 1.0})
+    assert weights_digest(here) == weights_digest(moved)
+    before = weights_digest(here)
+    part = vae.parts["motion_encoder"]
+    weights = part.get_weights()
+    weights[0] = weights[0] + np.float32(1e-3)
+    part.set_weights(weights)
+    assert weights_digest(here) != before
+    assert weights_digest(Run(here.path, None, vae, {"input_scale": 2.0})) != \
+        weights_digest(here)
 
 
 def test_bad_input_is_one_line(takes, tmp_path):

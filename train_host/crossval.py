@@ -55,8 +55,7 @@ def crossval(data_roots: list[str | os.PathLike], cfg, *, out: str | os.PathLike
     if notes is not None:
         name += f"-notes-{notes}"
     if init_from is not None:
-        name += "-from-" + hashlib.sha256(str(Path(init_from.path).resolve()).encode()) \
-            .hexdigest()[:6]
+        name += "-from-" + weights_digest(init_from)
     out = Path(out) if out is not None else Path("out") / "crossval" / name
     bar = _progress_bar(len(takes))
     folds = []
@@ -84,6 +83,19 @@ def crossval(data_roots: list[str | os.PathLike], cfg, *, out: str | os.PathLike
     metrics, reference = pool_takes([score for fold in folds for score in fold["scores"]])
     return {"name": name, "out": str(out), "folds": folds,
             "pooled": {"metrics": metrics, "reference": reference}}
+
+
+def weights_digest(run) -> str:
+    """Six hex digits of a hash over a run's weights (and its input scale): the model
+    the folds are fine-tuned from. Its contents, not its path, so a run rebuilt in
+    the same folder never resumes folds made from the old weights, and one moved
+    still resumes its own."""
+    digest = hashlib.sha256(repr(float(run.info["input_scale"])).encode())
+    for part in sorted(run.vae.parts):
+        for weights in run.vae.parts[part].get_weights():
+            digest.update(str(weights.shape).encode())
+            digest.update(weights.astype("<f4").tobytes())
+    return digest.hexdigest()[:6]
 
 
 def _takes(roots, cfg, cache_dir) -> list[Path]:
@@ -121,7 +133,9 @@ def _finished(folder: Path, take: Path, others: list[Path], name: str) -> dict |
     except (OSError, ValueError) as exc:
         raise CrossvalError(f"{path}: cannot read this fold's result ({exc}); delete it to "
                             "run the fold again") from None
-    if (result.get("name"), result.get("train_takes")) != (name, [str(p) for p in others]):
+    # Takes by folder name, so a data folder moved as a whole still resumes.
+    trained_on = [Path(p).name for p in result.get("train_takes") or []]
+    if (result.get("name"), trained_on) != (name, [p.name for p in others]):
         raise CrossvalError(f"{path}: this fold was made with another config or other "
                             "takes; pass another --out, or delete the folder")
     return result
