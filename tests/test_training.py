@@ -371,7 +371,9 @@ def test_the_dynamics_weight_keeps_the_starting_model_s_loudness_following_the_d
     rms = np.sqrt(np.mean(train_set.audio ** 2, axis=1, keepdims=True)) + 1e-4
     steady = Examples(train_set.motion, (train_set.audio / rms * 0.1).astype(np.float32),
                       train_set.labels, train_set.take)
-    tune = with_overrides(cfg, {"training.max_steps": 60, "training.epochs": 50})
+    # 150 steps: at 60 the outcome hung on the processor's rounding (on an Intel
+    # Xeon, 2.5 against 3.4 dB of drift; at 150, 1.5 against 5.2).
+    tune = with_overrides(cfg, {"training.max_steps": 150, "training.epochs": 500})
     kept = _box_level_db(tiny_run.vae, steady.motion, 256)
     kept -= kept.mean()
 
@@ -389,10 +391,13 @@ def test_the_dynamics_weight_keeps_the_starting_model_s_loudness_following_the_d
     plain, whole = played(0.0), played(30.0)
     assert drift(plain, kept) > 1.0      # steady takes teach it to stop moving
     assert drift(whole, kept) < 0.5 * drift(plain, kept)
-    # dynamics_depth 0.5: the same windows louder, over half the range.
+    # dynamics_depth 0.5: the same windows louder, over half the range. The order
+    # of the windows' levels, not a Pearson correlation, which the starting
+    # model's few near-silent windows (60 dB under the rest) would dominate.
     half = played(30.0, 0.5)
     assert drift(half, 0.5 * kept) < 0.5 * drift(whole, 0.5 * kept)
-    assert np.corrcoef(half, kept)[0, 1] > 0.9
+    ranks = [np.argsort(np.argsort(levels)) for levels in (half, kept)]
+    assert np.corrcoef(*ranks)[0, 1] > 0.9
 
     with pytest.raises(ConfigError, match="training.dynamics_weight"):
         train(with_overrides(tune, {"training.dynamics_weight": 1.0}), steady, validation,
