@@ -194,13 +194,26 @@ def test_fine_tuning_refuses_another_architecture(tiny, tiny_run, tmp_path):
 def test_a_bundle_leads_back_to_its_run(tiny_run, tiny_bundle, tmp_path):
     import shutil
 
-    from train_host.train import find_run
+    from train_host.train import _save_weights, find_run, load_run
 
     with pytest.raises(BundleError, match="is not in"):
         find_run(tiny_bundle, runs=tmp_path)
-    shutil.copytree(tiny_run.path, tmp_path / f"tiny-{tiny_run.info['config_hash']}")
-    assert find_run(tiny_bundle, runs=tmp_path).info["config_hash"] == \
-        tiny_run.info["config_hash"]
+    digest = tiny_run.info["config_hash"]
+    # The same config trained again (another processor, another day): other weights.
+    again = tmp_path / f"zz-{digest}-again"
+    shutil.copytree(tiny_run.path, again)
+    retrained = load_run(again)
+    rng = np.random.default_rng(0)
+    for part in retrained.vae.parts.values():
+        part.set_weights([w + rng.normal(0, 0.3, w.shape).astype(w.dtype)
+                          for w in part.get_weights()])
+    _save_weights(retrained.vae, again / "weights")
+    with pytest.raises(BundleError, match=f"holds runs of its config {digest} but not its "
+                                          "weights .*zz-"):
+        find_run(tiny_bundle, runs=tmp_path)
+    shutil.copytree(tiny_run.path, tmp_path / f"tiny-{digest}")
+    found = find_run(tiny_bundle, runs=tmp_path)
+    assert found.path == tmp_path / f"tiny-{digest}"
 
 
 def test_the_spectral_loss_sees_the_ends_of_a_segment():

@@ -529,18 +529,34 @@ def load_run(path: str | Path) -> Run:
 
 
 def find_run(path: str | Path, runs: Path = Path("runs")) -> Run:
-    """A run folder, or the run a bundle was exported from (found by its config hash)."""
+    """A run folder, or the run a bundle was exported from: one in ``runs`` with the
+    bundle's config hash whose float model the bundle's int8 graph plays
+    (``train_host.export.plays_run``). A run trained again from the same config,
+    on another processor say, has other weights, and is refused, not fine-tuned from
+    in the bundle's name."""
     from device.bundle import SUFFIX, read_bundle
     from device.errors import BundleError
+    from train_host.export import plays_run
 
     path = Path(path)
     if path.is_dir():
         return load_run(path)
     if path.suffix != SUFFIX:
         raise BundleError(f"{path}: expected a run folder or a {SUFFIX} bundle")
-    digest = read_bundle(path).manifest.training.get("config_hash")
+    bundle = read_bundle(path)
+    digest = bundle.manifest.training.get("config_hash")
     found = sorted(p for p in runs.glob(f"*{digest}*") if (p / RUN_FILE).exists()) if digest else []
     if not found:
         raise BundleError(f"{path}: the run it was exported from (config {digest}) is not in "
                           f"{runs}/; pass that run folder instead")
-    return load_run(found[-1])
+    others = []
+    for folder in reversed(found):
+        run = load_run(folder)
+        played, needed = plays_run(bundle, run)
+        if played >= needed:
+            return run
+        others.append(f"{folder} ({played:.1f} dB)")
+    raise BundleError(f"{path}: {runs}/ holds runs of its config {digest} but not its weights "
+                      f"(its int8 graph against their float models: {', '.join(others)}; "
+                      f"{needed:.0f} dB or more expected): trained again since it was exported; "
+                      "pass the run folder it came from")
