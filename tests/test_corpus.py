@@ -187,6 +187,14 @@ def test_a_damaged_corpus_is_refused_in_one_line(voice, tmp_path):
         read_bundle(write_bundle(tmp_path / "n.dsb", no_corpus, bundle.graphs))
 
 
+def test_fine_tuning_from_a_corpus_voice_is_refused_in_one_line(voice, tmp_path):
+    from train_host.train import find_run
+
+    with pytest.raises(BundleError, match=r"v.*\.dsb: a corpus voice was never trained, so "
+                                          "nothing can be fine-tuned from it"):
+        find_run(voice, runs=tmp_path)
+
+
 def test_device_corpus_command_and_check_bundle(takes, tmp_path, default_bundle):
     out = tmp_path / "cli.dsb"
     made = subprocess.run([sys.executable, "-m", "device", "corpus", *map(str, takes),

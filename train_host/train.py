@@ -544,6 +544,9 @@ def find_run(path: str | Path, runs: Path = Path("runs")) -> Run:
     if path.suffix != SUFFIX:
         raise BundleError(f"{path}: expected a run folder or a {SUFFIX} bundle")
     bundle = read_bundle(path)
+    if not bundle.has_graph:
+        raise BundleError(f"{path}: a {bundle.manifest.voice} voice was never trained, so "
+                          "nothing can be fine-tuned from it; pass a model bundle or a run folder")
     digest = bundle.manifest.training.get("config_hash")
     found = sorted(p for p in runs.glob(f"*{digest}*") if (p / RUN_FILE).exists()) if digest else []
     if not found:
