@@ -562,4 +562,5 @@ def find_run(path: str | Path, runs: Path = Path("runs")) -> Run:
     raise BundleError(f"{path}: {runs}/ holds runs of its config {digest} but not its weights "
                       f"(its int8 graph against their float models: {', '.join(others)}; "
                       f"{needed:.0f} dB or more expected): trained again since it was exported; "
-                      "pass the run folder it came from")
+                      "pass the run folder it came from, or one of these to fine-tune from "
+                      "its own weights")
