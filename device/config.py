@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import yaml
 
 from device.errors import ConfigError
-from device.motiongram import MotionGainParams, MotiongramParams
+from device.motiongram import MotiongramParams
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 """The checkout's root: config paths that are not absolute are relative to it."""
