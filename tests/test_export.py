@@ -168,6 +168,22 @@ def test_a_collapsed_model_is_refused_before_any_runtime_sees_it(tiny_run, tmp_p
     assert not (tmp_path / "dead.dsb").exists()
 
 
+def test_a_run_without_its_calibration_windows_is_refused_in_one_line(tiny_run, tmp_path):
+    """Export and ``--init-from`` a bundle both play the run's kept windows."""
+    import shutil
+
+    from device.errors import DanceSamplerError
+    from train_host.export import export
+    from train_host.train import CALIBRATION_FILE
+
+    shutil.copytree(tiny_run.path, tmp_path / "run")
+    (tmp_path / "run" / CALIBRATION_FILE).write_bytes(b"not an npz")
+    with pytest.raises(DanceSamplerError, match=r"run/calibration.npz: cannot read the run's "
+                                                "calibration windows"):
+        export(tmp_path / "run", tmp_path / "x.dsb")
+    assert not (tmp_path / "x.dsb").exists()
+
+
 def test_a_layer_with_a_degenerate_int8_scale_is_refused(tiny_run, tmp_path):
     """Every unit of a layer at zero on every window: a scale LiteRT's XNNPACK cannot take."""
     import shutil

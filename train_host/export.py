@@ -321,6 +321,20 @@ def parity(model, graph: bytes, windows: np.ndarray, audio: AudioParams,
     return metrics
 
 
+def calibration_windows(run: Run) -> dict[str, np.ndarray]:
+    """The motion windows ``train`` kept in the run folder for export: ``train`` and
+    ``validation``, or one line saying they are missing or unreadable."""
+    from device.errors import DanceSamplerError
+
+    path = run.path / CALIBRATION_FILE
+    try:
+        with np.load(path) as saved:
+            return {part: saved[part] for part in ("train", "validation")}
+    except (OSError, KeyError, ValueError) as exc:
+        raise DanceSamplerError(f"{path}: cannot read the run's calibration windows ({exc}); "
+                          "a run folder written by train has them") from None
+
+
 _PLAYS_RUN_WINDOWS = 16
 
 
@@ -332,7 +346,7 @@ def plays_run(bundle, run: Run) -> tuple[float, float]:
     config, trained elsewhere or again, gives about 0 dB."""
     from train_host.vae import graph_voice
 
-    windows = np.load(run.path / CALIBRATION_FILE)["validation"][:_PLAYS_RUN_WINDOWS]
+    windows = calibration_windows(run)["validation"][:_PLAYS_RUN_WINDOWS]
     floats = graph_voice(exported_model(run, latent=True), bundle.manifest.audio.sample_rate,
                          seed=0)
     performer = Performer(bundle.performer, runtime=reference_interpreter, where=str(bundle.path),
@@ -349,7 +363,7 @@ def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,
     """Write the int8 bundle for a run. ``created`` fixes the timestamp (reproducible builds)."""
     run = run if isinstance(run, Run) else load_run(run)
     cfg, data = run.config, run.config.data
-    calibration = np.load(run.path / CALIBRATION_FILE)
+    calibration = calibration_windows(run)
     # The bundle, and its parity, are of the model without its silenced partials.
     model = exported_model(run, latent=True)
     audio = AudioParams(data.sample_rate, data.segment_samples, data.hop_samples)
