@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from device.bundle import read_bundle
-from tests.conftest import ROOT
+from tests.conftest import DEFAULT_BUNDLE, ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -130,19 +130,27 @@ def test_manifest_records_how_the_model_was_made(tiny_bundle):
 
 def test_rebuilding_gives_the_same_bytes(tiny_config_file, tmp_path):
     """make default-model is reproducible: two fresh builds, byte-identical bundles.
-    Each says how far its pitch follows the demo instrument's, and warns where that
-    is short of the targets (a recipe trains elsewhere on another processor)."""
+    Each says whether it gave the graph of the bundle it replaced, and how far its
+    pitch follows the demo instrument's, and warns where that is short of the
+    targets (a recipe trains elsewhere on another processor)."""
     import re
+    import shutil
 
-    built = []
-    for i in range(2):
+    built, results = [], []
+    # Each build replaces a bundle: the shipped model's (another graph), then the first.
+    for i, replaced in enumerate([DEFAULT_BUNDLE, tmp_path / "model0.dsb"]):
         out = tmp_path / f"model{i}.dsb"
+        shutil.copyfile(replaced, out)
         result = subprocess.run([sys.executable, "-m", "train_host", "default-model",
                                  "--config", str(tiny_config_file), "--out", str(out),
                                  "--run", str(tmp_path / f"run{i}")],
                                 cwd=ROOT, check=True, capture_output=True, text=True)
         built.append(out.read_bytes())
+        results.append(result)
     assert built[0] == built[1]
+    assert "another graph than the bundle it replaced" in results[0].stderr
+    assert "the same graph as the bundle it replaced" in results[1].stdout
+    assert "another graph" not in results[1].stderr
     said = re.search(r"demo instrument on 3 dances it never trained on \(seeds 2000, 2001, "
                      r"2002\): corr (-?[\d.]+), (-?[\d.]+) as much movement", result.stdout)
     assert said, result.stdout
@@ -392,8 +400,6 @@ def test_export_prints_its_stages_and_none_of_tensorflows_own_noise(tiny_run, tm
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
-
     def export(*extra):
         return subprocess.run([sys.executable, "-m", "train_host", *extra, "export",
                                str(tiny_run.path), "--out", str(tmp_path / "x.dsb")],
@@ -417,8 +423,6 @@ def test_export_on_a_terminal_shows_each_stage_with_the_time_left(tiny_run, tmp_
     import shutil
     import subprocess
     import sys
-
-    from tests.conftest import ROOT
 
     if not shutil.which("script"):
         pytest.skip("no `script` (util-linux) to give the export a terminal")

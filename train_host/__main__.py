@@ -196,12 +196,38 @@ def _default_model(args) -> int:
 
     cfg = load_train_config(args.config)
     run_dir = Path(args.run or f"runs/default-{config_hash(cfg)}")
+    replaced = _graph_digest(args.out)
     run = _train_demo(args.config, run_dir)
     created = None if "SOURCE_DATE_EPOCH" in os.environ else FACTORY_CREATED
     path = export(run, args.out, name="default", created=created)
     print(f"wrote {path}")
+    _say_reproduced(replaced, _graph_digest(path))
     _check_pitch(path)
     return 0
+
+
+def _graph_digest(path: str | Path) -> str | None:
+    """The sha256 of a model bundle's graph, or None where there is no readable one."""
+    from device.bundle import PERFORMER, read_bundle
+    from device.errors import BundleError
+
+    try:
+        return read_bundle(path).manifest.members[PERFORMER]["sha256"]
+    except (BundleError, KeyError):
+        return None
+
+
+def _say_reproduced(replaced: str | None, built: str) -> None:
+    """Whether the rebuild gave the graph of the bundle it replaced: the same recipe on
+    another processor trains another model (docs/model.md, "Rebuilt on another
+    processor")."""
+    if replaced == built:
+        print(f"the same graph as the bundle it replaced (sha256 {built[:8]}…)")
+    elif replaced is not None:
+        log.warning("another graph than the bundle it replaced (sha256 %s… now %s…): this "
+                    "machine trains another model from the same recipe, and what was "
+                    "measured on or fine-tuned from the old one is not this one's",
+                    replaced[:8], built[:8])
 
 
 def _check_pitch(path: Path) -> None:
