@@ -332,7 +332,7 @@ def calibration_windows(run: Run) -> dict[str, np.ndarray]:
             return {part: saved[part] for part in ("train", "validation")}
     except (OSError, KeyError, ValueError) as exc:
         raise DanceSamplerError(f"{path}: cannot read the run's calibration windows ({exc}); "
-                          "a run folder written by train has them") from None
+                                "a run folder written by train has them") from None
 
 
 _PLAYS_RUN_WINDOWS = 16
