@@ -33,6 +33,9 @@ def test_the_factory_model_follows_the_pitch_of_a_dance_it_never_saw_and_a_far_d
     far = figures["videos"]["mgt_dancer.avi"]
     assert far["silent_fraction"] < 0.3 and far["median_level_db"] > -35
     assert far["first_sound_s"] is not None and far["first_sound_s"] < 5
+    # Its silences are where the dancer stands still: where the box sees motion
+    # (most of a block's frames over the motion gain's floor), it plays.
+    assert far["moving_blocks"] > 40 and far["silent_while_moving_fraction"] < 0.05
 
 
 def test_listen_refuses_what_it_cannot_hear_in_one_line(tmp_path):

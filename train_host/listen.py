@@ -52,9 +52,23 @@ def _level_db(audio: np.ndarray) -> float:
     return float(loudness_db(audio))
 
 
-def _play(engine: Engine, frames) -> np.ndarray:
-    """The engine's output for (image, repeat) pairs, one hop per frame."""
-    return np.concatenate([engine.step(image, repeat).copy() for image, repeat in frames])
+def _play(engine: Engine, frames, moving: list | None = None) -> np.ndarray:
+    """The engine's output for (image, repeat) pairs, one hop per frame; with
+    ``moving``, whether the box counted the room as moving at each frame appended
+    to it (``device.engine.QuietWhenStill``: motion over the motion gain's floor)."""
+    hops = []
+    for image, repeat in frames:
+        hops.append(engine.step(image, repeat).copy())
+        if moving is not None:
+            moving.append(engine.quiet.still_frames == 0)
+    return np.concatenate(hops)
+
+
+def _moving_blocks(moving: list, fps: float, count: int) -> np.ndarray:
+    """Per ``BLOCK_S`` block, whether the room moved in most of its frames."""
+    n = int(round(BLOCK_S * fps))
+    flags = np.asarray(moving[:count * n], bool)
+    return flags.reshape(-1, n).mean(axis=1) > 0.5
 
 
 def _dance(bundle, seed: int, seconds: float, runtime: str):
@@ -96,18 +110,23 @@ def listen(bundle_path: str | Path, videos: list[str | Path], *, seconds: float 
     mg, rate = m.motiongram, m.audio.sample_rate
     for video in videos:
         camera = VideoFileCamera(video, fps=m.fps, width=mg.frame_width, height=mg.frame_height)
+        moving = []
         try:
             frames = iter(lambda: camera.read(), None)
             played = _play(Engine(bundle, runtime=runtime),
-                           ((f.image, f.repeat) for f in frames))
+                           ((f.image, f.repeat) for f in frames), moving)
         finally:
             camera.close()
         levels = block_levels(played, rate)
         heard = np.flatnonzero(levels >= SILENT_DB)
+        moved = _moving_blocks(moving, m.fps, len(levels))
         result["videos"][Path(video).name] = {
             "seconds": round(len(played) / rate, 2),
             "median_level_db": float(np.median(levels)),
             "silent_fraction": float(np.mean(levels < SILENT_DB)),
+            "moving_blocks": int(moved.sum()),
+            "silent_while_moving_fraction": (float(np.mean(levels[moved] < SILENT_DB))
+                                             if moved.any() else None),
             "first_sound_s": float(heard[0] * BLOCK_S) if len(heard) else None}
     return result
 
@@ -127,9 +146,12 @@ def format_listen(path: str, r: dict) -> str:
              "(motion.quiet_after_s)"]
     for name, v in r["videos"].items():
         first = "never" if v["first_sound_s"] is None else f"at {v['first_sound_s']:.1f} s"
+        moving = v["silent_while_moving_fraction"]
         lines.append(f"  {name}: median {v['median_level_db']:.1f} dBFS, silent "
-                     f"{v['silent_fraction'] * 100:.0f} % of {BLOCK_S:g} s blocks, first sound "
-                     f"{first}, {v['seconds']:.0f} s")
+                     f"{v['silent_fraction'] * 100:.0f} % of {BLOCK_S:g} s blocks ("
+                     + ("the box saw no motion" if moving is None else
+                        f"{moving * 100:.0f} % of the {v['moving_blocks']} it saw motion in")
+                     + f"), first sound {first}, {v['seconds']:.0f} s")
     return "\n".join(lines)
 
 
