@@ -5,7 +5,7 @@ import pytest
 
 from device.config import with_overrides
 from train_host.config import load_train_config
-from device.errors import BundleError, ConfigError
+from device.errors import BundleError, ConfigError, DanceSamplerError
 
 pytestmark = pytest.mark.slow
 
@@ -198,6 +198,10 @@ def test_a_bundle_leads_back_to_its_run(tiny_run, tiny_bundle, tmp_path):
 
     with pytest.raises(BundleError, match="is not in"):
         find_run(tiny_bundle, runs=tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DanceSamplerError, match=r"empty: not a run folder \(no config.yaml, "
+                                                r"run.json, weights\)"):
+        find_run(tmp_path / "empty")
     digest = tiny_run.info["config_hash"]
     # The same config trained again (another processor, another day): other weights.
     again = tmp_path / f"zz-{digest}-again"

@@ -514,7 +514,13 @@ def load_run(path: str | Path) -> Run:
     from device.config import load_config
     from train_host import vae as vae_mod
 
+    from device.errors import DanceSamplerError
+
     path = Path(path)
+    missing = [name for name in ("config.yaml", RUN_FILE, "weights") if not (path / name).exists()]
+    if missing:
+        raise DanceSamplerError(f"{path}: not a run folder (no {', '.join(missing)}); pass a "
+                                "folder that train wrote, or a bundle exported from one")
     cfg = load_config(path / "config.yaml", TrainConfig)
     info = json.loads((path / RUN_FILE).read_text())
     model = vae_mod.build(window_frames=cfg.data.window_frames,
