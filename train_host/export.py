@@ -338,24 +338,21 @@ def calibration_windows(run: Run) -> dict[str, np.ndarray]:
 _PLAYS_RUN_WINDOWS = 16
 
 
-def plays_run(bundle, run: Run) -> tuple[float, float]:
-    """Whether ``bundle`` is the int8 form of ``run``: the SNR of its graph against
-    the run's float model on the run's first held-out calibration windows, in the
-    reference kernels, and the least SNR that says so (10 dB under what export
-    measured, or under ``PARITY_TARGET_DB`` if that was more). Another run of the same
-    config, trained elsewhere or again, gives about 0 dB."""
-    from train_host.vae import graph_voice
-
+def snr_against_run_db(bundle, run: Run) -> float:
+    """``parity``'s ``int8_snr_db`` of ``bundle``'s graph against ``run``'s float model,
+    on the run's first held-out calibration windows: the measure export recorded in
+    the bundle, taken again. Another run of the same config, trained elsewhere or
+    again, gives about 0 dB."""
     windows = calibration_windows(run)["validation"][:_PLAYS_RUN_WINDOWS]
-    floats = graph_voice(exported_model(run, latent=True), bundle.manifest.audio.sample_rate,
-                         seed=0)
-    performer = Performer(bundle.performer, runtime=reference_interpreter, where=str(bundle.path),
-                          audio=bundle.manifest.audio, noise_rng=np.random.default_rng(0),
-                          latent_size=bundle.manifest.latent_size)
-    played = snr_db(np.stack([floats(w[None])[0] for w in windows]),
-                    np.stack([performer(w) for w in windows]))
+    return parity(exported_model(run, latent=True), bundle.performer, windows,
+                  bundle.manifest.audio)["int8_snr_db"]
+
+
+def least_snr_of_its_run_db(bundle) -> float:
+    """The least ``snr_against_run_db`` that says ``bundle`` is the int8 form of a run:
+    10 dB under what export measured, or under ``PARITY_TARGET_DB`` if that was more."""
     exported = bundle.manifest.training.get("metrics", {}).get("int8_snr_db", PARITY_TARGET_DB)
-    return played, min(exported, PARITY_TARGET_DB) - 10.0
+    return min(exported, PARITY_TARGET_DB) - 10.0
 
 
 def export(run: Run | str | Path, out: str | Path, *, name: str | None = None,

@@ -512,9 +512,8 @@ def _save(run: Run, train_set: Examples, validation: Examples) -> None:
 def load_run(path: str | Path) -> Run:
     """Load a run folder written by ``train``."""
     from device.config import load_config
-    from train_host import vae as vae_mod
-
     from device.errors import DanceSamplerError
+    from train_host import vae as vae_mod
 
     path = Path(path)
     missing = [name for name in ("config.yaml", RUN_FILE, "weights") if not (path / name).exists()]
@@ -537,12 +536,12 @@ def load_run(path: str | Path) -> Run:
 def find_run(path: str | Path, runs: Path = Path("runs")) -> Run:
     """A run folder, or the run a bundle was exported from: one in ``runs`` with the
     bundle's config hash whose float model the bundle's int8 graph plays
-    (``train_host.export.plays_run``). A run trained again from the same config,
+    (``train_host.export.snr_against_run_db``). A run trained again from the same config,
     on another processor say, has other weights, and is refused, not fine-tuned from
     in the bundle's name."""
     from device.bundle import SUFFIX, read_bundle
     from device.errors import BundleError
-    from train_host.export import plays_run
+    from train_host.export import least_snr_of_its_run_db, snr_against_run_db
 
     path = Path(path)
     if path.is_dir():
@@ -558,10 +557,11 @@ def find_run(path: str | Path, runs: Path = Path("runs")) -> Run:
     if not found:
         raise BundleError(f"{path}: the run it was exported from (config {digest}) is not in "
                           f"{runs}/; pass that run folder instead")
+    needed = least_snr_of_its_run_db(bundle)
     others = []
     for folder in reversed(found):
         run = load_run(folder)
-        played, needed = plays_run(bundle, run)
+        played = snr_against_run_db(bundle, run)
         if played >= needed:
             return run
         others.append(f"{folder} ({played:.1f} dB)")
