@@ -69,6 +69,11 @@ class MotionWindow:
         self._next = (i + 1) % self.frames
         return self._buffer[self._next:self._next + self.frames]
 
+    @property
+    def latest(self) -> np.ndarray:
+        """The newest vector (zeros before the first ``push``)."""
+        return self._buffer[self._next - 1 + self.frames]
+
 
 @dataclass
 class RunStats:

@@ -4,11 +4,14 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 from device.bundle import read_bundle
 from device.camera.synthetic import SyntheticDancer
 from device.engine import Engine
 from train_host.evaluate import onsets
-from train_host.listen import _play
+from train_host.listen import _pitch_by_place, _play
 from tests.conftest import DEFAULT_BUNDLE, ROOT, one_line_error, real_video
 
 
@@ -36,6 +39,37 @@ def test_the_factory_model_follows_the_pitch_of_a_dance_it_never_saw_and_a_far_d
     # Its silences are where the dancer stands still: where the box sees motion
     # (most of a block's frames over the motion gain's floor), it plays.
     assert far["moving_blocks"] > 40 and far["silent_while_moving_fraction"] < 0.05
+    # Not one static chord: on the real dancer its pitch classes move at least half
+    # as much as the instrument's do on the synthetic dance, and the chord follows
+    # where across the picture the dancer moves, as the instrument's does (D on the
+    # left, E on the right).
+    assert far["chroma_movement"] >= 0.5 * dance["instrument_chroma_movement"]
+    chords = far["strongest_pitch_classes"]
+    assert sum(c["blocks"] >= 5 for c in chords.values()) >= 2
+    assert chords["D"]["across"] < chords["E"]["across"] and far["place_share"] > 0.2
+
+
+def test_pitch_by_place_tells_a_chord_that_follows_the_dancer_from_one_that_does_not():
+    rate, fps = 22050, 30
+    block, frames = rate // 2, fps // 2
+    t = np.arange(block) / rate
+    places = [0.2, 0.8, 0.2, 0.8, 0.5, 0.8, 0.2, 0.5]
+    tone = {0.2: 293.66, 0.5: 220.0, 0.8: 329.63}        # D left, A centre, E right
+    seen = [(True, p) for p in places for _ in range(frames)]
+    following = np.concatenate([0.3 * np.sin(2 * np.pi * tone[p] * t) for p in places])
+    figures = _pitch_by_place(following, seen, rate, fps)
+    assert list(figures["strongest_pitch_classes"]) == ["D", "A", "E"]
+    assert figures["strongest_pitch_classes"]["D"] == {"blocks": 3, "across": pytest.approx(0.2)}
+    assert figures["place_share"] == pytest.approx(1.0)
+    assert figures["chroma_movement"] > 0.5
+    static = np.concatenate([0.3 * np.sin(2 * np.pi * 220.0 * t)] * len(places))
+    figures = _pitch_by_place(static, seen, rate, fps)
+    assert list(figures["strongest_pitch_classes"]) == ["A"] and figures["place_share"] is None
+    assert figures["chroma_movement"] < 0.05
+    # Where the box saw no motion, a block has no place and is left out.
+    still = [(False, 0.5)] * frames + seen[frames:]
+    assert _pitch_by_place(following, still, rate, fps)[
+        "strongest_pitch_classes"]["D"]["blocks"] == 2
 
 
 def test_listen_refuses_what_it_cannot_hear_in_one_line(tmp_path):
@@ -68,7 +102,6 @@ def test_the_factory_model_plays_no_steady_whistle_at_its_highest_partials():
     exported without them (``train_host.vae.stand_in_partials``). Heard as
     ``make run`` plays: no line at those partials, where the whistle was 20 dB
     under the whole sound."""
-    import numpy as np
 
     from train_host.vae import stand_in_partials
 

@@ -294,16 +294,23 @@ def chroma_movement(audio: np.ndarray, sample_rate: int, block_s: float = CHROMA
     per block, NaN for the first block and wherever either block is quieter than
     ``CHROMA_FLOOR_DB`` or holds no whole frame.
     """
+    chroma = block_chroma(audio, sample_rate, block_s)
+    movement = np.full(len(chroma), np.nan)
+    if len(chroma) > 1:
+        movement[1:] = 0.5 * np.abs(np.diff(chroma, axis=0)).sum(axis=1)
+    return movement
+
+
+def block_chroma(audio: np.ndarray, sample_rate: int, block_s: float = CHROMA_BLOCK_S
+                 ) -> np.ndarray:
+    """(blocks, 12): the pitch-class profile of each whole ``block_s`` block of mono
+    ``audio``, as ``chroma_movement`` takes it (0 is A; each row sums to 1), a row of
+    NaN where the block is quieter than ``CHROMA_FLOOR_DB`` or holds no whole frame."""
     x = np.asarray(audio, np.float32).ravel()
     block = int(round(block_s * sample_rate))
     if block < 1:
-        raise ValueError(f"chroma_movement: block of {block_s} s at {sample_rate} Hz is empty")
-    blocks = len(x) // block
-    movement = np.full(blocks, np.nan)
-    chroma = _block_chroma(x, sample_rate, block, blocks)
-    if blocks > 1:
-        movement[1:] = 0.5 * np.abs(np.diff(chroma, axis=0)).sum(axis=1)
-    return movement
+        raise ValueError(f"chroma: block of {block_s} s at {sample_rate} Hz is empty")
+    return _block_chroma(x, sample_rate, block, len(x) // block)
 
 
 def pitch_classes(freqs: np.ndarray) -> np.ndarray:

@@ -11,7 +11,11 @@ scales, can be compared on what a listener gets rather than on a training loss:
   (``chroma_movement_agreement``: correlation, and how much it moves), and both levels;
 - **real videos**, read as the box reads a video camera (re-timed to the bundle's
   frame rate, repeated frames carrying their motion on): the median level of 0.5 s
-  blocks, the share of blocks under -60 dBFS, and when the first sound comes;
+  blocks, the share of blocks under -60 dBFS, and when the first sound comes; how
+  far the pitch-class profile moves from block to block, and each block's strongest
+  pitch class beside where across the picture the box saw the motion (the
+  instrument picks its chord by where the dancer stands: is that heard on a real
+  dancer?);
 - **a still room**: the level the model plays once nothing has moved for a second,
   before the box fades it out (``motion.quiet_after_s``; ``QuietWhenStill``).
 
@@ -28,11 +32,15 @@ import numpy as np
 from device.bundle import read_bundle
 from device.camera.video import VideoFileCamera
 from device.engine import Engine
+from device.osc import centroid
 from train_host.demo_data import make_demo_take
-from train_host.evaluate import chroma_movement_agreement, loudness_db
+from train_host.evaluate import (block_chroma, chroma_movement, chroma_movement_agreement,
+                                 loudness_db)
 
 BLOCK_S = 0.5
 SILENT_DB = -60.0
+PITCH_CLASSES = ("A", "A#", "B", "C", "C#", "D", "D#", "E", "F", "F#", "G", "G#")
+"""Names of ``block_chroma``'s columns."""
 UNSEEN_SEED = 1000
 """The factory model trains on demo seeds 7 to 16 (``config/train.yaml``)."""
 VALIDATION_SEEDS = (2000, 2001, 2002)
@@ -52,23 +60,61 @@ def _level_db(audio: np.ndarray) -> float:
     return float(loudness_db(audio))
 
 
-def _play(engine: Engine, frames, moving: list | None = None) -> np.ndarray:
+def _play(engine: Engine, frames, seen: list | None = None) -> np.ndarray:
     """The engine's output for (image, repeat) pairs, one hop per frame; with
-    ``moving``, whether the box counted the room as moving at each frame appended
-    to it (``device.engine.QuietWhenStill``: motion over the motion gain's floor)."""
+    ``seen``, what the box saw at each frame appended to it: whether it counted the
+    room as moving (``device.engine.QuietWhenStill``: motion over the motion gain's
+    floor), and where across the picture the motion was (``device.osc.centroid`` of
+    its column means, 0 left to 1 right, as OSC and MIDI send it)."""
     hops = []
+    width = engine.bundle.manifest.motiongram.width
     for image, repeat in frames:
         hops.append(engine.step(image, repeat).copy())
-        if moving is not None:
-            moving.append(engine.quiet.still_frames == 0)
+        if seen is not None:
+            seen.append((engine.quiet.still_frames == 0,
+                         centroid(engine.window.latest[:width])))
     return np.concatenate(hops)
 
 
-def _moving_blocks(moving: list, fps: float, count: int) -> np.ndarray:
-    """Per ``BLOCK_S`` block, whether the room moved in most of its frames."""
+def _blocks(values, fps: float, count: int) -> np.ndarray:
+    """The first ``count`` whole ``BLOCK_S`` blocks of per-frame ``values``: (count, frames)."""
     n = int(round(BLOCK_S * fps))
-    flags = np.asarray(moving[:count * n], bool)
-    return flags.reshape(-1, n).mean(axis=1) > 0.5
+    return np.asarray(values[:count * n], float).reshape(count, n)
+
+
+def _pitch_by_place(played: np.ndarray, seen: list, rate: int, fps: float) -> dict:
+    """How the pitch moves on a video: the mean ``chroma_movement`` of what was
+    played, and, per strongest pitch class of a block, how many blocks and where
+    across the picture their motion was (the mean centroid of their moving frames);
+    ``place_share``: the share of the blocks' spread across the picture that their
+    strongest pitch class accounts for (between-class over total variance; None
+    with fewer than two classes), 0 where the chord ignores where the dancer is."""
+    chroma = block_chroma(played, rate, BLOCK_S)
+    movement = chroma_movement(played, rate, BLOCK_S)
+    count = min(len(chroma), len(seen) // int(round(BLOCK_S * fps)))
+    moving = _blocks([m for m, _ in seen], fps, count) > 0
+    across = np.where(moving, _blocks([a for _, a in seen], fps, count), 0.0)
+    frames = moving.sum(axis=1)
+    where = np.divide(across.sum(axis=1), frames, out=np.full(count, np.nan),
+                      where=frames > 0)
+    known = ~np.isnan(where) & ~np.isnan(chroma[:count]).any(axis=1)
+    strongest = np.argmax(np.nan_to_num(chroma[:count]), axis=1)
+    classes = {}
+    for c in np.unique(strongest[known]):
+        mine = known & (strongest == c)
+        classes[PITCH_CLASSES[c]] = {"blocks": int(mine.sum()),
+                                     "across": float(where[mine].mean())}
+    share = None
+    if len(classes) > 1:
+        spread = float(where[known].var())
+        between = sum(v["blocks"] * (v["across"] - where[known].mean()) ** 2
+                      for v in classes.values()) / int(known.sum())
+        share = between / spread if spread > 0 else None
+    return {"chroma_movement": (float(np.nanmean(movement))
+                                if not np.isnan(movement).all() else None),
+            "strongest_pitch_classes": dict(sorted(classes.items(),
+                                                   key=lambda kv: kv[1]["across"])),
+            "place_share": share}
 
 
 def _dance(bundle, seed: int, seconds: float, runtime: str):
@@ -80,7 +126,10 @@ def _dance(bundle, seed: int, seconds: float, runtime: str):
     played = _play(Engine(bundle, runtime=runtime), ((f, False) for f in take.frames))
     corr, ratio = chroma_movement_agreement(played, take.audio, rate)
     return take, {"seed": seed, "seconds": seconds, "chroma_movement_corr": corr,
-                  "chroma_movement_ratio": ratio, "level_db": _level_db(played),
+                  "chroma_movement_ratio": ratio,
+                  "instrument_chroma_movement": float(np.nanmean(
+                      chroma_movement(take.audio, rate, BLOCK_S))),
+                  "level_db": _level_db(played),
                   "instrument_level_db": _level_db(take.audio)}
 
 
@@ -110,16 +159,17 @@ def listen(bundle_path: str | Path, videos: list[str | Path], *, seconds: float 
     mg, rate = m.motiongram, m.audio.sample_rate
     for video in videos:
         camera = VideoFileCamera(video, fps=m.fps, width=mg.frame_width, height=mg.frame_height)
-        moving = []
+        seen = []
         try:
             frames = iter(lambda: camera.read(), None)
             played = _play(Engine(bundle, runtime=runtime),
-                           ((f.image, f.repeat) for f in frames), moving)
+                           ((f.image, f.repeat) for f in frames), seen)
         finally:
             camera.close()
         levels = block_levels(played, rate)
         heard = np.flatnonzero(levels >= SILENT_DB)
-        moved = _moving_blocks(moving, m.fps, len(levels))
+        # A block the box saw motion in: most of its frames over the gain's floor.
+        moved = _blocks([m for m, _ in seen], m.fps, len(levels)).mean(axis=1) > 0.5
         result["videos"][Path(video).name] = {
             "seconds": round(len(played) / rate, 2),
             "median_level_db": float(np.median(levels)),
@@ -127,7 +177,8 @@ def listen(bundle_path: str | Path, videos: list[str | Path], *, seconds: float 
             "moving_blocks": int(moved.sum()),
             "silent_while_moving_fraction": (float(np.mean(levels[moved] < SILENT_DB))
                                              if moved.any() else None),
-            "first_sound_s": float(heard[0] * BLOCK_S) if len(heard) else None}
+            "first_sound_s": float(heard[0] * BLOCK_S) if len(heard) else None,
+            **_pitch_by_place(played, seen, rate, m.fps)}
     return result
 
 
@@ -152,6 +203,15 @@ def format_listen(path: str, r: dict) -> str:
                      + ("the box saw no motion" if moving is None else
                         f"{moving * 100:.0f} % of the {v['moving_blocks']} it saw motion in")
                      + f"), first sound {first}, {v['seconds']:.0f} s")
+        places = ", ".join(f"{name} {c['across']:.2f} ({c['blocks']})"
+                           for name, c in v["strongest_pitch_classes"].items())
+        share = v["place_share"]
+        lines.append(f"    pitch classes move {num(v['chroma_movement'], '.2f')} a block "
+                     f"(the instrument's on the dance: {d['instrument_chroma_movement']:.2f}); "
+                     f"strongest by where across the picture the motion is (0 left, 1 "
+                     f"right; blocks): {places or 'none'}"
+                     + ("" if share is None else
+                        f"; that place accounts for {share * 100:.0f} % of its spread"))
     return "\n".join(lines)
 
 
