@@ -294,7 +294,12 @@ def chroma_movement(audio: np.ndarray, sample_rate: int, block_s: float = CHROMA
     per block, NaN for the first block and wherever either block is quieter than
     ``CHROMA_FLOOR_DB`` or holds no whole frame.
     """
-    chroma = block_chroma(audio, sample_rate, block_s)
+    return chroma_steps(block_chroma(audio, sample_rate, block_s))
+
+
+def chroma_steps(chroma: np.ndarray) -> np.ndarray:
+    """``chroma_movement`` of a ``block_chroma``: ``0.5 * sum |c_b - c_{b-1}|`` into
+    each block, NaN for the first and wherever either block is undefined."""
     movement = np.full(len(chroma), np.nan)
     if len(chroma) > 1:
         movement[1:] = 0.5 * np.abs(np.diff(chroma, axis=0)).sum(axis=1)
@@ -360,11 +365,12 @@ def chroma_movement_agreement(generated: np.ndarray, true: np.ndarray, sample_ra
     movement. Only blocks where both are defined count; a longer signal is cut to the
     shorter one. Either is None where undefined (fewer than two such blocks, a
     constant series, or a true mean movement of 0)."""
-    return _chroma_agreement(chroma_movement(generated, sample_rate, block_s),
+    return movement_agreement(chroma_movement(generated, sample_rate, block_s),
                              chroma_movement(true, sample_rate, block_s))
 
 
-def _chroma_agreement(a: np.ndarray, b: np.ndarray) -> tuple[float | None, float | None]:
+def movement_agreement(a: np.ndarray, b: np.ndarray) -> tuple[float | None, float | None]:
+    """(corr, ratio) of two ``chroma_movement`` series, as ``chroma_movement_agreement``."""
     n = min(len(a), len(b))
     a, b = a[:n], b[:n]
     both = ~np.isnan(a) & ~np.isnan(b)
@@ -960,7 +966,7 @@ def _evaluate_take(name: str, examples: Examples, cfg: TrainConfig, systems: _Sy
     audible = 0
     for system in SYSTEMS:
         offset, error, audible = level_offset_error(loudness[system], loudness["true"])
-        corr, ratio = _chroma_agreement(chroma_movement(streams[system], d.sample_rate),
+        corr, ratio = movement_agreement(chroma_movement(streams[system], d.sample_rate),
                                         true_chroma)
         hit, cover = beat_hit_cover(found[system], found["true"], d.fps)
         gaussian = fits[system].mean_cov()

@@ -8,7 +8,7 @@ scales, can be compared on what a listener gets rather than on a training loss:
 - **the unseen dance**: a synthetic dance no factory model trained on
   (``make_demo_take``, seed 1000 by default) and the sound the demo instrument makes
   for it; the pitch-class movement of the model's output against the instrument's
-  (``chroma_movement_agreement``: correlation, and how much it moves), and both levels;
+  (``movement_agreement``: correlation, and how much it moves), and both levels;
 - **real videos**, read as the box reads a video camera (re-timed to the bundle's
   frame rate, repeated frames carrying their motion on): the median level of 0.5 s
   blocks, the share of blocks under -60 dBFS, and when the first sound comes; how
@@ -34,8 +34,8 @@ from device.camera.video import VideoFileCamera
 from device.engine import Engine
 from device.osc import centroid
 from train_host.demo_data import make_demo_take
-from train_host.evaluate import (block_chroma, chroma_movement, chroma_movement_agreement,
-                                 loudness_db)
+from train_host.evaluate import (block_chroma, chroma_movement, chroma_steps, loudness_db,
+                                 movement_agreement)
 
 BLOCK_S = 0.5
 SILENT_DB = -60.0
@@ -90,7 +90,7 @@ def _pitch_by_place(played: np.ndarray, seen: list, rate: int, fps: float) -> di
     strongest pitch class accounts for (between-class over total variance; None
     with fewer than two classes), 0 where the chord ignores where the dancer is."""
     chroma = block_chroma(played, rate, BLOCK_S)
-    movement = chroma_movement(played, rate, BLOCK_S)
+    movement = chroma_steps(chroma)
     count = min(len(chroma), len(seen) // int(round(BLOCK_S * fps)))
     moving = _blocks([m for m, _ in seen], fps, count) > 0
     across = np.where(moving, _blocks([a for _, a in seen], fps, count), 0.0)
@@ -124,11 +124,11 @@ def _dance(bundle, seed: int, seconds: float, runtime: str):
     take = make_demo_take(seconds, seed=seed, fps=m.fps, sample_rate=rate,
                           width=mg.frame_width, height=mg.frame_height)
     played = _play(Engine(bundle, runtime=runtime), ((f, False) for f in take.frames))
-    corr, ratio = chroma_movement_agreement(played, take.audio, rate)
+    instrument = chroma_movement(take.audio, rate)
+    corr, ratio = movement_agreement(chroma_movement(played, rate), instrument)
     return take, {"seed": seed, "seconds": seconds, "chroma_movement_corr": corr,
                   "chroma_movement_ratio": ratio,
-                  "instrument_chroma_movement": float(np.nanmean(
-                      chroma_movement(take.audio, rate, BLOCK_S))),
+                  "instrument_chroma_movement": float(np.nanmean(instrument)),
                   "level_db": _level_db(played),
                   "instrument_level_db": _level_db(take.audio)}
 
