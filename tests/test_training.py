@@ -313,6 +313,36 @@ def test_the_chroma_loss_is_least_for_the_likelier_chord_not_a_blend():
         assert alone < expected(blend) - 0.02
 
 
+def test_the_kept_pitch_loss_lets_the_pitch_move_as_a_whole_but_keeps_which_window_is_higher():
+    """training.kept_pitch_weight compares how each window's pitch classes differ
+    from the others': every window moved to the same new chords costs nothing, while
+    windows that no longer differ, or differ the other way round, cost."""
+    tf = pytest.importorskip("tensorflow")
+    from train_host.vae import SegmentChroma, chroma_loss, kept_pitch_loss
+
+    n, rate = 2205, 22050
+    t = np.arange(n) / rate
+
+    def chord(*freqs):
+        return (0.1 * sum(np.sin(2 * np.pi * f * t) for f in freqs)).astype(np.float32)
+
+    chroma = SegmentChroma(rate, n)
+    d_major, a_major, g_note = chord(300, 360, 450), chord(220, 270, 330), chord(196)
+    kept = chroma(tf.constant(np.stack([d_major, a_major])))
+
+    def cost(*segments):
+        return float(kept_pitch_loss(chroma, kept, tf.constant(np.stack(segments))))
+
+    assert cost(d_major, a_major) < 1e-6
+    # The same two chords, each with a G that both share: moved as a whole, at
+    # under half of what the distance between the profiles themselves charges.
+    moved = (d_major + g_note, a_major + g_note)
+    assert cost(*moved) < 0.1
+    assert cost(*moved) < float(chroma_loss(chroma, kept, tf.constant(np.stack(moved)))) / 2
+    assert cost(d_major, d_major) > 0.3                  # the dance no longer moves it
+    assert cost(a_major, d_major) > 1.5 * cost(d_major, d_major)   # moved the other way
+
+
 def test_the_spread_loss_compares_how_much_each_take_s_sound_moves():
     """training.spread_weight: the band-by-band spread of the sound over each take,
     generated against true; blind to a take's overall level, and to a take with one
@@ -443,9 +473,11 @@ def test_a_dynamics_floor_keeps_no_dip_deeper_than_it_and_leaves_the_rest(tiny, 
 def test_the_kept_pitch_weight_keeps_the_starting_model_s_pitch_following_the_dance(
         tiny, tiny_run, tmp_path):
     """training.kept_pitch_weight: fine-tuned on takes whose sound is one note
-    whatever the dance (a song's chords are not in its dance), the pitch classes the
-    box plays for each window stay those the model fine-tuned from played for it;
-    without it, every window drifts to that note."""
+    whatever the dance (a song's chords are not in its dance), how the pitch classes
+    the box plays for each window differ from one window to the next stays as the
+    model fine-tuned from played them; without it, every window drifts towards that
+    note, and which windows play higher or lower than the others is no longer the
+    starting model's."""
     from train_host.dataset import Examples
     from train_host.train import kept_pitch_classes, train
     from train_host.vae import SegmentChroma
@@ -463,12 +495,16 @@ def test_the_kept_pitch_weight_keeps_the_starting_model_s_pitch_following_the_da
         run = train(with_overrides(tune, {"training.kept_pitch_weight": weight}), steady,
                     validation, tmp_path / f"w{weight}", init_from=tiny_run)
         played = kept_pitch_classes(run.vae, steady.motion, chroma, 256)
-        return float(np.mean(0.5 * np.abs(played - kept).sum(axis=1)))
+        return float(np.mean(0.5 * np.abs(departures(played) - departures(kept)).sum(axis=1)))
+
+    def departures(profiles):
+        return profiles - profiles.mean(axis=0)
 
     # The starting model's pitch classes move from window to window.
-    assert float(np.mean(np.abs(kept - kept.mean(axis=0)).sum(axis=1))) > 0.1
-    plain, held = drift(0.0), drift(30.0)
-    assert plain > 0.1                   # one note everywhere teaches it one note
+    spread = float(np.mean(0.5 * np.abs(departures(kept)).sum(axis=1)))
+    assert spread > 0.05
+    plain, held = drift(0.0), drift(100.0)
+    assert plain > 0.5 * spread          # one note everywhere: the windows' differences lost
     assert held < 0.5 * plain
 
     with pytest.raises(ConfigError, match="training.kept_pitch_weight"):

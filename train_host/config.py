@@ -110,13 +110,14 @@ class TrainingConfig:
     a room left still is faded by the box (``motion.quiet_after_s``). Measured, not
     the default (docs/model.md, "A dancer standing still while the song goes on")."""
     kept_pitch_weight: float = field(default=0.0, metadata={"min": 0, "max": 100})
-    """Weight of the kept pitch-class loss, when fine-tuning: how far the pitch-class
-    profile of the partials the box plays for each window lies from the profile the
-    model fine-tuned from plays for it (``train_host.vae.chroma_loss``), 0 to 1: the
-    starting model's pitch following the dance, kept, as ``dynamics_weight`` keeps
-    its loudness. A song's chords are not in its dance, and fine-tuning on songs
-    otherwise teaches one spread of chords for every dance. Measured, not the
-    default (docs/model.md, "The pitch through fine-tuning")."""
+    """Weight of the kept pitch-class loss, when fine-tuning: how far the way the
+    pitch-class profile of the partials the box plays for each window differs from
+    the batch's mean profile lies from the way the model fine-tuned from plays it
+    (``train_host.vae.kept_pitch_loss``), 0 to 1: the starting model's pitch
+    following the dance, kept, as ``dynamics_weight`` keeps its loudness, while the
+    chords as a whole move to the new takes'. A song's chords are not in its dance,
+    and fine-tuning on songs otherwise teaches one spread of chords for every dance
+    (docs/model.md, "The pitch through fine-tuning")."""
     motion_weight: float = field(default=0.1, metadata={"min": 0, "max": 100})
     """Weight of the motion reconstruction loss (keeps the latent about motion)."""
     motion_noise: float = field(default=1.0, metadata={"min": 0, "max": 10})

@@ -217,7 +217,7 @@ def train(cfg: TrainConfig, train_set: Examples, validation: Examples, out: Path
             terms["box_dynamics"] = dynamics
         if pitch is not None:
             # The partials alone: the pitch is theirs, and the noise is drawn afresh.
-            held = vae_mod.chroma_loss(chroma, pitch, vae_mod.synthesize(here[0], here[1]))
+            held = vae_mod.kept_pitch_loss(chroma, pitch, vae_mod.synthesize(here[0], here[1]))
             total += t.kept_pitch_weight * held
             terms["box_pitch"] = held
         if box_terms:

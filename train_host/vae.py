@@ -397,6 +397,22 @@ def chroma_loss(chroma: SegmentChroma, true, generated):
     return tf.reduce_mean(0.5 * tf.reduce_sum(tf.abs(chroma(generated) - true), axis=-1))
 
 
+def kept_pitch_loss(chroma: SegmentChroma, kept, generated):
+    """How far the way each generated segment's pitch-class profile differs from the
+    batch's mean profile lies from the way ``kept``'s do (the profiles the model
+    fine-tuned from plays for the same windows): half the summed absolute difference
+    of the two departures from the mean, averaged over the segments.
+
+    The pitch may move as a whole, to the chords the new takes' songs share, while
+    which window of motion plays a higher or a lower chord than the others is kept:
+    a song's chords are not in its dance, but the dance still moves the pitch.
+    """
+    made = chroma(generated)
+    made = made - tf.reduce_mean(made, axis=0, keepdims=True)
+    kept = kept - tf.reduce_mean(kept, axis=0, keepdims=True)
+    return tf.reduce_mean(0.5 * tf.reduce_sum(tf.abs(made - kept), axis=-1))
+
+
 def spread_loss(log_mel: LogMel, true, generated, takes, count: int):
     """How far the generated sound's spread within each take differs from the true
     sound's, in tens of dB: per take with two or more segments in the batch and per
