@@ -113,7 +113,7 @@ class TrainingConfig:
     """Weight of the kept pitch-class loss, when fine-tuning: how far the way the
     pitch-class profile of the partials the box plays for each window differs from
     the batch's mean profile lies from the way the model fine-tuned from plays it
-    (``train_host.vae.kept_pitch_loss``), 0 to 1: the starting model's pitch
+    (``train_host.vae.kept_pitch_loss``): the starting model's pitch
     following the dance, kept, as ``dynamics_weight`` keeps its loudness, while the
     chords as a whole move to the new takes'. A song's chords are not in its dance,
     and fine-tuning on songs otherwise teaches one spread of chords for every dance
