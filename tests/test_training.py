@@ -191,6 +191,32 @@ def test_fine_tuning_refuses_another_architecture(tiny, tiny_run, tmp_path):
         train(other, train_set, validation, tmp_path / "x", init_from=tiny_run)
 
 
+
+def test_bench_train_times_fine_tuning_from_a_run(tiny_run, tiny_config_file, tmp_path):
+    """``bench-train --init-from`` times the recipe developers run on their takes:
+    fine-tuning, which refuses a config of other shapes as ``train`` does."""
+    import json
+    import subprocess
+    import sys
+
+    def bench(config):
+        return subprocess.run([sys.executable, "-m", "train_host", "bench-train", "--hours",
+                               "0.01", "--init-from", str(tiny_run.path), "--config",
+                               str(config)], capture_output=True, text=True, timeout=600)
+
+    result = bench(tiny_config_file)
+    assert result.returncode == 0, result.stderr
+    timing = json.loads(result.stdout)
+    assert timing["fine_tuned_from"] == str(tiny_run.path)
+    assert timing["steps"] > 0 and timing["examples"] > 0
+    other = tmp_path / "other.yaml"
+    other.write_text(tiny_config_file.read_text().replace("hidden_units: 32",
+                                                          "hidden_units: 48"))
+    result = bench(other)
+    assert result.returncode == 1
+    assert "cannot fine-tune it with this config: model differ" in result.stderr
+
+
 def test_a_bundle_leads_back_to_its_run(tiny_run, tiny_bundle, tmp_path):
     import shutil
 

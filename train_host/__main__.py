@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
                                 help="time training on HOURS of demo takes with the config")
     bench.add_argument("--hours", type=float, default=1.0, help="hours of takes (default 1)")
     bench.add_argument("--config", help="training config (default: config/train.yaml)")
+    bench.add_argument("--init-from", metavar="RUN_OR_BUNDLE",
+                       help="time fine-tuning this run (or the run a bundle came from), as "
+                            "with config/finetune.yaml, instead of training from scratch")
     bench.set_defaults(func=_bench_train)
 
     from train_host.importers import add_commands as add_import_commands
@@ -164,16 +167,18 @@ def _bench_train(args) -> int:
     from device.config import with_overrides
     from train_host.config import load_train_config
     from train_host.demo_data import demo_examples
-    from train_host.train import train
+    from train_host.train import find_run, train
 
     cfg = with_overrides(load_train_config(args.config),
                          {"demo.seconds": float(args.hours * 3600)})
+    init_from = find_run(args.init_from) if args.init_from else None
     started = time.monotonic()
     train_set, validation, _ = demo_examples(cfg)
     prepared = time.monotonic() - started
     with tempfile.TemporaryDirectory() as folder:
-        run = train(cfg, train_set, validation, Path(folder) / "run")
-    print(json.dumps({"hours_of_takes": args.hours, "examples": len(train_set),
+        run = train(cfg, train_set, validation, Path(folder) / "run", init_from=init_from)
+    print(json.dumps({"hours_of_takes": args.hours, "fine_tuned_from": args.init_from,
+                      "examples": len(train_set),
                       "validation_examples": len(validation), "steps": run.info["steps"],
                       "epochs": len(run.info["history"]), "prepare_seconds": round(prepared, 1),
                       "train_seconds": run.info["train_seconds"],
