@@ -191,7 +191,6 @@ def test_fine_tuning_refuses_another_architecture(tiny, tiny_run, tmp_path):
         train(other, train_set, validation, tmp_path / "x", init_from=tiny_run)
 
 
-
 def test_bench_train_times_fine_tuning_from_a_run(tiny_run, tiny_config_file, tmp_path):
     """``bench-train --init-from`` times the recipe developers run on their takes:
     fine-tuning, which refuses a config of other shapes as ``train`` does."""
